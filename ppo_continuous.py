@@ -586,6 +586,71 @@ def ppo_update(agent, optimizer, batch, args):
             "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": torch.stack(clipfracs).mean()}
 
 
+class Rollout:
+    """The (T, N) rollout buffer, plus what carries over between rollouts (running episodes)."""
+
+    def __init__(self, T, N, obs_dim, act_dim):
+        self.obs = np.zeros((T, N, obs_dim), np.float32)  # normalized, as the policy saw them
+        self.actions = np.zeros((T, N, act_dim), np.float32)  # unclipped samples
+        self.rewards = np.zeros((T, N), np.float32)  # scaled
+        self.terminations = np.zeros((T, N), np.float32)
+        self.truncations = np.zeros((T, N), np.float32)
+        self.final_obs_at, self.final_obs = [], []  # (t, env) and normalized final obs of each ended episode
+        self.episode_return, self.episode_length = np.zeros(N), np.zeros(N, dtype=np.int64)
+
+
+def collect_rollout(envs, next_obs, agent, actor, rng, reward_scaler, rollout, low, high, global_step, on_episode):
+    """Fill `rollout` with T steps of every env. The vector env autoresets in SAME_STEP mode: when
+    step t ends an episode, the returned observation already starts the next one, and the real
+    final observation (needed to bootstrap a truncation) is in info["final_obs"]."""
+    T, N = rollout.rewards.shape
+    rollout.final_obs_at, rollout.final_obs = [], []
+    env_step_s = forward_s = 0.0
+    for step in range(T):
+        t0 = time.perf_counter()
+        obs_norm = agent.obs_rms(next_obs, update=True)
+        action = actor.mean(obs_norm) + actor.std * rng.standard_normal((N, len(actor.std)), dtype=np.float32)
+        t1 = time.perf_counter()
+        # the log-prob is of the unclipped sample; only the env sees the clipped action
+        next_obs, reward, terminated, truncated, info = envs.step(np.clip(action, low, high))
+        t2 = time.perf_counter()
+        env_step_s, forward_s = env_step_s + t2 - t1, forward_s + t1 - t0
+        done = terminated | truncated
+        rollout.obs[step], rollout.actions[step] = obs_norm, action
+        rollout.rewards[step] = reward_scaler(reward, done)
+        rollout.terminations[step], rollout.truncations[step] = terminated, truncated
+        rollout.episode_return += reward
+        rollout.episode_length += 1
+        if done.any():
+            for i in np.flatnonzero(done):
+                rollout.final_obs_at.append((step, i))
+                rollout.final_obs.append(agent.obs_rms(info["final_obs"][i][None])[0])
+                on_episode(global_step + (step + 1) * N, rollout.episode_return[i], rollout.episode_length[i])
+            rollout.episode_return[done], rollout.episode_length[done] = 0.0, 0
+    return next_obs, env_step_s, forward_s
+
+
+def make_batch(agent, rollout, next_obs, args, device):
+    """Values and log-probs of the whole rollout in one batched torch call each (the policy did
+    not change during the rollout), then GAE. Returns the flat training batch."""
+    T, N = rollout.rewards.shape
+    obs_dim, act_dim = rollout.obs.shape[-1], rollout.actions.shape[-1]
+    final_obs = np.stack(rollout.final_obs) if rollout.final_obs else np.zeros((0, obs_dim), np.float32)
+    with torch.no_grad():
+        all_obs = torch.from_numpy(np.concatenate([rollout.obs.reshape(-1, obs_dim), agent.obs_rms(next_obs), final_obs])).to(device)
+        all_values = agent.get_value(all_obs).view(-1).cpu().numpy()
+        b_obs, b_actions = all_obs[: T * N], torch.from_numpy(rollout.actions.reshape(-1, act_dim)).to(device)
+        b_logprobs = gaussian_log_prob(b_actions, agent.actor_mean(b_obs), agent.actor_logstd)
+    values, last_value = all_values[: T * N].reshape(T, N), all_values[T * N : T * N + N]
+    final_values = np.zeros((T, N), np.float32)
+    for (t, i), v in zip(rollout.final_obs_at, all_values[T * N + N :]):
+        final_values[t, i] = v
+    advantages, returns = compute_gae(rollout.rewards, values, last_value, rollout.terminations, rollout.truncations,
+                                      final_values, args.gamma, args.gae_lambda)
+    return {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs, "values": torch.from_numpy(values.reshape(-1)).to(device),
+            "advantages": torch.from_numpy(advantages.reshape(-1)).to(device), "returns": torch.from_numpy(returns.reshape(-1)).to(device)}
+
+
 def main(args: Args):
     check_args(args)
     obs_space, act_space = check_env(args)
@@ -641,14 +706,7 @@ def main(args: Args):
             "agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "reward_rms": reward_scaler.rms.state_dict(),
             "rng": rng_states(np_rng), "iteration": iteration, "global_step": global_step, "metrics": metrics, "args": asdict(args)})
 
-    T, N = args.num_steps, args.num_envs
-    buf_obs = np.zeros((T, N, obs_dim), np.float32)
-    buf_actions = np.zeros((T, N, act_dim), np.float32)
-    buf_rewards = np.zeros((T, N), np.float32)
-    buf_terms = np.zeros((T, N), np.float32)
-    buf_truncs = np.zeros((T, N), np.float32)
-    episode_return, episode_length = np.zeros(N), np.zeros(N, dtype=np.int64)
-
+    rollout = Rollout(args.num_steps, args.num_envs, obs_dim, act_dim)
     global_step, iteration = metrics["global_step"], start_iteration
     wall_time_before, t_start, steps_at_start = metrics["wall_time_s"], time.perf_counter(), global_step
     last_ckpt_step, last_eval_step = global_step, (metrics["eval"]["global_step"] or [0])[-1]
@@ -657,49 +715,11 @@ def main(args: Args):
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
-        # ---- rollout: numpy actor on the CPU, one env step per loop ----
         actor = NumpyActor(agent)
-        final_obs_rows, final_obs = [], []  # (t, env) and the normalized final observation of each ended episode
-        env_step_s = forward_s = 0.0
-        for step in range(T):
-            t0 = time.perf_counter()
-            obs_norm = agent.obs_rms(next_obs, update=True)
-            action = actor.mean(obs_norm) + actor.std * np_rng.standard_normal((N, act_dim), dtype=np.float32)
-            t1 = time.perf_counter()
-            # the log-prob is of the unclipped sample; only the env sees the clipped action
-            next_obs, reward, terminated, truncated, info = envs.step(np.clip(action, low, high))
-            t2 = time.perf_counter()
-            env_step_s, forward_s = env_step_s + t2 - t1, forward_s + t1 - t0
-            global_step += N
-            buf_obs[step], buf_actions[step] = obs_norm, action
-            done = terminated | truncated
-            buf_rewards[step] = reward_scaler(reward, done)
-            buf_terms[step], buf_truncs[step] = terminated, truncated
-            episode_return += reward
-            episode_length += 1
-            if done.any():
-                for i in np.flatnonzero(done):
-                    final_obs_rows.append((step, i))
-                    final_obs.append(info["final_obs"][i])
-                    rec.episode(global_step, episode_return[i], episode_length[i])
-                episode_return[done], episode_length[done] = 0.0, 0
+        next_obs, env_step_s, forward_s = collect_rollout(envs, next_obs, agent, actor, np_rng, reward_scaler, rollout, low, high, global_step, rec.episode)
+        global_step += args.batch_size
         t_rollout = time.perf_counter()
-
-        # ---- advantages: values and log-probs in one batched torch call each ----
-        last_obs_norm = agent.obs_rms(next_obs)
-        extra = agent.obs_rms(np.stack(final_obs)) if final_obs else np.zeros((0, obs_dim), np.float32)
-        with torch.no_grad():
-            all_obs = torch.from_numpy(np.concatenate([buf_obs.reshape(-1, obs_dim), last_obs_norm, extra])).to(device)
-            all_values = agent.get_value(all_obs).view(-1).cpu().numpy()
-            b_obs, b_actions = all_obs[: T * N], torch.from_numpy(buf_actions.reshape(-1, act_dim)).to(device)
-            b_logprobs = gaussian_log_prob(b_actions, agent.actor_mean(b_obs), agent.actor_logstd)
-        values, last_value = all_values[: T * N].reshape(T, N), all_values[T * N : T * N + N]
-        final_values = np.zeros((T, N), np.float32)
-        for (t, i), v in zip(final_obs_rows, all_values[T * N + N :]):
-            final_values[t, i] = v
-        advantages, returns = compute_gae(buf_rewards, values, last_value, buf_terms, buf_truncs, final_values, args.gamma, args.gae_lambda)
-        batch = {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs, "values": torch.from_numpy(values.reshape(-1)).to(device),
-                 "advantages": torch.from_numpy(advantages.reshape(-1)).to(device), "returns": torch.from_numpy(returns.reshape(-1)).to(device)}
+        batch = make_batch(agent, rollout, next_obs, args, device)
 
         # ---- update ----
         stats = ppo_update(agent, optimizer, batch, args)
@@ -710,7 +730,7 @@ def main(args: Args):
             rec.close()
             envs.close()
             raise Diverged(f"training diverged (NaN/inf) at step {global_step:,}; {run_dir / 'checkpoints' / 'latest.pt'} holds step {last_ckpt_step:,}: lower --learning-rate or --max-grad-norm")
-        y_true, y_pred = returns.reshape(-1), values.reshape(-1)
+        y_true, y_pred = batch["returns"].cpu().numpy(), batch["values"].cpu().numpy()
         var_y = np.var(y_true)
         stats["losses/explained_variance"] = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
         t_update = time.perf_counter()
