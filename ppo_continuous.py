@@ -154,7 +154,7 @@ def atomic_torch_save(path, obj):
 
 
 def run_dir_of(args) -> Path:
-    return Path(args.runs_dir) / f"{args.env_id}__{args.exp_name}__seed{args.seed}"
+    return Path(args.runs_dir) / f"{args.env_id.replace('/', '-')}__{args.exp_name}__seed{args.seed}"
 
 
 def load_checkpoint(path, device="cpu"):
@@ -366,7 +366,7 @@ def cli(main_fn, args_type):
 
 def make_env(env_id, max_episode_steps=None, render_mode=None):
     def thunk():
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, render_mode=render_mode)
+        env = gym.make(env_id, max_episode_steps=max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
         vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
         if render_mode and vis is not None:
             # MuJoCo on a software GL (headless CPU) spends ~85% of a frame on the shadow map
@@ -374,6 +374,14 @@ def make_env(env_id, max_episode_steps=None, render_mode=None):
         return env
 
     return thunk
+
+
+def make_vector_env(args):
+    # SAME_STEP: the obs returned with a done already starts the next episode, the final obs is in
+    # info["final_obs"]; gymnasium's default (NEXT_STEP) would add a reset step whose action is ignored.
+    vector_env = gym.vector.AsyncVectorEnv if args.vector_mode == "async" else gym.vector.SyncVectorEnv
+    return vector_env([make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)],
+                      autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def check_env(args):
@@ -689,9 +697,7 @@ def main(args: Args):
     else:
         rec.log.info(f"run directory {run_dir}; {args.num_iterations} iterations of {args.batch_size} steps on {device}")
 
-    vector_env = gym.vector.AsyncVectorEnv if args.vector_mode == "async" else gym.vector.SyncVectorEnv
-    envs = vector_env([make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)],
-                      autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = make_vector_env(args)
     # A resumed run cannot restore the envs' internal state: start new episodes from new seeds.
     next_obs, _ = envs.reset(seed=[args.seed + args.num_envs * start_iteration + i for i in range(args.num_envs)])
     eval_seeds = [1_000_000 * (1 + args.seed) + k for k in range(args.eval_episodes)]

@@ -179,8 +179,8 @@ class CounterEnv(gym.Env):
 
 def test_rollout_never_crosses_an_episode_boundary():
     T, N = 23, 2
-    envs = gym.vector.SyncVectorEnv([lambda: gym.wrappers.TimeLimit(CounterEnv(), 5) for _ in range(N)],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
+    envs = ppo.make_vector_env(SimpleNamespace(env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync"))
     next_obs, _ = envs.reset(seed=0)
     agent = ppo.Agent(2, 1, (8,), norm_obs=False)
     rollout = ppo.Rollout(T, N, 2, 1)
