@@ -181,7 +181,8 @@ def open_run(args):
     saved, now = ckpt["args"], asdict(args)
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RESUME_MAY_DIFFER and saved.get(k) != now[k]]
     if changed:
-        raise UsageError(f"--resume with other arguments than the run was started with ({'; '.join(changed)}); use the original ones or a new --exp-name")
+        raise UsageError(f"--resume with other arguments than the run was started with ({'; '.join(changed)}); "
+                         "use the original ones or a new --exp-name")
     return run_dir, ckpt
 
 
@@ -356,6 +357,9 @@ def cli(main_fn, args_type):
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:  # e.g. a --runs-dir that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted; continue with the same command and --resume", file=sys.stderr)
         sys.exit(130)
@@ -395,13 +399,17 @@ def check_env(args):
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
     if not isinstance(act_space, gym.spaces.Box):
-        raise UsageError(f"{args.env_id} has a {type(act_space).__name__} action space; this script needs continuous (Box) actions: use an env such as Hopper-v4")
+        raise UsageError(f"{args.env_id} has a {type(act_space).__name__} action space; this script needs continuous (Box) "
+                         "actions: use an env such as Hopper-v4")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script needs flat vectors: for images use ppo_cnn_carracing.py")
+        raise UsageError(f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script "
+                         "needs flat vectors: for images use ppo_cnn_carracing.py")
     return obs_space, act_space
 
 
 def check_args(args):
+    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
+        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
     for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -416,11 +424,13 @@ def check_args(args):
         raise UsageError("--learning-rate and every --hidden-sizes entry must be positive")
     args.batch_size = args.num_envs * args.num_steps
     if args.batch_size % args.num_minibatches:
-        raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of --num-envs x --num-steps = {args.batch_size}; pick a divisor")
+        raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of --num-envs x --num-steps = "
+                         f"{args.batch_size}; pick a divisor")
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // args.batch_size
     if args.num_iterations == 0:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} = --num-envs x --num-steps); raise it or shrink the batch")
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} = --num-envs x "
+                         "--num-steps); raise it or shrink the batch")
 
 
 class RunningMeanStd:
@@ -723,7 +733,8 @@ def main(args: Args):
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
         actor = NumpyActor(agent)
-        next_obs, env_step_s, forward_s = collect_rollout(envs, next_obs, agent, actor, np_rng, reward_scaler, rollout, low, high, global_step, rec.episode)
+        next_obs, env_step_s, forward_s = collect_rollout(
+            envs, next_obs, agent, actor, np_rng, reward_scaler, rollout, low, high, global_step, rec.episode)
         global_step += args.batch_size
         t_rollout = time.perf_counter()
         batch = make_batch(agent, rollout, next_obs, args, device)
@@ -736,7 +747,8 @@ def main(args: Args):
             rec.log.error(f"NaN/inf in the losses or parameters at iteration {iteration}; stopped, keeping the checkpoint of step {last_ckpt_step:,}")
             rec.close()
             envs.close()
-            raise Diverged(f"training diverged (NaN/inf) at step {global_step:,}; {run_dir / 'checkpoints' / 'latest.pt'} holds step {last_ckpt_step:,}: lower --learning-rate or --max-grad-norm")
+            raise Diverged(f"training diverged (NaN/inf) at step {global_step:,}; {run_dir / 'checkpoints' / 'latest.pt'} holds "
+                           f"step {last_ckpt_step:,}: lower --learning-rate or --max-grad-norm")
         y_true, y_pred = batch["returns"].cpu().numpy(), batch["values"].cpu().numpy()
         var_y = np.var(y_true)
         stats["losses/explained_variance"] = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
@@ -754,7 +766,8 @@ def main(args: Args):
                 save("best.pt")
             if args.capture_video:
                 try:
-                    record_video(make_eval_env, act_deterministic, eval_seeds[int(returns_eval.argmax())], run_dir / "videos" / f"eval-step{global_step:09d}.mp4")
+                    best_seed = eval_seeds[int(returns_eval.argmax())]
+                    record_video(make_eval_env, act_deterministic, best_seed, run_dir / "videos" / f"eval-step{global_step:09d}.mp4")
                 except Exception as e:  # no renderer here: keep training, say why once
                     rec.log.warning(f"video capture failed ({type(e).__name__}: {e}); continuing without videos")
                     args.capture_video = False
@@ -778,7 +791,8 @@ def main(args: Args):
                     "eval_s": t_eval - t_update, "io_s": t_end - t_eval, "sps": args.batch_size / (t_end - t_iter)})
 
     envs.close()
-    rec.log.info(f"done: {global_step:,} steps in {metrics['wall_time_s']:,.0f}s ({metrics['sps']:,.0f} SPS); best eval return {metrics['best_eval_return']}")
+    rec.log.info(f"done: {global_step:,} steps in {metrics['wall_time_s']:,.0f}s ({metrics['sps']:,.0f} SPS); "
+                 f"best eval return {metrics['best_eval_return']}")
     rec.close()
 
 
