@@ -440,7 +440,10 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x):
-        batch_mean, batch_var, batch_count = x.mean(axis=0), x.var(axis=0), x.shape[0]
+        # np.add.reduce rather than x.mean()/x.var(): this runs twice per env step
+        batch_count = x.shape[0]
+        batch_mean = np.add.reduce(x, axis=0) / batch_count
+        batch_var = np.add.reduce((x - batch_mean) ** 2, axis=0) / batch_count
         delta, total = batch_mean - self.mean, self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
