@@ -208,6 +208,8 @@ class Recorder:
         self.run_dir, self.metrics = run_dir, metrics
         for sub in ("logs", "checkpoints", "videos"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.rglob("*.tmp*"):  # left by a kill -9 in the middle of an atomic write
+            stale.unlink()
         self.timings_path = run_dir / "timings.jsonl"
         kept = []
         if resume_iteration and self.timings_path.exists():

@@ -121,6 +121,7 @@ def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir):
     proc.wait()
     killed_at = json.loads((run_dir / "metrics.json").read_text())["global_step"]
     assert 0 < killed_at < 6144
+    (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
 
     result = run_script("ppo_continuous", *args, "--resume")
     assert result.returncode == 0, result.stderr
@@ -134,6 +135,7 @@ def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir):
     steps = tb_scalars(run_dir)
     assert steps["charts/SPS"] == [256 * k for k in range(1, 25)]  # TensorBoard purged the lost iterations
     assert steps["eval/mean_return"] == metrics["eval"]["global_step"]
+    assert not list(run_dir.rglob("*.tmp*"))
 
     again = run_script("ppo_continuous", *args, "--resume")  # a completed run is done at once
     assert again.returncode == 0 and "already complete" in again.stdout
@@ -170,8 +172,9 @@ def test_existing_run_and_bad_resume_are_refused_and_nothing_is_touched(runs_dir
     assert_clean_error(run_script("ppo_continuous", "--runs-dir", runs_dir, "--resume"), "cannot read checkpoint")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
-    ok = run_script("ppo_continuous", *TINY, "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir, "--exp-name", "x")
-    assert ok.returncode == 0
+    fresh = run_script("ppo_continuous", *TINY, "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir,
+                       "--exp-name", "x", "--resume")  # --resume without a checkpoint starts afresh
+    assert fresh.returncode == 0 and read_run(runs_dir / "Hopper-v4__x__seed1")[0]["completed"]
     other_lr = run_script("ppo_continuous", *TINY, "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir,
                           "--exp-name", "x", "--resume", "--learning-rate", "0.1")
     assert_clean_error(other_lr, "--learning-rate 0.0003 -> 0.1")
