@@ -125,7 +125,7 @@ class Args:
 
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
-RESUME_MAY_DIFFER = ("resume", "cuda", "torch_threads", "capture_video")
+RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "torch_threads", "capture_video")
 
 
 class UsageError(Exception):
@@ -356,10 +356,7 @@ def cli(main_fn, args_type):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:  # e.g. a --runs-dir that cannot be written
+    except (Diverged, OSError) as e:  # OSError: e.g. a --runs-dir that cannot be written
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -396,7 +393,7 @@ def check_env(args):
         warnings.simplefilter("ignore")
         try:
             env = gym.make(args.env_id)
-        except gym.error.Error as e:
+        except Exception as e:  # unknown id (gym.error.Error), a missing dependency, a broken env
             raise UsageError(f"cannot make env {args.env_id!r}: {str(e).splitlines()[0]} (pass a registered gymnasium id such as --env-id Hopper-v4)")
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
@@ -422,8 +419,13 @@ def check_args(args):
         raise UsageError(f"--max-episode-steps must be positive, got {args.max_episode_steps}")
     if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
         raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
-    if args.learning_rate <= 0 or not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError("--learning-rate and every --hidden-sizes entry must be positive")
+    for name in ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.target_kl is not None and not args.target_kl > 0:
+        raise UsageError(f"--target-kl must be positive (or None), got {args.target_kl}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
     args.batch_size = args.num_envs * args.num_steps
     if args.batch_size % args.num_minibatches:
         raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of --num-envs x --num-steps = "

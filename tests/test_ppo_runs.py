@@ -157,6 +157,9 @@ def assert_clean_error(result, expected):
     (["--num-envs", "-1"], "--num-envs must be positive"),
     (["--num-minibatches", "3"], "does not divide"),
     (["--total-timesteps", "1000"], "less than one batch"),
+    (["--learning-rate", "-1e-3"], "--learning-rate must be positive"),
+    (["--hidden-sizes", "64", "0"], "--hidden-sizes entry must be positive"),
+    (["--exp-name", "a/b"], "--exp-name must be a non-empty name"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(runs_dir, args, expected):
     assert_clean_error(run_script("ppo_continuous", *args, "--runs-dir", runs_dir), expected)
