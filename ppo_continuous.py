@@ -18,6 +18,9 @@ import sys
 if sys.platform.startswith("linux"):
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering for evaluation videos
 
+import contextlib
+import io
+import itertools
 import json
 import logging
 import math
@@ -349,8 +352,26 @@ def record_video(make_eval_env, act, seed, path: Path):
         tmp.unlink(missing_ok=True)
 
 
+def parse_args(args_type):
+    """tyro reports a bad flag in a multi-line box; say it in one line, like every other error."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            args = tyro.cli(args_type)
+    except SystemExit as e:
+        if e.code:
+            box = [line.strip("│╭╮╰╯ ") for line in captured.getvalue().splitlines()[1:]]
+            body = " ".join(itertools.takewhile(lambda line: not line.startswith("─"), box))
+            print(f"error: {' '.join(body.split()) or captured.getvalue().strip()} (see --help)", file=sys.stderr)
+        else:
+            sys.stderr.write(captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())
+    return args
+
+
 def cli(main_fn, args_type):
-    args = tyro.cli(args_type)
+    args = parse_args(args_type)
     try:
         main_fn(args)
     except UsageError as e:

@@ -160,6 +160,9 @@ def assert_clean_error(result, expected):
     (["--learning-rate", "-1e-3"], "--learning-rate must be positive"),
     (["--hidden-sizes", "64", "0"], "--hidden-sizes entry must be positive"),
     (["--exp-name", "a/b"], "--exp-name must be a non-empty name"),
+    (["--vector-mode", "threads"], "invalid choice 'threads' for argument '--vector-mode'"),
+    (["--total-timesteps", "1e6x"], "--total-timesteps"),
+    (["--no-such-flag"], "Unrecognized options: --no-such-flag"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(runs_dir, args, expected):
     assert_clean_error(run_script("ppo_continuous", *args, "--runs-dir", runs_dir), expected)
