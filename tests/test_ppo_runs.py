@@ -178,11 +178,10 @@ def test_existing_run_and_bad_resume_are_refused_and_nothing_is_touched(runs_dir
     assert_clean_error(run_script("ppo_continuous", "--runs-dir", runs_dir, "--resume"), "cannot read checkpoint")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
-    fresh = run_script("ppo_continuous", *TINY, "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir,
-                       "--exp-name", "x", "--resume")  # --resume without a checkpoint starts afresh
+    run_x = [*TINY, "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir, "--exp-name", "x", "--resume"]
+    fresh = run_script("ppo_continuous", *run_x)  # --resume without a checkpoint starts afresh
     assert fresh.returncode == 0 and read_run(runs_dir / "Hopper-v4__x__seed1")[0]["completed"]
-    other_lr = run_script("ppo_continuous", *TINY, "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir,
-                          "--exp-name", "x", "--resume", "--learning-rate", "0.1")
+    other_lr = run_script("ppo_continuous", *run_x, "--learning-rate", "0.1")
     assert_clean_error(other_lr, "--learning-rate 0.0003 -> 0.1")
 
 
