@@ -5,6 +5,7 @@
 #   bash tests/slurm_local.sh stop DIR    stops the three daemons started in DIR
 # Installs nothing: it needs Debian's slurm-wlm and munge (.ci/run installs them).
 set -euo pipefail
+export PATH=$PATH:/usr/sbin:/sbin  # the daemons live in sbin
 usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 [[ $# -eq 2 ]] || usage
 cmd=$1
