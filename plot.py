@@ -1,0 +1,455 @@
+"""Figures and tables of a benchmark, read from every metrics.json (and timings.jsonl) under a
+runs directory: learning curves, GRPO group sizes, final performance, where the time goes.
+
+Final performance is reported as rliable recommends (Agarwal et al., "Deep Reinforcement Learning
+at the Edge of the Statistical Precipice", NeurIPS 2021): the interquartile mean (IQM) over runs,
+with a 95% percentile confidence interval from a stratified bootstrap (runs resampled with
+replacement within each task), next to the plain mean +- std over seeds.
+
+Run:  python plot.py runs/   (figures, final_performance.md and .csv go to runs/_plots/)
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+GRID_POINTS = 201  # the common step grid on which seeds are averaged
+DEFAULT_SMOOTH_FRACTION = 0.02  # default trailing smoothing window, as a fraction of the x range
+TRAIN_FINAL_FRACTION = 0.1  # a run's final training return: mean over its last 10% of steps
+BOOTSTRAP_REPS = 10_000
+TIME_PARTS = [  # (label, color): the disjoint parts of an iteration's time_s
+    ("env step", "#1f77b4"), ("policy forward", "#6baed6"), ("rest of rollout", "#c6dbef"),
+    ("update", "#ff7f0e"), ("eval", "#2ca02c"), ("io (checkpoints, logs)", "#999999")]
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; reported as one line, exit status 2, nothing written."""
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class Run:
+    path: Path  # the run directory
+    env: str
+    exp: str  # exp_name: what the figures and the table call an algorithm
+    algo: str  # the script's stem
+    seed: int
+    group_size: int | None
+    status: str
+    global_step: int
+    total_timesteps: int
+    sps: float
+    series: dict  # "eval" / "train" -> (steps, returns), float arrays sorted by step
+
+
+# ---- reading ----
+
+def read_series(metrics, key, value_key):
+    part = metrics[key]
+    steps, values = np.asarray(part["global_step"], dtype=float), np.asarray(part[value_key], dtype=float)
+    if steps.ndim != 1 or steps.shape != values.shape:
+        raise ValueError(f"{key}.global_step and {key}.{value_key} differ in length")
+    keep = np.isfinite(steps) & np.isfinite(values)
+    order = np.argsort(steps[keep], kind="stable")
+    return steps[keep][order], values[keep][order]
+
+
+def load_run(path: Path) -> Run:
+    """One metrics.json; a ValueError says what is wrong with it."""
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError("empty file")
+    metrics = json.loads(text)  # json.JSONDecodeError is a ValueError
+    if not isinstance(metrics, dict):
+        raise ValueError("not a JSON object")
+    try:
+        group_size = metrics.get("group_size")
+        return Run(path=path.parent, env=str(metrics["env_id"]), exp=str(metrics["exp_name"]),
+                   algo=str(metrics.get("algo") or metrics["exp_name"]), seed=int(metrics["seed"]),
+                   group_size=None if group_size is None else int(group_size), status=str(metrics.get("status", "?")),
+                   global_step=int(metrics.get("global_step") or 0), total_timesteps=int(metrics.get("total_timesteps") or 0),
+                   sps=float(metrics.get("sps") or 0.0),
+                   series={"eval": read_series(metrics, "eval", "mean_return"),
+                           "train": read_series(metrics, "train", "episodic_return")})
+    except KeyError as e:
+        raise ValueError(f"no {e.args[0]!r} field")
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"malformed field ({e})")
+
+
+def load_runs(runs_dir: Path) -> list[Run]:
+    """Every readable metrics.json under runs_dir (bad ones are skipped with a warning); of two runs
+    with the same env, exp_name and seed (copies in two folders) the one with more steps is kept."""
+    runs = {}
+    for path in sorted(runs_dir.rglob("metrics.json")):
+        try:
+            run = load_run(path)
+        except (OSError, ValueError) as e:
+            warn(f"skipping {path}: {e}")
+            continue
+        key = (run.env, run.exp, run.seed)
+        if key in runs:
+            warn(f"{run.path} and {runs[key].path} are the same run ({run.env}, {run.exp}, seed {run.seed}); using the one with more steps")
+            if run.global_step <= runs[key].global_step:
+                continue
+        runs[key] = run
+    return list(runs.values())
+
+
+def read_timings(run_dir: Path) -> list[dict]:
+    rows = []
+    try:
+        lines = (run_dir / "timings.jsonl").read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+            rows.append({k: float(row[k]) for k in ("time_s", "rollout_s", "env_step_s", "policy_forward_s", "update_s", "eval_s", "io_s")})
+        except (ValueError, KeyError, TypeError):  # a line cut by kill -9, or not ours
+            continue
+    return rows
+
+
+# ---- statistics ----
+
+def smooth(steps, values, window):
+    """Trailing mean over the points in (step - window, step]."""
+    if window <= 0 or len(values) < 2:
+        return values
+    cumsum = np.concatenate([[0.0], np.cumsum(values)])
+    lo = np.searchsorted(steps, steps - window, side="right")
+    hi = np.arange(1, len(values) + 1)
+    return (cumsum[hi] - cumsum[lo]) / (hi - lo)
+
+
+def on_grid(steps, values, grid):
+    """Linear interpolation on the grid, NaN outside the run's steps (a run in progress ends early)."""
+    out = np.full(len(grid), np.nan)
+    if len(steps) == 0:
+        return out
+    inside = (grid >= steps[0]) & (grid <= steps[-1])
+    if not inside.any():  # a single point between two grid points: put it on the nearest one
+        inside[np.argmin(np.abs(grid - steps[-1]))] = True
+        out[inside] = values[-1]
+        return out
+    out[inside] = np.interp(grid[inside], steps, values)
+    return out
+
+
+def seed_bands(curves):
+    """Mean, std, min and max over seeds (rows), only where every seed has a value: a mean over
+    fewer seeds near the end of a run in progress would jump to whichever seed is ahead."""
+    return curves.mean(0), curves.std(0), curves.min(0), curves.max(0)
+
+
+def final_return(run, metric, total_steps):
+    """The last evaluation at or before total_steps; for `train`, the mean episodic return over the
+    last TRAIN_FINAL_FRACTION of total_steps before the run's last episode. None without data."""
+    steps, values = run.series[metric]
+    values, steps = values[steps <= total_steps], steps[steps <= total_steps]
+    if len(values) == 0:
+        return None
+    if metric == "eval":
+        return float(values[-1])
+    return float(values[steps > steps[-1] - TRAIN_FINAL_FRACTION * total_steps].mean())
+
+
+def iqm(scores, axis=None):
+    """Interquartile mean: the mean of the middle 50% (scipy.stats.trim_mean(x, 0.25), as rliable)."""
+    scores = np.sort(np.asarray(scores, dtype=float).reshape(-1) if axis is None else np.asarray(scores, dtype=float), axis=-1)
+    n = scores.shape[-1]
+    cut = int(0.25 * n)
+    return scores[..., cut:n - cut].mean(axis=-1)
+
+
+def stratified_bootstrap_ci(strata, reps=BOOTSTRAP_REPS, confidence=0.95, seed=0):
+    """Percentile CI of the IQM over all runs, resampling runs with replacement within each
+    stratum (task): rliable's StratifiedBootstrap. `strata` is a list of 1-d score arrays."""
+    rng = np.random.default_rng(seed)
+    resampled = np.concatenate([np.asarray(s, float)[rng.integers(0, len(s), size=(reps, len(s)))] for s in strata], axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(iqm(resampled, axis=-1), [tail, 100 - tail])
+    return float(low), float(high)
+
+
+# ---- the table ----
+
+def exp_order(runs):
+    """Algorithms in a stable order: by script, then GRPO group size."""
+    keys = {(r.algo, r.group_size or 0, r.exp) for r in runs}
+    return [exp for _, _, exp in sorted(keys)]
+
+
+def final_table(runs, metric, budgets):
+    rows = []
+    for env in sorted(budgets):
+        for exp in exp_order([r for r in runs if r.env == env]):
+            group = [r for r in runs if r.env == env and r.exp == exp]
+            finals = np.array([f for f in (final_return(r, metric, budgets[env]) for r in group) if f is not None])
+            row = {"env": env, "algorithm": exp, "group_size": group[0].group_size, "seeds": len(finals),
+                   "completed": sum(r.status == "completed" for r in group), "runs": len(group), "steps": budgets[env],
+                   "final_mean": None, "final_std": None, "iqm": None, "iqm_ci_low": None, "iqm_ci_high": None,
+                   "sps": float(np.mean([r.sps for r in group]))}
+            if len(finals):
+                row.update(final_mean=float(finals.mean()), final_std=float(finals.std()), iqm=float(iqm(finals)))
+                row["iqm_ci_low"], row["iqm_ci_high"] = stratified_bootstrap_ci([finals])
+            rows.append(row)
+    return rows
+
+
+def table_markdown(rows, metric):
+    what = "return of the last evaluation" if metric == "eval" else f"training return over the last {TRAIN_FINAL_FRACTION:.0%} of steps"
+    lines = [f"Final performance: {what} at or before `steps`, over seeds. IQM: interquartile mean with a 95% "
+             "stratified-bootstrap confidence interval (Agarwal et al., 2021).", "",
+             "| env | algorithm | steps | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        final = f"{r['final_mean']:.1f} ± {r['final_std']:.1f}" if r["seeds"] else "–"
+        ci = f"{r['iqm']:.1f} [{r['iqm_ci_low']:.1f}, {r['iqm_ci_high']:.1f}]" if r["seeds"] else "–"
+        lines.append(f"| {r['env']} | {r['algorithm']} | {r['steps']:,} | {r['seeds']} | {r['completed']}/{r['runs']} "
+                     f"| {final} | {ci} | {r['sps']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(rows):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    return out.getvalue()
+
+
+# ---- figures ----
+
+def atomic_write(path: Path, data: bytes):
+    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig, path: Path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+
+
+def steps_formatter():
+    def label(x, _):
+        return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"
+    return matplotlib.ticker.FuncFormatter(label)
+
+
+def plot_curves(ax, runs, metric, grid, window, label, color, min_max=True):
+    """Mean over seeds on the grid, a std band and (lighter) a min/max band. False if no data."""
+    curves = np.array([on_grid(s, smooth(s, v, window), grid) for s, v in (r.series[metric] for r in runs) if len(s)])
+    if not len(curves):
+        return False
+    mean, std, low, high = seed_bands(curves)
+    few = np.isfinite(mean).sum() < 3  # a line needs points: mark them
+    ax.plot(grid, mean, color=color, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})", marker="o" if few else None)
+    ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
+    if min_max:
+        ax.fill_between(grid, low, high, color=color, alpha=0.08, linewidth=0)
+    return True
+
+
+def style_axis(ax, title, has_data, empty_text):
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("env steps")
+    ax.xaxis.set_major_formatter(steps_formatter())
+    ax.grid(alpha=0.3)
+    if has_data:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def figure_learning_curves(env, runs, budget, window, colors):
+    grid = np.linspace(0, budget, GRID_POINTS)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, metric, title in ((axes[0], "eval", "evaluation return (deterministic policy)"),
+                              (axes[1], "train", f"training episodic return (trailing mean over {window:,.0f} steps)")):
+        drawn = [plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp]) for exp in exp_order(runs)]
+        style_axis(ax, f"{env}: {title}", any(drawn), f"no {metric} data in these runs")
+        ax.set_ylabel("return")
+    fig.suptitle(f"{env}: mean over seeds, ±1 std (dark band), min-max (light band)", fontsize=11)
+    return fig
+
+
+def figure_group_sizes(env, runs, metric, budget, window, baselines):
+    """GRPO at each group size G: curves per G, and the final return vs G with its IQM CI."""
+    families = sorted({r.algo for r in runs})
+    fig, axes = plt.subplots(len(families), 2, figsize=(13, 4.5 * len(families)), squeeze=False)
+    grid = np.linspace(0, budget, GRID_POINTS)
+    for (ax_curves, ax_final), algo in zip(axes, families):
+        sizes = sorted({r.group_size for r in runs if r.algo == algo})
+        cmap = plt.get_cmap("viridis")
+        colors = {g: cmap(0.8 * i / max(1, len(sizes) - 1)) for i, g in enumerate(sizes)}
+        drawn = [plot_curves(ax_curves, [r for r in runs if r.algo == algo and r.group_size == g], metric, grid, window,
+                             f"G={g}", colors[g], min_max=False) for g in sizes]
+        style_axis(ax_curves, f"{algo}: {metric} return per group size G (mean ± std over seeds)", any(drawn), f"no {metric} data")
+        for i, g in enumerate(sizes):
+            finals = [f for f in (final_return(r, metric, budget) for r in runs if r.algo == algo and r.group_size == g) if f is not None]
+            if not finals:
+                continue
+            center = iqm(finals)
+            low, high = stratified_bootstrap_ci([finals])
+            ax_final.errorbar([g], [center], yerr=[[center - low], [high - center]], fmt="o", color=colors[g], capsize=5, markersize=8)
+            jitter = g * 2 ** (np.linspace(-0.08, 0.08, len(finals)) if len(finals) > 1 else np.zeros(1))
+            ax_final.scatter(jitter, finals, color=colors[g], alpha=0.4, s=15)
+        for k, (name, value) in enumerate(baselines):
+            ax_final.axhline(value, color=plt.get_cmap("Dark2")(k), linestyle="--", linewidth=1, label=f"{name} (IQM)")
+        ax_final.set_xscale("log", base=2)
+        ax_final.set_xticks(sizes, [str(g) for g in sizes])
+        ax_final.minorticks_off()
+        ax_final.set_xlabel("group size G")
+        ax_final.set_ylabel(f"final {metric} return")
+        ax_final.set_title(f"{algo}: final {metric} return vs G (IQM, 95% bootstrap CI; dots: seeds)", fontsize=10)
+        ax_final.grid(alpha=0.3)
+        if baselines:
+            ax_final.legend(fontsize=8)
+    fig.suptitle(f"{env}: GRPO group sizes", fontsize=11)
+    return fig
+
+
+def duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def figure_time_breakdown(runs):
+    """Share of wall time per part of an iteration, per algorithm (all its runs, all envs)."""
+    shares, notes = {}, {}
+    for exp in exp_order(runs):
+        group = [r for r in runs if r.exp == exp]
+        rows = [row for r in group for row in read_timings(r.path)]
+        if not rows:
+            continue
+        total = {k: sum(row[k] for row in rows) for k in rows[0]}
+        rest = max(0.0, total["rollout_s"] - total["env_step_s"] - total["policy_forward_s"])
+        parts = np.array([total["env_step_s"], total["policy_forward_s"], rest, total["update_s"], total["eval_s"], total["io_s"]])
+        shares[exp] = 100 * parts / max(parts.sum(), 1e-12)
+        envs = ", ".join(sorted({r.env for r in group}))
+        notes[exp] = f"{np.mean([r.sps for r in group]):,.0f} SPS, {duration(total['time_s'])} in all ({envs})"
+    if not shares:
+        return None
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.55 * len(shares)))
+    names = list(shares)[::-1]
+    left = np.zeros(len(names))
+    for j, (label, color) in enumerate(TIME_PARTS):
+        widths = np.array([shares[n][j] for n in names])
+        ax.barh(names, widths, left=left, color=color, label=label, edgecolor="white", linewidth=0.5)
+        for y, (x0, w) in enumerate(zip(left, widths)):
+            if w >= 6:
+                ax.text(x0 + w / 2, y, f"{w:.0f}%", ha="center", va="center", fontsize=8)
+        left += widths
+    for y, name in enumerate(names):
+        ax.text(101, y, notes[name], va="center", fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of wall time (%), from timings.jsonl; env step + policy forward + rest = rollout")
+    ax.set_title("Where the time goes", fontsize=11, pad=24)
+    ax.legend(ncol=len(TIME_PARTS), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    return fig
+
+
+# ---- main ----
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other bad input
+        raise UsageError(f"{message} (see python plot.py --help)")
+
+
+def parse_args(argv):
+    parser = Parser(description="Figures and tables of the runs under RUNS_DIR (every metrics.json below it).")
+    parser.add_argument("runs_dir", help="the directory the training scripts wrote their runs to (searched recursively)")
+    parser.add_argument("--output-dir", help="where the figures and tables go (default: RUNS_DIR/_plots)")
+    parser.add_argument("--total-steps", type=int, help="the x range and the step at which final returns are read "
+                        "(default: per env, the largest total_timesteps of its runs)")
+    parser.add_argument("--metric", choices=("eval", "train"), default="eval",
+                        help="what the table and the group-size analysis report: the last evaluation return (eval) or the "
+                             f"training return over the last {TRAIN_FINAL_FRACTION:.0%} of steps (train); default eval")
+    parser.add_argument("--smooth", type=float, help="trailing window, in env steps, averaged into each curve point "
+                        f"(default: {DEFAULT_SMOOTH_FRACTION:.0%} of the x range; 0: none)")
+    args = parser.parse_args(argv)
+    if args.total_steps is not None and args.total_steps <= 0:
+        raise UsageError("--total-steps must be positive")
+    if args.smooth is not None and not (args.smooth >= 0 and math.isfinite(args.smooth)):
+        raise UsageError("--smooth must be a number of steps >= 0")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runs_dir = Path(args.runs_dir)
+    if not runs_dir.is_dir():
+        raise UsageError(f"{runs_dir} is not a directory (pass the --runs-dir the runs were written to, e.g. runs/)")
+    out = Path(args.output_dir) if args.output_dir else runs_dir / "_plots"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out} is a file (pass another --output-dir)")
+    runs = load_runs(runs_dir)
+    if not runs:
+        raise UsageError(f"no readable metrics.json under {runs_dir}: nothing to plot (run the training scripts or benchmark.sh first)")
+    if args.metric == "eval" and not any(len(r.series["eval"][0]) for r in runs):
+        warn("no run has an evaluation yet: the table is empty (try --metric train)")
+    envs = sorted({r.env for r in runs})
+    budgets = {env: args.total_steps or max(max(r.total_timesteps, r.global_step) for r in runs if r.env == env) for env in envs}
+    budgets = {env: max(budget, 1) for env, budget in budgets.items()}
+    palette = plt.get_cmap("tab10")
+    colors = {exp: palette(i % 10) for i, exp in enumerate(exp_order(runs))}
+    rows = final_table(runs, args.metric, budgets)
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def write(name, data):
+        atomic_write(out / name, data) if isinstance(data, bytes) else save_figure(data, out / name)
+        written.append(name)
+
+    slug = {env: env.replace("/", "-") for env in envs}
+    for env in envs:
+        env_runs = [r for r in runs if r.env == env]
+        window = DEFAULT_SMOOTH_FRACTION * budgets[env] if args.smooth is None else args.smooth
+        write(f"curves_{slug[env]}.png", figure_learning_curves(env, env_runs, budgets[env], window, colors))
+        grpo = [r for r in env_runs if r.group_size is not None]
+        if grpo:
+            baselines = [(row["algorithm"], row["iqm"]) for row in rows
+                         if row["env"] == env and row["group_size"] is None and row["iqm"] is not None]
+            write(f"group_size_{slug[env]}.png", figure_group_sizes(env, grpo, args.metric, budgets[env], window, baselines))
+    breakdown = figure_time_breakdown(runs)
+    if breakdown is not None:
+        write("time_breakdown.png", breakdown)
+    markdown = table_markdown(rows, args.metric)
+    write("final_performance.md", markdown.encode())
+    write("final_performance.csv", table_csv(rows).encode())
+    print(markdown)
+    print(f"{len(runs)} runs, {len(envs)} env{'s' * (len(envs) > 1)}; wrote to {out}: {', '.join(written)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # e.g. an output directory that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
