@@ -275,7 +275,7 @@ class Recorder:
 
     def progress(self, global_step, total, sps, eval_return=None):
         rets = self.metrics["train"]["episodic_return"][-10:]
-        eta = (total - global_step) / max(sps, 1e-9)
+        eta = max(total - global_step, 0) / max(sps, 1e-9)  # GRPO may end an iteration past the budget
         self.log.info(
             f"step {global_step:,}/{total:,} ({100 * global_step / total:.0f}%) | SPS {sps:,.0f}"
             + (f" | return {np.mean(rets):,.1f} (last {len(rets)} episodes)" if rets else "")

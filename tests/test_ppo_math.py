@@ -1,4 +1,5 @@
-"""Unit tests of ppo_continuous.py's math against slow, plain reference code."""
+"""Unit tests of ppo_continuous.py's math against slow, plain reference code (the rollout test also
+runs ppo_beta_continuous.py's, which differs only in the policy)."""
 
 import copy
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import ppo_beta_continuous as ppo_beta
 import ppo_continuous as ppo
 
 
@@ -177,16 +179,18 @@ class CounterEnv(gym.Env):
         return np.array([self.t, self.episode], np.float64), 1.0, self.episode % 2 == 1 and self.t == 3, False, {}
 
 
-def test_rollout_never_crosses_an_episode_boundary():
+@pytest.mark.parametrize("module", [ppo, ppo_beta])
+def test_rollout_never_crosses_an_episode_boundary(module):
     T, N = 23, 2
-    gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
-    envs = ppo.make_vector_env(SimpleNamespace(env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync"))
+    if "CounterTest-v0" not in gym.registry:
+        gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
+    envs = module.make_vector_env(SimpleNamespace(env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync"))
     next_obs, _ = envs.reset(seed=0)
-    agent = ppo.Agent(2, 1, (8,), norm_obs=False)
-    rollout = ppo.Rollout(T, N, 2, 1)
+    agent = module.Agent(2, 1, (8,), norm_obs=False)
+    rollout = module.Rollout(T, N, 2, 1)
     episodes = []
-    scaler = ppo.RewardScaler(N, 0.99, 10.0, enabled=False)
-    next_obs, _, _ = ppo.collect_rollout(envs, next_obs, agent, ppo.NumpyActor(agent), np.random.default_rng(0), scaler, rollout,
+    scaler = module.RewardScaler(N, 0.99, 10.0, enabled=False)
+    next_obs, _, _ = module.collect_rollout(envs, next_obs, agent, module.NumpyActor(agent), np.random.default_rng(0), scaler, rollout,
                                          np.array([-1.0], np.float32), np.array([1.0], np.float32), 0, lambda *e: episodes.append(e))
     final = dict(zip(rollout.final_obs_at, rollout.final_obs))
     obs = np.concatenate([rollout.obs, next_obs[None].astype(np.float32)])

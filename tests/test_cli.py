@@ -1,0 +1,83 @@
+"""What every training script promises at its command line: --help documents every field, bad input
+is one line with a non-zero exit and nothing written, an existing run is never overwritten."""
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from conftest import ROOT, TINY, assert_clean_error, existing_scripts, read_run, run_script
+
+SCRIPTS = existing_scripts()
+COMMON_BAD_INPUT = [
+    (["--env-id", "CartPole-v1"], "action space"),
+    (["--env-id", "CarRacing-v3"], "observations of shape (96, 96, 3)"),
+    (["--env-id", "Hoppper-v9"], "cannot make env 'Hoppper-v9'"),
+    (["--total-timesteps", "0"], "--total-timesteps must be positive"),
+    (["--learning-rate", "-1e-3"], "--learning-rate must be positive"),
+    (["--hidden-sizes", "64", "0"], "--hidden-sizes entry must be positive"),
+    (["--exp-name", "a/b"], "--exp-name must be a non-empty name"),
+    (["--max-episode-steps", "0"], "--max-episode-steps must be positive"),
+    (["--total-timesteps", "1e6x"], "--total-timesteps"),
+    (["--no-such-flag"], "Unrecognized options: --no-such-flag"),
+]
+SCRIPT_BAD_INPUT = {
+    "ppo_continuous": [
+        (["--num-envs", "-1"], "--num-envs must be positive"),
+        (["--num-minibatches", "3"], "does not divide"),
+        (["--total-timesteps", "1000"], "less than one batch"),
+        (["--vector-mode", "threads"], "invalid choice 'threads' for argument '--vector-mode'"),
+    ],
+    "grpo_continuous": [
+        (["--group-size", "1"], "--group-size must be at least 2"),
+        (["--num-groups", "0"], "--num-groups must be positive"),
+        (["--kl-coef", "-0.1"], "--kl-coef must be >= 0"),
+        (["--adv-mode", "token"], "invalid choice 'token' for argument '--adv-mode'"),
+    ],
+}
+SCRIPT_BAD_INPUT["ppo_beta_continuous"] = SCRIPT_BAD_INPUT["ppo_continuous"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_documents_every_field(script):
+    result = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 0
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.stdout).split())
+    args_fields = {f.name for f in fields(importlib.import_module(script).Args)}
+    for name in args_fields:
+        assert f"--{name.replace('_', '-')}" in text, name
+    docs = re.findall(r'^    (\w+): .*\n    """(.+?)"""', (ROOT / f"{script}.py").read_text(), re.M)
+    assert {name for name, _ in docs} == args_fields  # every field has a docstring ...
+    for name, doc in docs:
+        assert " ".join(doc.split()[:5]) in text, name  # ... and --help shows it
+
+
+@pytest.mark.parametrize("script, args, expected", [
+    (script, args, expected) for script in SCRIPTS for args, expected in COMMON_BAD_INPUT + SCRIPT_BAD_INPUT.get(script, [])])
+def test_bad_input_is_one_line_and_writes_nothing(runs_dir, script, args, expected):
+    assert_clean_error(run_script(script, *args, "--runs-dir", runs_dir), expected)
+    assert not runs_dir.exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_existing_run_and_bad_resume_are_refused_and_nothing_is_touched(runs_dir, script):
+    exp_name = importlib.import_module(script).Args().exp_name or f"{script}_g8"
+    run_dir = runs_dir / f"Hopper-v4__{exp_name}__seed1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert_clean_error(run_script(script, "--runs-dir", runs_dir), "pass --resume")
+    assert_clean_error(run_script(script, "--runs-dir", runs_dir, "--resume"), "cannot read checkpoint")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+    run_x = [*TINY[script], "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir, "--exp-name", "x",
+             "--resume"]
+    fresh = run_script(script, *run_x)  # --resume without a checkpoint starts afresh
+    assert fresh.returncode == 0 and read_run(runs_dir / "Hopper-v4__x__seed1")[0]["completed"]
+    other_lr = run_script(script, *run_x, "--learning-rate", "0.1")
+    assert_clean_error(other_lr, "--learning-rate 0.0003 -> 0.1")
