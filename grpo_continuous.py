@@ -65,7 +65,7 @@ class Args:
     env_id: str = "Hopper-v4"
     """the id of the gymnasium environment (continuous actions, flat observations, episodes that end)"""
     total_timesteps: int = 1_000_000
-    """total environment steps of the experiment (the run ends with the iteration that reaches it)"""
+    """total environment steps of the experiment (the last iteration is cut short to fit it)"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length) for training and evaluation"""
 
@@ -578,17 +578,21 @@ class GroupRollout:
         self.returns = rewards.sum(0)  # undiscounted, per member (rewards are 0 after an end)
 
 
-def collect_group_rollouts(envs, agent, actor, rng, seeds, group_size, low, high, global_step, on_episode):
+def collect_group_rollouts(envs, agent, actor, rng, seeds, group_size, low, high, global_step, on_episode, max_steps=None):
     """Run every member of every group to termination or truncation. Members of group g are reset
     with seeds[g] (the same start state); a member that has ended waits, masked, while the others
-    finish, and the policy is called once per step on the batch of live members."""
+    finish, and the policy is called once per step on the batch of live members.
+
+    Members move in lockstep, so stopping after `max_steps` env steps (the rest of the run's budget)
+    cuts every live member at the same t: a shorter time limit shared by the whole group, which keeps
+    the comparison fair. Episodes cut that way are trained on but not reported as episodes."""
     M = len(envs)
     obs = np.stack([env.reset(seed=seeds[m // group_size])[0] for m, env in enumerate(envs)])
     alive = np.ones(M, bool)
     episode_return, steps = np.zeros(M), 0
     obs_buf, action_buf, reward_buf, mask_buf = [], [], [], []
     env_step_s = forward_s = 0.0
-    while alive.any():
+    while alive.any() and (max_steps is None or steps < max_steps):
         t0 = time.perf_counter()
         live = np.flatnonzero(alive)
         obs_norm = np.zeros((M, obs.shape[1]), np.float32)
@@ -732,7 +736,7 @@ def main(args: Args):
         actor = NumpyActor(agent)
         rollout, env_step_s, forward_s = collect_group_rollouts(
             envs, agent, actor, np_rng, group_seeds(args.seed, iteration, args.num_groups), args.group_size, low, high,
-            global_step, rec.episode)
+            global_step, rec.episode, max_steps=args.total_timesteps - global_step)
         global_step += rollout.num_steps
         t_rollout = time.perf_counter()
         batch = make_batch(agent, ref_agent, rollout, args, device)

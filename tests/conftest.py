@@ -1,10 +1,13 @@
+import importlib
 import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,6 +79,38 @@ def kill_when(proc, run_dir, min_step, timeout=300):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return json.loads((run_dir / "metrics.json").read_text())["global_step"]
+
+
+def assert_run_layout(run_dir, script, eval_steps):
+    """What every script writes, whatever its algorithm (the README's run layout)."""
+    import imageio.v3 as iio
+
+    metrics, timings = read_run(run_dir)
+    assert metrics["algo"] == script and metrics["completed"] and metrics["status"] == "completed" and metrics["sps"] > 0
+    assert set(metrics["args"]) == {f.name for f in fields(importlib.import_module(script).Args)}
+    train = metrics["train"]
+    assert len(train["global_step"]) == len(train["episodic_return"]) == len(train["episodic_length"]) > 0
+    assert all(1 <= n <= 50 for n in train["episodic_length"]) and train["global_step"] == sorted(train["global_step"])
+    assert metrics["eval"]["global_step"] == eval_steps and len(metrics["eval"]["std_return"]) == len(eval_steps)
+    assert [row["iteration"] for row in timings] == list(range(1, len(timings) + 1))
+    assert timings[-1]["global_step"] == metrics["global_step"]
+    assert_timings_add_up(timings)
+
+    log = (run_dir / "logs" / "train.log").read_text()
+    assert f"step {metrics['global_step']:,}/{metrics['total_timesteps']:,} (100%)" in log and "done:" in log
+    if not torch.cuda.is_available():
+        assert "CUDA is not available: training on CPU" in log
+    for name in ("latest.pt", "best.pt"):
+        ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=False)
+        assert {"agent", "optimizer", "rng", "iteration", "global_step", "metrics", "args"} <= set(ckpt)
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["global_step"] == metrics["global_step"]
+
+    videos = sorted((run_dir / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == [f"eval-step{step:09d}.mp4" for step in eval_steps]
+    frames = iio.imread(videos[-1])
+    assert frames.ndim == 4 and frames.shape[0] >= 2 and frames.std() > 1  # a real, non-blank film
+    assert not list(run_dir.rglob("*.tmp*"))  # atomic writes leave no temp files
+    return metrics, timings
 
 
 @pytest.fixture

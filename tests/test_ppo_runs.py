@@ -5,50 +5,17 @@ import importlib
 import os
 import subprocess
 import sys
-from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_timings_add_up, kill_when, read_run, run_script, tb_scalars
+from conftest import ROOT, TINY, assert_run_layout, kill_when, read_run, run_script, tb_scalars
 
 PPO_SCRIPTS = ["ppo_continuous", "ppo_beta_continuous"]
 TB_TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate", "losses/value_loss",
            "losses/policy_loss", "losses/entropy", "losses/old_approx_kl", "losses/approx_kl", "losses/clipfrac",
            "losses/explained_variance", "eval/mean_return", "eval/std_return"]
-
-
-def assert_run_layout(run_dir, script, eval_steps):
-    """What every script writes, whatever its algorithm (the README's run layout)."""
-    import imageio.v3 as iio
-
-    metrics, timings = read_run(run_dir)
-    assert metrics["algo"] == script and metrics["completed"] and metrics["status"] == "completed" and metrics["sps"] > 0
-    assert set(metrics["args"]) == {f.name for f in fields(importlib.import_module(script).Args)}
-    train = metrics["train"]
-    assert len(train["global_step"]) == len(train["episodic_return"]) == len(train["episodic_length"]) > 0
-    assert all(1 <= n <= 50 for n in train["episodic_length"]) and train["global_step"] == sorted(train["global_step"])
-    assert metrics["eval"]["global_step"] == eval_steps and len(metrics["eval"]["std_return"]) == len(eval_steps)
-    assert [row["iteration"] for row in timings] == list(range(1, len(timings) + 1))
-    assert timings[-1]["global_step"] == metrics["global_step"]
-    assert_timings_add_up(timings)
-
-    log = (run_dir / "logs" / "train.log").read_text()
-    assert f"step {metrics['global_step']:,}/{metrics['total_timesteps']:,} (100%)" in log and "done:" in log
-    if not torch.cuda.is_available():
-        assert "CUDA is not available: training on CPU" in log
-    for name in ("latest.pt", "best.pt"):
-        ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=False)
-        assert {"agent", "optimizer", "rng", "iteration", "global_step", "metrics", "args"} <= set(ckpt)
-    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["global_step"] == metrics["global_step"]
-
-    videos = sorted((run_dir / "videos").glob("*.mp4"))
-    assert [v.name for v in videos] == [f"eval-step{step:09d}.mp4" for step in eval_steps]
-    frames = iio.imread(videos[-1])
-    assert frames.ndim == 4 and frames.shape[0] >= 2 and frames.std() > 1  # a real, non-blank film
-    assert not list(run_dir.rglob("*.tmp*"))  # atomic writes leave no temp files
-    return metrics, timings
 
 
 @pytest.mark.parametrize("script", PPO_SCRIPTS)
