@@ -1,0 +1,214 @@
+"""plot.py on synthetic runs with known numbers: the table, IQM and its stratified-bootstrap CI
+against slow references, the figures, and every kind of bad input."""
+
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import plot
+from conftest import ROOT
+
+FINALS = [0.0, 100.0, 200.0, 1000.0]  # final eval returns of algo_a's 4 seeds: mean 325, IQM 150
+
+
+def write_run(runs_dir, env, exp, seed, eval_returns=(), train_returns=(), step=1000, group_size=None,
+              status="completed", sps=1000.0, timings=True):
+    """A run directory as the training scripts write it; evals and episodes evenly spaced up to `step`."""
+    run_dir = runs_dir / f"{env}__{exp}__seed{seed}"
+    run_dir.mkdir(parents=True)
+    eval_steps = [round(step * (i + 1) / len(eval_returns)) for i in range(len(eval_returns))]
+    train_steps = [round(step * (i + 1) / len(train_returns)) for i in range(len(train_returns))]
+    metrics = {"env_id": env, "algo": exp.split("_g")[0], "exp_name": exp, "seed": seed, "group_size": group_size,
+               "args": {}, "status": status, "completed": status == "completed", "global_step": step,
+               "total_timesteps": 1000, "sps": sps, "wall_time_s": 1.0, "best_eval_return": None,
+               "train": {"global_step": train_steps, "episodic_return": list(train_returns), "episodic_length": [1] * len(train_returns)},
+               "eval": {"global_step": eval_steps, "mean_return": list(eval_returns), "std_return": [0.0] * len(eval_returns)}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    if timings:  # per iteration: env step 2, forward 1, other rollout 1, update 3, eval 2, io 1 (seconds)
+        row = {"iteration": 1, "global_step": step, "time_s": 10.0, "rollout_s": 4.0, "env_step_s": 2.0,
+               "policy_forward_s": 1.0, "update_s": 3.0, "eval_s": 2.0, "io_s": 1.0, "sps": sps}
+        (run_dir / "timings.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "iteration": 2}) + "\n")
+    return run_dir
+
+
+@pytest.fixture
+def synthetic(runs_dir):
+    """Toy-v0: algo_a (4 seeds, known finals), algo_b (1 seed, still running), GRPO at G=4 and 8;
+    Other-v0: algo_a without any evaluation."""
+    for seed, final in enumerate(FINALS, 1):
+        write_run(runs_dir, "Toy-v0", "algo_a", seed, eval_returns=[final / 2, final],
+                  train_returns=[0.0] * 9 + [final], sps=1000.0 * seed)
+    write_run(runs_dir, "Toy-v0", "algo_b", 1, eval_returns=[50.0], train_returns=[5.0, 7.0], step=500, status="running")
+    for g, seed in itertools.product((4, 8), (1, 2, 3)):
+        write_run(runs_dir, "Toy-v0", f"grpo_g{g}", seed, eval_returns=[g, g * 10.0 + seed], train_returns=[1.0, 2.0], group_size=g)
+    write_run(runs_dir, "Other-v0", "algo_a", 1, train_returns=[3.0, 4.0], timings=False)
+    return runs_dir
+
+
+def run_plot(*args):
+    return subprocess.run([sys.executable, str(ROOT / "plot.py"), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300)
+
+
+def read_csv(path):
+    return {(row["env"], row["algorithm"]): row for row in csv.DictReader(path.open())}
+
+
+def slow_iqm(values):
+    values = sorted(values)
+    cut = int(len(values) / 4)  # scipy.stats.trim_mean(values, 0.25) drops this many at each end
+    middle = values[cut:len(values) - cut]
+    return sum(middle) / len(middle)
+
+
+def exact_bootstrap_ci(strata, confidence=0.95):
+    """The percentile CI of the IQM over every equally likely stratified resample, enumerated."""
+    stats = [slow_iqm([x for part in resample for x in part])
+             for resample in itertools.product(*[itertools.product(s, repeat=len(s)) for s in strata])]
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(stats, [tail, 100 - tail])
+
+
+def test_table_numbers_and_files(synthetic):
+    result = run_plot(synthetic)
+    assert result.returncode == 0, result.stderr
+    out = synthetic / "_plots"
+    assert sorted(p.name for p in out.iterdir()) == ["curves_Other-v0.png", "curves_Toy-v0.png", "final_performance.csv",
+                                                     "final_performance.md", "group_size_Toy-v0.png", "time_breakdown.png"]
+    rows = read_csv(out / "final_performance.csv")
+    a = rows[("Toy-v0", "algo_a")]
+    assert (int(a["seeds"]), int(a["completed"]), int(a["steps"])) == (4, 4, 1000)
+    assert float(a["final_mean"]) == pytest.approx(325.0) and float(a["final_std"]) == pytest.approx(np.std(FINALS))
+    assert float(a["iqm"]) == pytest.approx(150.0) and float(a["sps"]) == pytest.approx(2500.0)
+    low, high = exact_bootstrap_ci([FINALS])
+    assert float(a["iqm_ci_low"]) == pytest.approx(low, abs=0.05 * (high - low))
+    assert float(a["iqm_ci_high"]) == pytest.approx(high, abs=0.05 * (high - low))
+    b = rows[("Toy-v0", "algo_b")]  # one seed, in progress: its latest evaluation, a zero-width CI
+    assert (int(b["seeds"]), int(b["completed"]), float(b["final_mean"]), float(b["final_std"])) == (1, 0, 50.0, 0.0)
+    assert float(b["iqm_ci_low"]) == float(b["iqm_ci_high"]) == 50.0
+    assert float(rows[("Toy-v0", "grpo_g8")]["final_mean"]) == pytest.approx(82.0)
+    other = rows[("Other-v0", "algo_a")]  # no evaluation: listed, without numbers
+    assert other["seeds"] == "0" and other["final_mean"] == other["iqm"] == ""
+    markdown = (out / "final_performance.md").read_text()
+    assert markdown in result.stdout  # printed and saved
+    assert f"| Toy-v0 | algo_a | 1,000 | 4 | 4/4 | 325.0 ± {np.std(FINALS):.1f} | 150.0 [{float(a['iqm_ci_low']):.1f}, " in markdown
+    assert "| Toy-v0 | algo_b | 1,000 | 1 | 0/1 | 50.0 ± 0.0 | 50.0 [50.0, 50.0] |" in markdown
+    assert "| Other-v0 | algo_a | 1,000 | 0 | 1/1 | – | – |" in markdown
+    assert not list(out.glob(".tmp*"))  # atomic writes leave no temp files
+
+
+def test_total_steps_and_train_metric(synthetic, tmp_path):
+    result = run_plot(synthetic, "--output-dir", tmp_path / "half", "--total-steps", 500)
+    assert result.returncode == 0, result.stderr
+    a = read_csv(tmp_path / "half" / "final_performance.csv")[("Toy-v0", "algo_a")]
+    assert float(a["final_mean"]) == pytest.approx(325.0 / 2) and a["steps"] == "500"  # the evaluation at step 500
+    assert not (synthetic / "_plots").exists()
+
+    result = run_plot(synthetic, "--output-dir", tmp_path / "train", "--metric", "train")
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(tmp_path / "train" / "final_performance.csv")
+    # the last 10% of the steps hold each seed's last episode only
+    assert float(rows[("Toy-v0", "algo_a")]["final_mean"]) == pytest.approx(325.0)
+    assert float(rows[("Other-v0", "algo_a")]["final_mean"]) == pytest.approx(4.0)
+    assert "training return over the last 10% of steps" in (tmp_path / "train" / "final_performance.md").read_text()
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_iqm_matches_a_slow_reference(n):
+    values = np.random.default_rng(n).normal(size=n) * 100
+    assert plot.iqm(values) == pytest.approx(slow_iqm(list(values)))
+
+
+def test_stratified_bootstrap_ci_matches_the_exact_bootstrap():
+    strata = [[1.0, 4.0, 9.0], [20.0, 31.0, 47.0, 60.0]]  # two tasks on different scales
+    for confidence in (0.95, 0.8):
+        low, high = exact_bootstrap_ci(strata, confidence)
+        ci = plot.stratified_bootstrap_ci(strata, confidence=confidence)
+        assert ci == pytest.approx((low, high), abs=0.05 * (high - low))
+    pooled_low, pooled_high = exact_bootstrap_ci([strata[0] + strata[1]])  # what resampling across tasks gives
+    assert pooled_high - pooled_low > 1.5 * (high - low)
+
+
+def test_smoothing_and_the_common_grid():
+    steps, values = np.array([10.0, 20.0, 30.0, 40.0]), np.array([1.0, 3.0, 5.0, 7.0])
+    slow = [np.mean([v for s2, v in zip(steps, values) if s - 25 < s2 <= s]) for s in steps]
+    assert plot.smooth(steps, values, 25) == pytest.approx(slow)
+    grid = np.array([0.0, 15.0, 40.0, 50.0])
+    curve = plot.on_grid(steps, values, grid)
+    assert np.isnan(curve[[0, 3]]).all() and curve[1:3] == pytest.approx([2.0, 7.0])
+    short = plot.on_grid(steps[:2], values[:2], grid)  # a run that ended early: the mean stops with it
+    mean, std, low, high = plot.seed_bands(np.array([curve, short]))
+    assert mean[1] == pytest.approx(2.0) and np.isnan(mean[2]) and high[1] == low[1] == 2.0 and std[1] == 0
+
+
+def test_figures_are_real_images(synthetic):
+    assert run_plot(synthetic).returncode == 0
+    out = synthetic / "_plots"
+    tab10 = [np.array(matplotlib.colors.to_rgb(c)) for c in ("#1f77b4", "#ff7f0e", "#2ca02c")]
+    for name in ("curves_Toy-v0.png", "group_size_Toy-v0.png", "time_breakdown.png"):
+        image = matplotlib.image.imread(out / name)[..., :3]
+        assert image.shape[0] >= 300 and image.shape[1] >= 1000 and image.std() > 0.05, name
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 200, name  # lines, bands and text, not a blank canvas
+    curves = matplotlib.image.imread(out / "curves_Toy-v0.png")[..., :3]
+    for color in tab10:  # a line in each of the first three algorithms' colors
+        assert (np.abs(curves - color).max(axis=-1) < 0.02).sum() > 100, color
+    for alpha in (0.08, 1 - 0.92 * 0.75):  # algo_a's min-max band alone, and under its std band
+        assert (np.abs(curves - (1 - alpha + alpha * tab10[0])).max(axis=-1) < 0.01).sum() > 1000, alpha
+    breakdown = matplotlib.image.imread(out / "time_breakdown.png")[..., :3]
+    for _, color in plot.TIME_PARTS:  # every part of the iteration has its segment
+        assert (np.abs(breakdown - matplotlib.colors.to_rgb(color)).max(axis=-1) < 0.02).sum() > 500, color
+
+
+def test_corrupt_and_partial_runs_are_skipped_with_a_warning(runs_dir):
+    good = write_run(runs_dir, "Toy-v0", "algo_a", 1, eval_returns=[1.0, 2.0], train_returns=[1.0])
+    (good / "timings.jsonl").write_text('{"iteration": 1, "time_s": 1, "rollout_s"\n')  # cut by kill -9
+    bad = {"empty": "", "truncated": '{"env_id": "Toy-v0", "exp', "a list": "[1, 2]",
+           "no seed": json.dumps({"env_id": "Toy-v0", "exp_name": "x", "train": {}, "eval": {}}),
+           "lengths": json.loads((good / "metrics.json").read_text()) | {"eval": {"global_step": [1, 2], "mean_return": [1.0]}}}
+    for name, content in bad.items():
+        (runs_dir / name).mkdir()
+        (runs_dir / name / "metrics.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    fresh = write_run(runs_dir, "Toy-v0", "algo_a", 2, step=0, status="running", timings=False)  # nothing recorded yet
+    result = run_plot(runs_dir)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipping")]
+    assert sorted(line.split(runs_dir.name + "/")[1].split("/")[0] for line in warnings) == sorted(bad)
+    assert "Traceback" not in result.stderr and fresh.exists()
+    row = read_csv(runs_dir / "_plots" / "final_performance.csv")[("Toy-v0", "algo_a")]
+    assert (row["seeds"], row["completed"], float(row["final_mean"])) == ("1", "1", 2.0)
+    assert not (runs_dir / "_plots" / "time_breakdown.png").exists()  # no readable timings: no chart, no crash
+
+
+def assert_one_line_error(result, expected):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "no readable metrics.json under"),
+    (["--metric", "best"], "invalid choice: 'best'"),
+    (["--total-steps", "0"], "--total-steps must be positive"),
+    (["--total-steps", "1e6"], "invalid int value"),
+    (["--smooth", "-1"], "--smooth must be"),
+    (["--colour"], "unrecognized arguments: --colour"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(runs_dir, args, expected):
+    runs_dir.mkdir()
+    assert_one_line_error(run_plot(runs_dir, *args), expected)
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_bad_paths_are_one_line(runs_dir, tmp_path):
+    assert_one_line_error(run_plot(tmp_path / "nowhere"), "is not a directory")
+    write_run(runs_dir, "Toy-v0", "algo_a", 1, eval_returns=[1.0])
+    (tmp_path / "file").write_text("x")
+    assert_one_line_error(run_plot(tmp_path / "file"), "is not a directory")
+    assert_one_line_error(run_plot(runs_dir, "--output-dir", tmp_path / "file"), "--output-dir")
+    assert not (runs_dir / "_plots").exists()
