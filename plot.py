@@ -216,7 +216,8 @@ def final_table(runs, metric, budgets):
 def table_markdown(rows, metric):
     what = "return of the last evaluation" if metric == "eval" else f"training return over the last {TRAIN_FINAL_FRACTION:.0%} of steps"
     lines = [f"Final performance: {what} at or before `steps`, over seeds. IQM: interquartile mean with a 95% "
-             "stratified-bootstrap confidence interval (Agarwal et al., 2021).", "",
+             "stratified-bootstrap confidence interval (Agarwal et al., 2021). `completed`: finished runs / runs (a run "
+             "still running or diverged counts with its latest value).", "",
              "| env | algorithm | steps | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -349,7 +350,8 @@ def figure_time_breakdown(runs):
         parts = np.array([total["env_step_s"], total["policy_forward_s"], rest, total["update_s"], total["eval_s"], total["io_s"]])
         shares[exp] = 100 * parts / max(parts.sum(), 1e-12)
         envs = ", ".join(sorted({r.env for r in group}))
-        notes[exp] = f"{np.mean([r.sps for r in group]):,.0f} SPS, {duration(total['time_s'])} in all ({envs})"
+        notes[exp] = (f"rollout {shares[exp][:3].sum():.0f}%, {np.mean([r.sps for r in group]):,.0f} SPS, "
+                      f"{duration(total['time_s'])} in all ({envs})")
     if not shares:
         return None
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.55 * len(shares)))
@@ -379,16 +381,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    parser = Parser(description="Figures and tables of the runs under RUNS_DIR (every metrics.json below it).")
-    parser.add_argument("runs_dir", help="the directory the training scripts wrote their runs to (searched recursively)")
-    parser.add_argument("--output-dir", help="where the figures and tables go (default: RUNS_DIR/_plots)")
-    parser.add_argument("--total-steps", type=int, help="the x range and the step at which final returns are read "
+    parser = Parser(description="Figures and tables of the runs under RUNS_DIR (every metrics.json below it, grouped by "
+                    "env and exp_name): curves_ENV.png, group_size_ENV.png (GRPO runs), time_breakdown.png, "
+                    "final_performance.md (also printed) and final_performance.csv.")
+    parser.add_argument("runs_dir", metavar="RUNS_DIR", help="the directory the training scripts wrote their runs to (searched recursively)")
+    parser.add_argument("--output-dir", metavar="DIR", help="where the figures and tables go (default: RUNS_DIR/_plots)")
+    parser.add_argument("--total-steps", type=int, metavar="N", help="the x range and the step at which final returns are read "
                         "(default: per env, the largest total_timesteps of its runs)")
     parser.add_argument("--metric", choices=("eval", "train"), default="eval",
                         help="what the table and the group-size analysis report: the last evaluation return (eval) or the "
-                             f"training return over the last {TRAIN_FINAL_FRACTION:.0%} of steps (train); default eval")
-    parser.add_argument("--smooth", type=float, help="trailing window, in env steps, averaged into each curve point "
-                        f"(default: {DEFAULT_SMOOTH_FRACTION:.0%} of the x range; 0: none)")
+                             f"training return over the last {TRAIN_FINAL_FRACTION * 100:.0f}%% of steps (train); default eval")
+    parser.add_argument("--smooth", type=float, metavar="STEPS", help="trailing window, in env steps, averaged into each curve point "
+                        f"(default: {DEFAULT_SMOOTH_FRACTION * 100:.0f}%% of the x range; 0: none)")
     args = parser.parse_args(argv)
     if args.total_steps is not None and args.total_steps <= 0:
         raise UsageError("--total-steps must be positive")

@@ -127,6 +127,19 @@ def test_bad_input_is_one_line_and_writes_nothing(fake_repo, tmp_path, args, env
     assert not (tmp_path / "runs").exists() and result.stdout == ""
 
 
+def test_help_documents_every_flag_and_variable():
+    result = bench("--help")
+    assert result.returncode == 0 and result.stderr == ""
+    source = (ROOT / "benchmark.sh").read_text()
+    parser = source[source.index("while (($#)); do"):source.index("\ndone\n")]  # the option parser
+    parsed = set(re.findall(r"--[a-z][a-z-]+", parser))
+    assert {"--dry-run", "--skip-plots", "--slurm", "--workers", "--extra-args", "--sbatch-args"} <= parsed
+    for flag in parsed:
+        assert re.search(rf"^  (-h, )?{flag}\b", result.stdout, re.M), flag
+    for variable in set(re.findall(r"\$\{(BENCH_[A-Z_]+)", source)):
+        assert f"[{variable}" in result.stdout, variable
+
+
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 # stands in for python: seed 1 and 2 wait for each other, 3 fails, 4 is already complete
 seed=$(sed -E 's/.*--seed ([0-9]+).*/\1/' <<< "$*")

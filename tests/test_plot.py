@@ -186,6 +186,13 @@ def test_corrupt_and_partial_runs_are_skipped_with_a_warning(runs_dir):
     assert not (runs_dir / "_plots" / "time_breakdown.png").exists()  # no readable timings: no chart, no crash
 
 
+def test_help_lists_every_flag():
+    result = run_plot("--help")
+    assert result.returncode == 0
+    for flag in ("RUNS_DIR", "--output-dir", "--total-steps", "--metric {eval,train}", "--smooth"):
+        assert flag in result.stdout
+
+
 def assert_one_line_error(result, expected):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
