@@ -147,6 +147,7 @@ check_int --workers "$WORKERS" 1
 check_int --cpus "$CPUS" 1
 check_int --gpus "$GPUS" 0
 check_int --poll "$POLL" 1
+((SLURM || !SLURM_WAIT)) || die "--wait goes with --slurm (local runs always wait)"
 [[ -n $RUNS_DIR ]] || die "--runs-dir is empty"
 [[ ! -e $RUNS_DIR || -d $RUNS_DIR ]] || die "--runs-dir $RUNS_DIR is not a directory (pass another --runs-dir)"
 read -r -a EXTRA <<< "$EXTRA_STRING"
@@ -178,6 +179,7 @@ LOGS=$RUNS/_benchmark/logs
 
 # ---- the command list, built once ----
 COMMANDS=() NAMES=()
+declare -A SEEN
 for script in "${SCRIPT_LIST[@]}"; do
     envs=$ENVS sizes=-
     [[ $script == *_cnn_* ]] && envs=$CNN_ENVS
@@ -191,6 +193,8 @@ for script in "${SCRIPT_LIST[@]}"; do
                 [[ $g != - ]] && cmd+=(--group-size "$g") && exp=${script}_g$g
                 cmd+=(--runs-dir "$RUNS" --resume "${EXTRA[@]}")
                 name=${env//\//-}__${exp}__seed$seed
+                [[ -z ${SEEN[$name]:-} ]] || die "run $name is listed twice (a repeat in --scripts, --envs, --seeds or --group-sizes)"
+                SEEN[$name]=1
                 NAMES+=("$name")
                 COMMANDS+=("$(printf '%q ' "${cmd[@]}")>> $(printf %q "$LOGS/$name.log") 2>&1")
             done

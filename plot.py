@@ -445,7 +445,7 @@ def main(argv=None):
     write("final_performance.md", markdown.encode())
     write("final_performance.csv", table_csv(rows).encode())
     print(markdown)
-    print(f"{len(runs)} runs, {len(envs)} env{'s' * (len(envs) > 1)}; wrote to {out}: {', '.join(written)}")
+    print(f"{len(runs)} run{'s' * (len(runs) > 1)}, {len(envs)} env{'s' * (len(envs) > 1)}; wrote to {out}: {', '.join(written)}")
 
 
 if __name__ == "__main__":

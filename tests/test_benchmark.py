@@ -107,6 +107,8 @@ def test_dry_run_defaults_environment_variables_and_slurm_options(fake_repo, tmp
     (["--total-timesteps", "1e6"], {}, "--total-timesteps must be an integer >= 1"),
     (["--seeds", "1,x"], {}, "--seeds entry must be an integer >= 0, got 'x'"),
     (["--group-sizes", "1"], {}, "--group-sizes entry must be an integer >= 2"),
+    (["--seeds", "1,2,1"], {}, "run Hopper-v4__ppo_continuous__seed1 is listed twice"),
+    (["--wait"], {}, "--wait goes with --slurm"),
     (["--scripts", "sac_continuous"], {}, "unknown script 'sac_continuous' (choose from: ppo_continuous"),
     (["--scripts", "grpo_continuous.py"], {}, "script grpo_continuous.py is not in"),
     (["--runs-dir", "{file}"], {}, "is not a directory"),
