@@ -31,7 +31,7 @@ Lists take spaces or commas. Every option also reads the environment variable sh
   --extra-args STRING   more flags for every run, split on spaces; `-- ARGS...` appends more, quoted
                         as given  [BENCH_EXTRA_ARGS]
   --python PATH         the python that runs the scripts  [BENCH_PYTHON; default: $VIRTUAL_ENV's, else
-                        ./.venv's, else python3]
+                        this repo's .venv's, else python3]
   --dry-run             print the commands, one per line; run and write nothing  [BENCH_DRY_RUN=1]
   --skip-plots          do not run plot.py at the end  [BENCH_SKIP_PLOTS=1]
   --slurm               submit the same commands as one `sbatch --array=1-N%WORKERS` job  [BENCH_SLURM=1]
