@@ -291,7 +291,7 @@ def figure_learning_curves(env, runs, budget, window, colors):
     for ax, metric, title in ((axes[0], "eval", "evaluation return (deterministic policy)"),
                               (axes[1], "train", f"training episodic return (trailing mean over {window:,.0f} steps)")):
         drawn = [plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp]) for exp in exp_order(runs)]
-        style_axis(ax, f"{env}: {title}", any(drawn), f"no {metric} data in these runs")
+        style_axis(ax, title, any(drawn), f"no {metric} data in these runs")
         ax.set_ylabel("return")
     fig.suptitle(f"{env}: mean over seeds, ±1 std (dark band), min-max (light band)", fontsize=11)
     return fig
