@@ -20,6 +20,12 @@ TINY = {
                         "--minibatch-size", 64, "--update-epochs", 2],
 }
 TINY["ppo_beta_continuous"] = TINY["ppo_continuous"]
+# CarRacing-v3 (pixels, ~110 frames/s here): 50 frames are 25 steps of 2 frames
+TINY["ppo_cnn_carracing"] = ["--env-id", "CarRacing-v3", "--max-episode-steps", 50, "--frame-skip", 2, "--num-envs", 2,
+                             "--num-steps", 16, "--num-minibatches", 2, "--update-epochs", 1, "--torch-threads", 1]
+TINY["grpo_cnn_carracing"] = ["--env-id", "CarRacing-v3", "--max-episode-steps", 50, "--frame-skip", 2, "--num-groups", 2,
+                              "--group-size", 2, "--minibatch-size", 32, "--update-epochs", 1, "--torch-threads", 1,
+                              "--env-workers", 2]
 
 
 def existing_scripts():

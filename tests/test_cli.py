@@ -15,7 +15,6 @@ from conftest import ROOT, TINY, assert_clean_error, existing_scripts, read_run,
 SCRIPTS = existing_scripts()
 COMMON_BAD_INPUT = [
     (["--env-id", "CartPole-v1"], "action space"),
-    (["--env-id", "CarRacing-v3"], "observations of shape (96, 96, 3)"),
     (["--env-id", "Hoppper-v9"], "cannot make env 'Hoppper-v9'"),
     (["--total-timesteps", "0"], "--total-timesteps must be positive"),
     (["--learning-rate", "-1e-3"], "--learning-rate must be positive"),
@@ -40,6 +39,21 @@ SCRIPT_BAD_INPUT = {
     ],
 }
 SCRIPT_BAD_INPUT["ppo_beta_continuous"] = SCRIPT_BAD_INPUT["ppo_continuous"]
+CNN_BAD_INPUT = [
+    (["--frame-stack", "0"], "--frame-stack must be positive"),
+    (["--cnn-strides", "4", "2"], "one positive entry per convolution"),
+    (["--resize", "16", "16"], "shrink a 16x16 frame to nothing"),
+]
+SCRIPT_BAD_INPUT["ppo_cnn_carracing"] = CNN_BAD_INPUT + [(["--vector-mode", "threads"], "invalid choice 'threads'")]
+SCRIPT_BAD_INPUT["grpo_cnn_carracing"] = CNN_BAD_INPUT + [(["--group-size", "1"], "--group-size must be at least 2")]
+# observations a script cannot take: images for the MLP scripts, flat vectors for the CNN scripts
+WRONG_OBSERVATIONS = {"ppo_cnn_carracing": (["--env-id", "Hopper-v4"], "observations of shape (11,)")}
+WRONG_OBSERVATIONS["grpo_cnn_carracing"] = WRONG_OBSERVATIONS["ppo_cnn_carracing"]
+
+
+def bad_input(script):
+    wrong_observations = WRONG_OBSERVATIONS.get(script, (["--env-id", "CarRacing-v3"], "observations of shape (96, 96, 3)"))
+    return COMMON_BAD_INPUT + [wrong_observations] + SCRIPT_BAD_INPUT.get(script, [])
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -58,7 +72,7 @@ def test_help_documents_every_field(script):
 
 
 @pytest.mark.parametrize("script, args, expected", [
-    (script, args, expected) for script in SCRIPTS for args, expected in COMMON_BAD_INPUT + SCRIPT_BAD_INPUT.get(script, [])])
+    (script, args, expected) for script in SCRIPTS for args, expected in bad_input(script)])
 def test_bad_input_is_one_line_and_writes_nothing(runs_dir, script, args, expected):
     assert_clean_error(run_script(script, *args, "--runs-dir", runs_dir), expected)
     assert not runs_dir.exists()
@@ -66,8 +80,8 @@ def test_bad_input_is_one_line_and_writes_nothing(runs_dir, script, args, expect
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_existing_run_and_bad_resume_are_refused_and_nothing_is_touched(runs_dir, script):
-    exp_name = importlib.import_module(script).Args().exp_name or f"{script}_g8"
-    run_dir = runs_dir / f"Hopper-v4__{exp_name}__seed1"
+    defaults = importlib.import_module(script).Args()  # the run directory of a plain `python {script}.py`
+    run_dir = runs_dir / f"{defaults.env_id}__{defaults.exp_name or f'{script}_g8'}__seed1"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
@@ -78,6 +92,6 @@ def test_existing_run_and_bad_resume_are_refused_and_nothing_is_touched(runs_dir
     run_x = [*TINY[script], "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir, "--exp-name", "x",
              "--resume"]
     fresh = run_script(script, *run_x)  # --resume without a checkpoint starts afresh
-    assert fresh.returncode == 0 and read_run(runs_dir / "Hopper-v4__x__seed1")[0]["completed"]
+    assert fresh.returncode == 0 and read_run(runs_dir / f"{defaults.env_id}__x__seed1")[0]["completed"]
     other_lr = run_script(script, *run_x, "--learning-rate", "0.1")
     assert_clean_error(other_lr, "--learning-rate 0.0003 -> 0.1")
