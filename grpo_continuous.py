@@ -74,7 +74,7 @@ class Args:
     """G: the trajectories per group, all from the same start state (at least 2)"""
     num_groups: int = 4
     """the groups per iteration, each from its own start state"""
-    adv_mode: Literal["episode", "step"] = "step"
+    adv_mode: Literal["episode", "step"] = "episode"
     """group-relative advantages: `episode` (normalized episode return, the same on every step) or `step` (normalized reward-to-go at each t)"""
     learning_rate: float = 3e-4
     """the learning rate of the optimizer"""
