@@ -119,6 +119,21 @@ def assert_run_layout(run_dir, script, eval_steps):
     return metrics, timings
 
 
+def poison_update(monkeypatch, module, update_name, at_call=3):
+    """Make the module's update function fill the agent's first parameter with NaN on its `at_call`-th call."""
+    real_update, calls = getattr(module, update_name), []
+
+    def poisoned_update(agent, *a):
+        stats = real_update(agent, *a)
+        calls.append(1)
+        if len(calls) == at_call:
+            with torch.no_grad():
+                next(agent.parameters()).fill_(float("nan"))
+        return stats
+
+    monkeypatch.setattr(module, update_name, poisoned_update)
+
+
 @pytest.fixture
 def runs_dir(tmp_path):
     return tmp_path / "runs"

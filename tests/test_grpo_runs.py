@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import grpo_continuous as grpo
-from conftest import ROOT, TINY, assert_run_layout, kill_when, read_run, run_script, tb_scalars
+from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, tb_scalars
 
 TB_TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate", "charts/group_return_mean",
            "charts/group_return_std", "losses/policy_loss", "losses/kl_ref", "losses/entropy", "losses/approx_kl",
@@ -60,17 +60,7 @@ def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir):
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch):
-    real_update, calls = grpo.grpo_update, []
-
-    def poisoned_update(agent, *a):
-        stats = real_update(agent, *a)
-        calls.append(1)
-        if len(calls) == 3:
-            with torch.no_grad():
-                agent.actor_logstd.fill_(float("nan"))
-        return stats
-
-    monkeypatch.setattr(grpo, "grpo_update", poisoned_update)
+    poison_update(monkeypatch, grpo, "grpo_update")
     args = grpo.Args(env_id="InvertedPendulum-v4", num_groups=2, group_size=2, update_epochs=1, total_timesteps=5000,
                      eval_every=0, checkpoint_every=1, cuda=False, runs_dir=str(runs_dir))
     with pytest.raises(grpo.Diverged, match="diverged"):

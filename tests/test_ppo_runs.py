@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_run_layout, kill_when, read_run, run_script, tb_scalars
+from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, tb_scalars
 
 PPO_SCRIPTS = ["ppo_continuous", "ppo_beta_continuous"]
 TB_TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate", "losses/value_loss",
@@ -77,17 +77,7 @@ def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script
 @pytest.mark.parametrize("script", PPO_SCRIPTS)
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch, script):
     module = importlib.import_module(script)
-    real_update, calls = module.ppo_update, []
-
-    def poisoned_update(agent, *a):
-        stats = real_update(agent, *a)
-        calls.append(1)
-        if len(calls) == 3:
-            with torch.no_grad():
-                next(agent.parameters()).fill_(float("nan"))
-        return stats
-
-    monkeypatch.setattr(module, "ppo_update", poisoned_update)
+    poison_update(monkeypatch, module, "ppo_update")
     args = module.Args(env_id="InvertedPendulum-v4", num_steps=128, num_minibatches=4, update_epochs=1, total_timesteps=1280,
                        eval_every=0, checkpoint_every=128, cuda=False, runs_dir=str(runs_dir))
     with pytest.raises(module.Diverged, match="diverged"):
