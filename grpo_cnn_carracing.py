@@ -658,10 +658,17 @@ def member_command(envs, command, data):
     return {m: envs[m].step(action)[:4] for m, action in data.items()}
 
 
-def member_worker(conn, args, members):
+def member_worker(conn, args, members, parent_conns):
+    # A forked worker inherits the parent's ends of every pipe made so far, its own included: close
+    # them, so that when the parent dies (kill -9) recv() sees EOF and the worker exits, not lingers.
+    for parent_conn in parent_conns:
+        parent_conn.close()
     envs = {m: make_env(args)() for m in members}
-    while (message := conn.recv()) is not None:
-        conn.send(member_command(envs, *message))
+    try:
+        while (message := conn.recv()) is not None:
+            conn.send(member_command(envs, *message))
+    except (EOFError, BrokenPipeError):
+        pass
     for env in envs.values():
         env.close()
 
@@ -680,7 +687,7 @@ class MemberPool:
         self.parts = [range(w, num_members, num_workers) for w in range(num_workers)]
         for part in self.parts:
             conn, child_conn = ctx.Pipe()
-            proc = ctx.Process(target=member_worker, args=(child_conn, args, part), daemon=True)
+            proc = ctx.Process(target=member_worker, args=(child_conn, args, part, [*self.conns, conn]), daemon=True)
             proc.start()
             child_conn.close()
             self.conns.append(conn), self.procs.append(proc)

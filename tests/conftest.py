@@ -68,6 +68,13 @@ def assert_timings_add_up(timings):
         assert row["env_step_s"] + row["policy_forward_s"] <= row["rollout_s"] and row["sps"] > 0
 
 
+def process_alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
 def kill_when(proc, run_dir, min_step, timeout=300):
     """SIGKILL `proc` once its metrics.json reaches `min_step`; returns the step it was killed at."""
     import signal
@@ -82,8 +89,13 @@ def kill_when(proc, run_dir, min_step, timeout=300):
             pass
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 15
+    while (alive := [c for c in children if process_alive(c)]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive, "env worker processes outlived their killed parent"
     return json.loads((run_dir / "metrics.json").read_text())["global_step"]
 
 
