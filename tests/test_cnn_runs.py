@@ -3,7 +3,6 @@ frames are slow here): the run layout, resume after kill -9, the NaN stop. The c
 input are in test_cli.py, the pieces in test_cnn_units.py."""
 
 import importlib
-import itertools
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_run_layout, kill_when, read_run, run_script, tb_scalars
+from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, tb_scalars
 from test_grpo_runs import TB_TAGS as GRPO_TB_TAGS
 from test_ppo_runs import TB_TAGS as PPO_TB_TAGS
 
@@ -91,15 +90,7 @@ def test_grpo_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir
 ])
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch, script, update, kwargs):
     module = importlib.import_module(script)
-    real_update, calls = getattr(module, update), itertools.count(1)
-
-    def poisoned_update(agent, *a):  # the third update leaves NaN in the weights
-        stats = real_update(agent, *a)
-        with torch.no_grad():
-            next(agent.parameters()).mul_(float("nan") if next(calls) == 3 else 1.0)
-        return stats
-
-    monkeypatch.setattr(module, update, poisoned_update)
+    poison_update(monkeypatch, module, update)
     args = module.Args(max_episode_steps=32, frame_skip=2, update_epochs=1, total_timesteps=160, eval_every=0, checkpoint_every=1,
                        cuda=False, torch_threads=1, runs_dir=str(runs_dir), **kwargs)
     with pytest.raises(module.Diverged, match="diverged"):
