@@ -779,7 +779,8 @@ def collect_group_rollouts(envs, agent, actor, rng, seeds, group_size, low, high
         action[live] = actor.sample(frames[live], rng)
         t1 = time.perf_counter()
         reward = np.zeros(M, np.float32)
-        results = envs("step", {m: to_env_action(action[m], low, high) for m in live})
+        env_action = to_env_action(action, low, high)
+        results = envs("step", {m: env_action[m] for m in live})
         for m in live:
             obs[m], reward[m], terminated, truncated = results[m]
             steps += 1

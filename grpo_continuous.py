@@ -601,9 +601,9 @@ def collect_group_rollouts(envs, agent, actor, rng, seeds, group_size, low, high
         action[live] = actor.mean(obs_norm[live]) + actor.std * rng.standard_normal((len(live), len(actor.std)), dtype=np.float32)
         t1 = time.perf_counter()
         reward = np.zeros(M, np.float32)
+        env_action = np.clip(action, low, high)  # the log-prob is of the unclipped sample; only the env sees this
         for m in live:
-            # the log-prob is of the unclipped sample; only the env sees the clipped action
-            obs[m], reward[m], terminated, truncated, _ = envs[m].step(np.clip(action[m], low, high))
+            obs[m], reward[m], terminated, truncated, _ = envs[m].step(env_action[m])
             steps += 1
             episode_return[m] += reward[m]
             if terminated or truncated:
