@@ -75,6 +75,8 @@ class Args:
     """total environment steps of the experiment (the last iteration is cut short to fit it)"""
     env_workers: int = 0
     """processes that step the group members (0: one per CPU core, at most one per member; 1: in this process)"""
+    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """the training envs' implementation: `gymnasium`, or `envpool` (C++, batched; Linux: pip install envpool); evaluation and videos always run gymnasium's env of the same id"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length, in env frames: CarRacing's is 1000) for training and evaluation"""
     # Observations (the same wrappers in training and evaluation; frames stay uint8)
@@ -477,6 +479,35 @@ def make_env(args, render_mode=None):
     return thunk
 
 
+def grayscale_frames(frames):
+    """(..., H, W, 3) uint8 -> (..., H, W, 1) uint8 with gymnasium's GrayscaleObservation formula
+    (weights 0.2125, 0.7154, 0.0721, truncated), so both backends feed the network the same bytes."""
+    return np.sum(np.multiply(frames, np.array([0.2125, 0.7154, 0.0721])), axis=-1, keepdims=True).astype(np.uint8)
+
+
+class FramePipeline:
+    """make_env's observation wrappers after the frame skip (grayscale, resize, frame stack) on a batch
+    of envs, in numpy: the EnvPool backend's frames come as one (N, H, W, 3) array."""
+
+    def __init__(self, args, num_envs, frame_shape):
+        self.args, self.frame_shape, self.rows, self.cols = args, frame_shape, None, None
+        shape = preprocessed_shape(args, frame_shape)
+        if args.resize:
+            self.rows, self.cols = area_weights(frame_shape[0], shape[1]), area_weights(frame_shape[1], shape[2])
+        self.stack = np.zeros((num_envs, *shape), np.uint8)
+
+    def frames(self, raw):
+        out = grayscale_frames(raw) if self.args.grayscale else raw
+        if self.rows is not None:  # frame by frame: the exact arithmetic of the gymnasium wrapper
+            out = np.stack([resize_frame(frame, self.rows, self.cols) for frame in out])
+        return out
+
+    def reset(self, ids, raw):
+        self.stack[ids] = self.frames(raw)[:, None]  # FrameStackObservation starts with the first frame repeated
+
+    def push(self, ids, raw):
+        self.stack[ids] = np.concatenate([self.stack[ids, 1:], self.frames(raw)[:, None]], axis=1)
+
 def check_env(args):
     """Make one env to check its spaces before anything is written. Returns the preprocessed
     observation shape and the action space."""
@@ -497,6 +528,8 @@ def check_env(args):
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 3 or obs_space.shape[2] != 3 or obs_space.dtype != np.uint8:
         raise UsageError(f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this CNN script "
                          "needs RGB images (height, width, 3) of uint8: for flat vectors use grpo_continuous.py")
+    if args.env_backend == "envpool":
+        check_envpool_env(args, obs_space, act_space)
     if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):
         raise UsageError(f"{args.env_id} has no time limit and GRPO compares whole episodes: pass --max-episode-steps")
     obs_shape = preprocessed_shape(args, obs_space.shape)
@@ -507,6 +540,22 @@ def check_env(args):
         raise UsageError(f"the CNN's convolutions (--cnn-kernel-sizes {args.cnn_kernel_sizes}, --cnn-strides {args.cnn_strides}) "
                          f"shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing: use a larger --resize or smaller kernels")
     return obs_shape, act_space
+
+
+def check_envpool_env(args, obs_space, act_space):
+    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
+    import envpool
+
+    if args.env_id not in envpool.list_all_envs():
+        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = envpool.make_spec(args.env_id)
+        ep_obs, ep_act = spec.observation_space, spec.action_space
+    if (ep_obs.shape != obs_space.shape or ep_obs.dtype != obs_space.dtype or ep_act.shape != act_space.shape
+            or not np.allclose(ep_act.low, act_space.low) or not np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's (observations {ep_obs}, actions {ep_act}), which "
+                         "evaluates the policy: use --env-backend gymnasium")
 
 
 def check_args(args):
@@ -541,6 +590,11 @@ def check_args(args):
         raise UsageError(f"--target-kl must be positive (or None), got {args.target_kl}")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
+    if args.env_backend == "envpool":
+        try:
+            import envpool  # noqa: F401
+        except ImportError:
+            raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64 wheels)")
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -707,6 +761,67 @@ class MemberPool:
             proc.join()
 
 
+class EnvPoolMembers:
+    """The `--env-backend envpool` group members, with MemberPool's interface: one EnvPool of one env per
+    member, made anew at each reset with the member's group seed. EnvPool seeds an env when its pool is
+    made and its reset takes no seed, so this is how a group's members start on one track, as with
+    gymnasium (making a pool takes about a millisecond). make_env's wrappers run on the batch in numpy;
+    the members' pools step in parallel (send to all, then receive from all)."""
+
+    def __init__(self, args, num_members):
+        import envpool
+
+        self.envpool, self.args, self.num_members, self.pools, self.pipeline = envpool, args, num_members, {}, None
+        self.negative_steps = np.zeros(num_members, np.int64)
+
+    def __call__(self, command, data):
+        members = np.fromiter(data, np.int64, len(data))
+        if command == "reset":
+            raw = []
+            for m, seed in data.items():
+                if m in self.pools:
+                    self.pools[m].close()
+                kwargs = {"max_episode_steps": self.args.max_episode_steps} if self.args.max_episode_steps else {}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.pools[m] = self.envpool.make(self.args.env_id, env_type="gymnasium", num_envs=1, num_threads=1,
+                                                      seed=int(seed) % (2**31 - 1), **kwargs)  # EnvPool seeds are int32
+                raw.append(self.pools[m].reset()[0][0])
+            if self.pipeline is None:
+                self.pipeline = FramePipeline(self.args, self.num_members, raw[0].shape)
+            self.pipeline.reset(members, np.stack(raw))
+            self.negative_steps[members] = 0
+            return {m: self.pipeline.stack[m].copy() for m in data}
+        last = np.zeros((len(members), *self.pipeline.frame_shape), np.uint8)
+        reward, terminated, truncated = np.zeros(len(members)), np.zeros(len(members), bool), np.zeros(len(members), bool)
+        live = range(len(members))
+        for _ in range(self.args.frame_skip):  # FrameSkip: a member that ends stops there
+            for k in live:
+                self.pools[members[k]].send(np.asarray(data[members[k]], np.float32)[None])
+            for k in live:
+                raw, r, term, trunc, _ = self.pools[members[k]].recv()
+                last[k], reward[k], terminated[k], truncated[k] = raw[0], reward[k] + float(r[0]), term[0], trunc[0]
+            live = [k for k in live if not (terminated[k] or truncated[k])]
+            if not live:
+                break
+        if self.args.max_negative_steps:
+            self.negative_steps[members] = np.where(reward < 0, self.negative_steps[members] + 1, 0)
+            truncated |= self.negative_steps[members] >= self.args.max_negative_steps
+        self.pipeline.push(members, last)
+        return {m: (self.pipeline.stack[m].copy(), reward[k], bool(terminated[k]), bool(truncated[k])) for k, m in enumerate(members)}
+
+    def close(self):
+        for pool in self.pools.values():
+            pool.close()
+        self.pools = {}
+
+
+def make_member_pool(args, num_members):
+    if args.env_backend == "envpool":
+        return EnvPoolMembers(args, num_members)
+    return MemberPool(args, num_members, min(args.env_workers or os.cpu_count() or 1, num_members))
+
+
 def group_seeds(seed, iteration, num_groups):
     """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a
     resumed run replays exactly the start states it would have seen."""
@@ -849,6 +964,31 @@ def grpo_update(agent, optimizer, batch, args):
             "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": torch.stack(clipfracs).mean()}
 
 
+def env_rate(args, num_steps):
+    """The raw rate of the group members `main` builds for `args` (backend, --num-groups x --group-size,
+    --env-workers, preprocessing), stepped with uniform random actions for `num_steps` agent steps of
+    all members together, in the unit of the run's SPS: agent steps per second. A member that ends is
+    reset at once, so every member steps all the time: the yardstick of the training speed."""
+    check_args(args)
+    _, act_space = check_env(args)
+    num_members, rng = args.num_groups * args.group_size, np.random.default_rng(args.seed)
+    seeds = group_seeds(args.seed, 1, args.num_groups)
+    envs = make_member_pool(args, num_members)
+    try:
+        envs("reset", {m: seeds[m // args.group_size] for m in range(num_members)})
+        steps, t0 = 0, time.perf_counter()
+        while steps < num_steps:
+            actions = rng.uniform(act_space.low, act_space.high, (num_members, act_space.shape[0])).astype(np.float32)
+            results = envs("step", dict(enumerate(actions)))
+            steps += num_members
+            ended = {m: seeds[m // args.group_size] for m, (_, _, terminated, truncated) in results.items() if terminated or truncated}
+            if ended:
+                envs("reset", ended)
+        return steps / (time.perf_counter() - t0)
+    finally:
+        envs.close()
+
+
 def main(args: Args):
     check_args(args)
     obs_shape, act_space = check_env(args)
@@ -889,7 +1029,7 @@ def main(args: Args):
 
     # Members never autoreset (each runs one episode per iteration), so a pool of plain envs, not a vector env.
     num_members = args.num_groups * args.group_size
-    envs = MemberPool(args, num_members, min(args.env_workers or os.cpu_count() or 1, num_members))
+    envs = make_member_pool(args, num_members)
     eval_seeds = [1_000_000 * (1 + args.seed) + k for k in range(args.eval_episodes)]
 
     def make_eval_env(render_mode):

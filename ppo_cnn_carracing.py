@@ -67,6 +67,8 @@ class Args:
     """the number of parallel environments"""
     vector_mode: Literal["auto", "sync", "async"] = "auto"
     """gymnasium vector env: `sync` steps envs in this process, `async` in one subprocess each, `auto` async if --num-envs > 1"""
+    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """the training envs' implementation: `gymnasium`, or `envpool` (C++, batched; Linux: pip install envpool); evaluation and videos always run gymnasium's env of the same id"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length, in env frames: CarRacing's is 1000) for training and evaluation"""
 
@@ -484,7 +486,106 @@ def make_env(args, render_mode=None):
     return thunk
 
 
+def grayscale_frames(frames):
+    """(..., H, W, 3) uint8 -> (..., H, W, 1) uint8 with gymnasium's GrayscaleObservation formula
+    (weights 0.2125, 0.7154, 0.0721, truncated), so both backends feed the network the same bytes."""
+    return np.sum(np.multiply(frames, np.array([0.2125, 0.7154, 0.0721])), axis=-1, keepdims=True).astype(np.uint8)
+
+
+class FramePipeline:
+    """make_env's observation wrappers after the frame skip (grayscale, resize, frame stack) on a batch
+    of envs, in numpy: the EnvPool backend's frames come as one (N, H, W, 3) array."""
+
+    def __init__(self, args, num_envs, frame_shape):
+        self.args, self.frame_shape, self.rows, self.cols = args, frame_shape, None, None
+        shape = preprocessed_shape(args, frame_shape)
+        if args.resize:
+            self.rows, self.cols = area_weights(frame_shape[0], shape[1]), area_weights(frame_shape[1], shape[2])
+        self.stack = np.zeros((num_envs, *shape), np.uint8)
+
+    def frames(self, raw):
+        out = grayscale_frames(raw) if self.args.grayscale else raw
+        if self.rows is not None:  # frame by frame: the exact arithmetic of the gymnasium wrapper
+            out = np.stack([resize_frame(frame, self.rows, self.cols) for frame in out])
+        return out
+
+    def reset(self, ids, raw):
+        self.stack[ids] = self.frames(raw)[:, None]  # FrameStackObservation starts with the first frame repeated
+
+    def push(self, ids, raw):
+        self.stack[ids] = np.concatenate([self.stack[ids, 1:], self.frames(raw)[:, None]], axis=1)
+
+
+def envpool_threads(num_envs):
+    return max(1, min(num_envs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+class EnvPoolVectorEnv:
+    """The `--env-backend envpool` training envs: EnvPool's batched C++ env behind the part of the
+    gymnasium vector env API that collect_rollout uses, with make_env's wrappers done on the batch and
+    gymnasium's SAME_STEP autoreset. EnvPool's own autoreset is NEXT_STEP-like (the step after a done
+    returns the reset frame, reward 0, action ignored), so an env that ends is not stepped again in its
+    frame skip, its final observation goes to info["final_obs"], and it is reset at once
+    (`reset(env_ids)` resets just those envs; their next step is a real one)."""
+
+    def __init__(self, args, num_envs):
+        import envpool
+
+        self.envpool, self.args, self.num_envs, self.pool = envpool, args, num_envs, None
+        self.ids = np.arange(num_envs, dtype=np.int32)
+        self.negative_steps = np.zeros(num_envs, np.int64)
+        self.pipeline = None
+
+    def reset(self, seed):
+        """EnvPool seeds env i with seed + i when the pool is made and its reset takes no seed: so
+        reset(seed=[s, s + 1, ...]) makes a new pool, whose envs then draw their tracks from those seeds."""
+        assert list(seed) == list(range(seed[0], seed[0] + self.num_envs)), "EnvPool seeds its envs consecutively"
+        self.close()
+        kwargs = {"max_episode_steps": self.args.max_episode_steps} if self.args.max_episode_steps else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.pool = self.envpool.make(self.args.env_id, env_type="gymnasium", num_envs=self.num_envs, seed=int(seed[0]),
+                                          num_threads=envpool_threads(self.num_envs), **kwargs)
+        raw, info = self.pool.reset()
+        self.pipeline = FramePipeline(self.args, self.num_envs, raw.shape[1:])
+        self.pipeline.reset(info["env_id"], raw)
+        self.negative_steps[:] = 0
+        return self.pipeline.stack.copy(), {}
+
+    def step(self, actions):
+        N = self.num_envs
+        reward, terminated, truncated = np.zeros(N), np.zeros(N, bool), np.zeros(N, bool)
+        last = np.zeros((N, *self.pipeline.frame_shape), np.uint8)
+        live = self.ids
+        for _ in range(self.args.frame_skip):  # FrameSkip on the batch: an env that ends stops there
+            raw, r, term, trunc, info = self.pool.step(actions[live], live)
+            ids = info["env_id"]
+            last[ids], terminated[ids], truncated[ids] = raw, term, trunc
+            reward[ids] += r.astype(np.float64)
+            live = np.sort(ids[~(term | trunc)]).astype(np.int32)
+            if not len(live):
+                break
+        if self.args.max_negative_steps:
+            self.negative_steps = np.where(reward < 0, self.negative_steps + 1, 0)
+            truncated |= self.negative_steps >= self.args.max_negative_steps
+        self.pipeline.push(self.ids, last)
+        done = np.flatnonzero(terminated | truncated).astype(np.int32)
+        info = {"final_obs": self.pipeline.stack.copy()} if len(done) else {}
+        if len(done):
+            raw, reset_info = self.pool.reset(done)
+            self.pipeline.reset(reset_info["env_id"], raw)
+            self.negative_steps[done] = 0
+        return self.pipeline.stack.copy(), reward, terminated, truncated, info
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
 def make_vector_env(args):
+    if args.env_backend == "envpool":
+        return EnvPoolVectorEnv(args, args.num_envs)
     # SAME_STEP: the obs returned with a done already starts the next episode, the final obs is in
     # info["final_obs"]; gymnasium's default (NEXT_STEP) would add a reset step whose action is ignored.
     asynchronous = args.vector_mode == "async" or (args.vector_mode == "auto" and args.num_envs > 1)
@@ -512,6 +613,8 @@ def check_env(args):
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 3 or obs_space.shape[2] != 3 or obs_space.dtype != np.uint8:
         raise UsageError(f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this CNN script "
                          "needs RGB images (height, width, 3) of uint8: for flat vectors use ppo_beta_continuous.py")
+    if args.env_backend == "envpool":
+        check_envpool_env(args, obs_space, act_space)
     obs_shape = preprocessed_shape(args, obs_space.shape)
     size = np.array(obs_shape[1:3])
     for kernel, stride in zip(args.cnn_kernel_sizes, args.cnn_strides):
@@ -520,6 +623,22 @@ def check_env(args):
         raise UsageError(f"the CNN's convolutions (--cnn-kernel-sizes {args.cnn_kernel_sizes}, --cnn-strides {args.cnn_strides}) "
                          f"shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing: use a larger --resize or smaller kernels")
     return obs_shape, act_space
+
+
+def check_envpool_env(args, obs_space, act_space):
+    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
+    import envpool
+
+    if args.env_id not in envpool.list_all_envs():
+        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = envpool.make_spec(args.env_id)
+        ep_obs, ep_act = spec.observation_space, spec.action_space
+    if (ep_obs.shape != obs_space.shape or ep_obs.dtype != obs_space.dtype or ep_act.shape != act_space.shape
+            or not np.allclose(ep_act.low, act_space.low) or not np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's (observations {ep_obs}, actions {ep_act}), which "
+                         "evaluates the policy: use --env-backend gymnasium")
 
 
 def check_args(args):
@@ -559,6 +678,11 @@ def check_args(args):
     if args.num_iterations == 0:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} = --num-envs x "
                          "--num-steps); raise it or shrink the batch")
+    if args.env_backend == "envpool":
+        try:
+            import envpool  # noqa: F401
+        except ImportError:
+            raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64 wheels)")
 
 
 class RunningMeanStd:
@@ -842,6 +966,25 @@ def make_batch(agent, rollout, next_obs, args, device):
                                       final_values, args.gamma, args.gae_lambda)
     return {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs, "values": torch.from_numpy(values.reshape(-1)).to(device),
             "advantages": torch.from_numpy(advantages.reshape(-1)).to(device), "returns": torch.from_numpy(returns.reshape(-1)).to(device)}
+
+
+def env_rate(args, num_steps):
+    """The raw rate of the training envs `main` builds for `args` (backend, --num-envs, preprocessing),
+    stepped with uniform random actions for `num_steps` agent steps of all envs together, in the unit
+    of the run's SPS: agent steps per second. The yardstick of the training speed."""
+    check_args(args)
+    _, act_space = check_env(args)
+    steps = max(1, math.ceil(num_steps / args.num_envs))
+    actions = np.random.default_rng(args.seed).uniform(act_space.low, act_space.high, (steps, args.num_envs, act_space.shape[0]))
+    envs = make_vector_env(args)
+    try:
+        envs.reset(seed=[args.seed + i for i in range(args.num_envs)])
+        t0 = time.perf_counter()
+        for action in actions.astype(np.float32):
+            envs.step(action)
+        return steps * args.num_envs / (time.perf_counter() - t0)
+    finally:
+        envs.close()
 
 
 def main(args: Args):

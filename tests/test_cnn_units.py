@@ -116,8 +116,12 @@ def test_rollout_buffer_holds_the_env_frames_as_uint8():
     assert (rollout.obs[0] == first).all() and not (rollout.obs[-1] == first).all()
 
 
-def test_members_reset_with_one_seed_drive_the_same_track():
-    """CarRacing generates its track from the reset seed: a group's members race on one track."""
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_members_reset_with_one_seed_drive_the_same_track(backend):
+    """CarRacing generates its track from the reset seed: a group's members race on one track. EnvPool
+    cannot reset with a seed: each member gets a pool made with its group's seed."""
+    if backend == "envpool":
+        pytest.importorskip("envpool")
     tracks = []
     for seed in (7, 7, 8):
         env = carracing(grpo)
@@ -128,8 +132,9 @@ def test_members_reset_with_one_seed_drive_the_same_track():
     assert tracks[0].shape != tracks[2].shape or not np.allclose(tracks[0], tracks[2])
 
     # in the training loop: 2 groups of 2 members, stepped by 2 worker processes
-    args = grpo.Args(max_episode_steps=20, num_groups=2, group_size=2)
-    pool = grpo.MemberPool(args, 4, num_workers=2)
+    args = grpo.Args(max_episode_steps=20, num_groups=2, group_size=2, env_workers=2, env_backend=backend)
+    pool = grpo.make_member_pool(args, 4)
+    assert isinstance(pool, grpo.EnvPoolMembers if backend == "envpool" else grpo.MemberPool)
     obs_shape, act_space = grpo.check_env(args)
     agent = grpo.Agent(obs_shape, 3, args)
     episodes = []
@@ -141,3 +146,72 @@ def test_members_reset_with_one_seed_drive_the_same_track():
     assert (first[0] == first[1]).all() and (first[2] == first[3]).all() and not (first[0] == first[2]).all()
     assert not (rollout.obs[-1][0] == rollout.obs[-1][1]).all()  # sampled actions drive the members apart
     assert len(episodes) == 4 and rollout.mask.all()
+
+
+# ---- --env-backend envpool: the same observations, SAME_STEP autoreset, same-track groups ----
+
+@pytest.mark.parametrize("module", [ppo, grpo])
+@pytest.mark.parametrize("config", [{}, {"grayscale": False, "resize": (84, 48), "frame_stack": 2}])
+def test_envpool_pipeline_gives_the_gymnasium_wrappers_bytes_on_the_same_frames(module, config):
+    """EnvPool's frames go through FramePipeline (numpy, on the batch); gymnasium's through make_env's
+    wrappers. Fed the same frames, both must give the network identical arrays."""
+    wrapped = carracing(module, frame_skip=1, **config)
+    raw = gym.make("CarRacing-v3", max_episode_steps=50)
+    pipeline = module.FramePipeline(module.Args(**config), 2, (96, 96, 3))
+    obs, _ = wrapped.reset(seed=3)
+    frame, _ = raw.reset(seed=3)
+    pipeline.reset(np.array([1]), frame[None])
+    assert (pipeline.stack[1] == obs).all()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        action = np.array([rng.uniform(-1, 1), 1.0, 0.0], np.float32)
+        obs, frame = wrapped.step(action)[0], raw.step(action)[0]
+        pipeline.push(np.array([1]), frame[None])
+        assert pipeline.stack[1].dtype == np.uint8 and (pipeline.stack[1] == obs).all()
+    assert not (pipeline.stack[1][0] == pipeline.stack[1][-1]).all() and not pipeline.stack[0].any()  # env 0 untouched
+
+
+def test_envpool_vector_env_autoresets_as_gymnasium_same_step():
+    """10-frame episodes at frame skip 4 last 3 agent steps (4 + 4 + 2 frames): the third reports the
+    truncation with the episode's final observation, and already returns the next episode's first; the
+    step after it is a real step of the new episode, never EnvPool's reset step (reward 0, action ignored)."""
+    pytest.importorskip("envpool")
+    args = ppo.Args(env_backend="envpool", num_envs=2, max_episode_steps=10, frame_skip=4, num_steps=7)
+    envs = ppo.make_vector_env(args)
+    next_obs, _ = envs.reset(seed=[1, 2])
+    obs_shape, act_space = ppo.check_env(args)
+    agent = ppo.Agent(obs_shape, 3, args)
+    rollout, episodes = ppo.Rollout(7, 2, obs_shape, 3), []
+    ppo.collect_rollout(envs, next_obs, agent, ppo.RolloutActor(agent, "cpu"), np.random.default_rng(0),
+                        ppo.RewardScaler(2, 0.99, 10.0, enabled=False), rollout, act_space.low, act_space.high, 0,
+                        lambda *e: episodes.append(e))
+    envs.close()
+    assert rollout.truncations[:, 0].tolist() == rollout.truncations[:, 1].tolist() == [0, 0, 1, 0, 0, 1, 0]
+    assert not rollout.terminations.any() and [(t, i) for t, i in rollout.final_obs_at] == [(2, 0), (2, 1), (5, 0), (5, 1)]
+    rewards = rollout.rewards
+    assert [(step, length) for step, _, length in episodes] == [(6, 3), (6, 3), (12, 3), (12, 3)]
+    assert [ret for _, ret, _ in episodes] == pytest.approx([rewards[:3, 0].sum(), rewards[:3, 1].sum(),
+                                                            rewards[3:6, 0].sum(), rewards[3:6, 1].sum()], abs=1e-5)
+    for t in (3, 6):  # a new episode starts from its first frame repeated, and its first step is real (the first tile)
+        assert all((rollout.obs[t, i] == rollout.obs[t, i, :1]).all() for i in range(2)) and (rewards[t] > 1).all()
+    final_obs = dict(zip(rollout.final_obs_at, rollout.final_obs))
+    assert not (final_obs[(2, 0)] == rollout.obs[3, 0]).all()  # the bootstrap sees the ended episode's last frames
+    assert (final_obs[(2, 0)][:-1] == rollout.obs[2, 0][1:]).all()  # ... stacked after the step's frames
+
+
+def test_envpool_carracing_is_gymnasiums_task():
+    """EnvPool's CarRacing-v3: 1000-frame time limit (250 agent steps at frame skip 4, truncated), the
+    reward scale (-0.1 a frame, +1000/N a tile: a braking car scores about -100 + one tile), and
+    --max-negative-steps truncating after that many negative steps."""
+    pytest.importorskip("envpool")
+    envs = ppo.make_vector_env(ppo.Args(env_backend="envpool", num_envs=1))
+    envs.reset(seed=[4])
+    rewards = [envs.step(BRAKE[None])[1:4] for _ in range(250)]
+    assert [bool(r[2][0]) for r in rewards] == [False] * 249 + [True] and not any(r[1][0] for r in rewards)
+    assert -100 < sum(r[0][0] for r in rewards) < -90
+    envs.close()
+    envs = ppo.make_vector_env(ppo.Args(env_backend="envpool", num_envs=1, frame_skip=2, max_negative_steps=6))
+    envs.reset(seed=[4])
+    steps = [envs.step(BRAKE[None])[1:4] for _ in range(7)]
+    assert [bool(s[2][0]) for s in steps] == [False] * 6 + [True] and (np.array([s[0][0] for s in steps[1:]]) < 0).all()
+    envs.close()
