@@ -390,6 +390,28 @@ def make_env(env_id, max_episode_steps=None, render_mode=None):
     return thunk
 
 
+def env_rate(args, num_steps):
+    """Env steps per second of the members' envs, built as main builds them, under uniform random
+    actions, each reset when its episode ends: the environment-bound limit of the train SPS
+    (speed.py divides by it)."""
+    _, act_space = check_env(args)
+    act_space.seed(args.seed)
+    envs = [make_env(args.env_id, args.max_episode_steps)() for _ in range(args.num_groups * args.group_size)]
+    for m, env in enumerate(envs):
+        env.reset(seed=args.seed + m)
+    actions = [act_space.sample() for _ in range(num_steps)]
+    start = time.perf_counter()
+    for step, action in enumerate(actions):
+        env = envs[step % len(envs)]
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+    elapsed = time.perf_counter() - start
+    for env in envs:
+        env.close()
+    return num_steps / elapsed
+
+
 def check_env(args):
     """Make one env to check its spaces before anything is written."""
     with warnings.catch_warnings():

@@ -50,6 +50,8 @@ class Args:
     """if toggled, train on CUDA when it is available (falls back to CPU with a warning)"""
     torch_threads: int = 1
     """torch CPU threads (1 is fastest for small MLPs; 0 keeps torch's default)"""
+    update_impl: Literal["numpy", "torch"] = "numpy"
+    """the update on CPU: `numpy` (hand-written backprop, ~4x faster for these small MLPs) or `torch` (autograd: the reference, always used on CUDA)"""
     runs_dir: str = "runs"
     """where run directories are created: {runs_dir}/{env_id}__{exp_name}__seed{seed}"""
     resume: bool = False
@@ -400,12 +402,56 @@ def make_env(env_id, max_episode_steps=None, render_mode=None):
     return thunk
 
 
+class SerialVectorEnv:
+    """gymnasium's SyncVectorEnv in SAME_STEP autoreset mode without its per-step bookkeeping,
+    which costs ~25 us a step, a quarter of a Hopper-v4 step: the envs stepped in a plain loop."""
+
+    def __init__(self, env_fns):
+        self.envs = [fn() for fn in env_fns]
+
+    def reset(self, seed=None):  # as gymnasium: an int seeds env i with seed + i
+        seeds = [seed + i for i in range(len(self.envs))] if isinstance(seed, int) else seed or [None] * len(self.envs)
+        return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]), {}
+
+    def step(self, actions):
+        n = len(self.envs)
+        obs, final_obs = [None] * n, {}
+        rewards, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+        for i, env in enumerate(self.envs):
+            obs[i], rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                final_obs[i] = obs[i]
+                obs[i], _ = env.reset()
+        return np.stack(obs), rewards, terminated, truncated, {"final_obs": final_obs}
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
 def make_vector_env(args):
     # SAME_STEP: the obs returned with a done already starts the next episode, the final obs is in
     # info["final_obs"]; gymnasium's default (NEXT_STEP) would add a reset step whose action is ignored.
-    vector_env = gym.vector.AsyncVectorEnv if args.vector_mode == "async" else gym.vector.SyncVectorEnv
-    return vector_env([make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)],
-                      autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    env_fns = [make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)]
+    if args.vector_mode == "sync":
+        return SerialVectorEnv(env_fns)
+    return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def env_rate(args, num_steps):
+    """Env steps per second of the training envs, built as main builds them, under uniform random
+    actions: the environment-bound limit of the train SPS (speed.py divides by it)."""
+    _, act_space = check_env(args)
+    act_space.seed(args.seed)
+    actions = np.stack([np.stack([act_space.sample() for _ in range(args.num_envs)]) for _ in range(num_steps)])
+    envs = make_vector_env(args)
+    envs.reset(seed=args.seed)
+    start = time.perf_counter()
+    for action in actions:
+        envs.step(action)
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return num_steps * args.num_envs / elapsed
 
 
 def check_env(args):
@@ -465,14 +511,15 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x):
-        # np.add.reduce rather than x.mean()/x.var(): this runs twice per env step
-        batch_count = x.shape[0]
-        batch_mean = np.add.reduce(x, axis=0) / batch_count
-        batch_var = np.add.reduce((x - batch_mean) ** 2, axis=0) / batch_count
-        delta, total = batch_mean - self.mean, self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.var, self.count = m2 / total, total
+        # np.add.reduce rather than x.mean()/x.var(), and few temporaries: this runs every env step
+        n = x.shape[0]
+        total = self.count + n
+        batch_mean = np.add.reduce(x, axis=0) / n
+        batch_m2 = np.add.reduce((x - batch_mean) ** 2, axis=0) if n > 1 else 0.0
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.var = (self.var * self.count + batch_m2 + delta * delta * (self.count * n / total)) / total
+        self.count = total
 
     def state_dict(self):
         return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
@@ -491,23 +538,35 @@ class ObsNormalizer(RunningMeanStd):
             return obs.astype(np.float32)
         if update:
             self.update(obs)
-        return np.clip((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip, self.clip).astype(np.float32)
+        # np.minimum/np.maximum: np.clip's argument handling costs more than the clipping
+        return np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip).astype(np.float32)
 
 
 class RewardScaler:
-    """CleanRL's reward normalization: divide by the running std of the discounted return."""
+    """CleanRL's reward normalization: divide each reward by the running std of the discounted
+    return, the statistics updated with every step's returns before that step's reward is scaled.
+    The policy never sees scaled rewards, so a whole (T, N) rollout is scaled at once: the
+    running variance after each step is computed in closed form from cumulative sums (the same
+    numbers as T sequential updates, up to float64 rounding)."""
 
     def __init__(self, num_envs, gamma, clip, enabled=True):
         self.rms, self.returns = RunningMeanStd(), np.zeros(num_envs)
         self.gamma, self.clip, self.enabled = gamma, clip, enabled
 
-    def __call__(self, rewards, dones):
+    def scale(self, rewards, dones):
         if not self.enabled:
             return rewards.astype(np.float32)
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        self.returns[dones] = 0.0
-        return np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip, self.clip).astype(np.float32)
+        T, N = rewards.shape
+        returns = np.empty((T, N))
+        for t in range(T):
+            returns[t] = self.returns = self.returns * self.gamma + rewards[t]
+            self.returns = np.where(dones[t], 0.0, self.returns)
+        rms, count = self.rms, self.rms.count + N * np.arange(1, T + 1)
+        shifted = returns - rms.mean  # sums around the old mean: no cancellation of large squares
+        mean_shift = np.cumsum(shifted.sum(1)) / count
+        var = (rms.var * rms.count + np.cumsum((shifted**2).sum(1))) / count - mean_shift**2
+        rms.mean, rms.var, rms.count = rms.mean + mean_shift[-1], var[-1], float(count[-1])
+        return np.clip(rewards / np.sqrt(var + 1e-8)[:, None], -self.clip, self.clip).astype(np.float32)
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -574,15 +633,14 @@ def compute_gae(rewards, values, last_value, terminations, truncations, final_va
     belongs to the next episode: the bootstrap is V(final obs) = final_values[t] after a
     truncation and 0 after a termination (truncation alone is not a death).
     """
-    advantages = np.zeros_like(rewards)
-    lastgaelam = np.zeros_like(last_value)
     dones = np.logical_or(terminations, truncations)
+    next_values = np.where(dones, final_values, np.concatenate([values[1:], last_value[None]])) * (1.0 - terminations)
+    deltas = rewards + gamma * next_values - values  # all TD errors at once; only the sum below is sequential
+    carry = gamma * gae_lambda * (1.0 - dones)
+    advantages = np.zeros_like(deltas)
+    lastgaelam = np.zeros_like(last_value)
     for t in reversed(range(len(rewards))):
-        next_values = last_value if t == len(rewards) - 1 else values[t + 1]
-        next_values = np.where(dones[t], final_values[t], next_values) * (1.0 - terminations[t])
-        delta = rewards[t] + gamma * next_values - values[t]
-        lastgaelam = delta + gamma * gae_lambda * (1.0 - dones[t]) * lastgaelam
-        advantages[t] = lastgaelam
+        advantages[t] = lastgaelam = deltas[t] + carry[t] * lastgaelam
     return advantages, advantages + values
 
 
@@ -632,12 +690,151 @@ def ppo_update(agent, optimizer, batch, args):
             "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": torch.stack(clipfracs).mean()}
 
 
+class NumpyLearner:
+    """The CPU fast path of the update. The agent's parameters, their gradients and Adam's moments
+    are views of flat float32 arrays, and backprop is written out by hand: a 64-sample minibatch
+    step of these small MLPs costs ~1 ms in torch (op dispatch, autograd, optimizer bookkeeping)
+    and a fraction of that in numpy. It computes the same update as ppo_update up to float
+    rounding (tests/test_ppo_math.py); torch stays the owner of the weights and optimizer state,
+    which pull() and push() copy in and out once per iteration."""
+
+    def __init__(self, agent, optimizer):
+        self.agent, self.optimizer = agent, optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.bounds = list(itertools.pairwise(np.cumsum([0] + [p.numel() for p in self.params])))
+        self.theta, self.grad, self.exp_avg, self.exp_avg_sq = (np.zeros(self.bounds[-1][1], np.float32) for _ in range(4))
+        self.p, self.g = ([flat[a:b].reshape(p.shape) for (a, b), p in zip(self.bounds, self.params)] for flat in (self.theta, self.grad))
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self.critic, self.actor = ([(index[id(m.weight)], index[id(m.bias)]) for m in net if isinstance(m, nn.Linear)]
+                                   for net in (agent.critic, agent.actor_mean))
+        self.logstd = index[id(agent.actor_logstd)]
+
+    def pull(self):
+        for (a, b), p in zip(self.bounds, self.params):
+            self.theta[a:b] = p.detach().reshape(-1).numpy()
+            state = self.optimizer.state.get(p) or {}
+            self.exp_avg[a:b] = state["exp_avg"].reshape(-1).numpy() if state else 0.0
+            self.exp_avg_sq[a:b] = state["exp_avg_sq"].reshape(-1).numpy() if state else 0.0
+            self.step_count = int(state["step"]) if state else 0
+        group = self.optimizer.param_groups[0]
+        self.lr, self.betas, self.eps = group["lr"], group["betas"], group["eps"]
+
+    def push(self):
+        with torch.no_grad():
+            for (a, b), p in zip(self.bounds, self.params):
+                p.copy_(torch.from_numpy(self.theta[a:b]).view_as(p))
+                self.optimizer.state[p] = {"step": torch.tensor(float(self.step_count)),
+                                           "exp_avg": torch.from_numpy(self.exp_avg[a:b].copy()).view_as(p),
+                                           "exp_avg_sq": torch.from_numpy(self.exp_avg_sq[a:b].copy()).view_as(p)}
+
+    def mlp_forward(self, layers, x):
+        """The MLP's output and the input of each of its layers (what backprop needs)."""
+        inputs = []
+        for k, (w, b) in enumerate(layers):
+            inputs.append(x)
+            x = x @ self.p[w].T + self.p[b]
+            if k < len(layers) - 1:
+                x = np.tanh(x)
+        return x, inputs
+
+    def mlp_backward(self, layers, inputs, d_out):
+        """Writes the MLP's parameter gradients, given d loss / d output."""
+        for k in reversed(range(len(layers))):
+            w, b = layers[k]
+            np.matmul(d_out.T, inputs[k], out=self.g[w])
+            np.add.reduce(d_out, axis=0, out=self.g[b])
+            if k:
+                d_out = (d_out @ self.p[w]) * (1.0 - inputs[k] ** 2)  # tanh' = 1 - tanh^2
+
+    def log_prob(self, obs, actions):
+        """gaussian_log_prob of the actions and the mean gaussian_entropy, plus what backprop needs."""
+        mean, inputs = self.mlp_forward(self.actor, obs)
+        logstd = self.p[self.logstd]
+        inv_std = np.exp(-logstd)
+        z = (actions - mean) * inv_std
+        logprob = -0.5 * np.add.reduce(z * z, axis=1) - float(logstd.sum() + 0.5 * math.log(2 * math.pi) * z.shape[1])
+        return logprob, float((0.5 + 0.5 * math.log(2 * math.pi) + logstd).sum()), (inputs, z, inv_std)
+
+    def log_prob_backward(self, cache, d_logprob, d_entropy):
+        inputs, z, inv_std = cache
+        self.g[self.logstd][:] = d_logprob @ (z * z - 1.0) + d_entropy
+        self.mlp_backward(self.actor, inputs, d_logprob[:, None] * z * inv_std)
+
+    def step(self, max_grad_norm):
+        """clip_grad_norm_ and an Adam step (torch's formulas), on the flat arrays."""
+        grad_norm = math.sqrt(float(np.dot(self.grad, self.grad)))
+        self.grad *= min(1.0, max_grad_norm / (grad_norm + 1e-6))
+        self.step_count += 1
+        (beta1, beta2), t = self.betas, self.step_count
+        self.exp_avg *= beta1
+        self.exp_avg += (1.0 - beta1) * self.grad
+        self.exp_avg_sq *= beta2
+        self.exp_avg_sq += (1.0 - beta2) * self.grad * self.grad
+        denom = np.sqrt(self.exp_avg_sq) / math.sqrt(1.0 - beta2**t) + self.eps
+        self.theta -= (self.lr / (1.0 - beta1**t)) * self.exp_avg / denom
+
+
+def ppo_update_numpy(learner, batch, args):
+    """ppo_update on the NumpyLearner: the same minibatches (torch.randperm), losses and
+    statistics; the gradients are written out instead of taken by autograd. Where torch.max
+    would split a tie between the clipped and unclipped losses, the gradient goes to one side:
+    the two differ by rounding there."""
+    learner.pull()
+    batch = {k: v.numpy() for k, v in batch.items()}
+    B, lo, hi, clipped_count = args.minibatch_size, 1 - args.clip_coef, 1 + args.clip_coef, 0
+    for epoch in range(args.update_epochs):
+        perm = torch.randperm(args.batch_size).numpy()
+        obs, actions, old_logprobs, advantages, returns, old_values = (
+            batch[k][perm] for k in ("obs", "actions", "logprobs", "advantages", "returns", "values"))
+        for start in range(0, args.batch_size, B):
+            mb = slice(start, start + B)
+            newlogprob, entropy, cache = learner.log_prob(obs[mb], actions[mb])
+            logratio = newlogprob - old_logprobs[mb]
+            ratio = np.exp(logratio)
+            mb_adv = advantages[mb]
+            if args.norm_adv:  # (x - mean) / (unbiased std), as torch.std
+                centered = mb_adv - np.add.reduce(mb_adv) / B
+                mb_adv = centered / (math.sqrt(float(centered @ centered) / (B - 1)) + 1e-8)
+            pg_losses, pg_losses_clipped = -mb_adv * ratio, -mb_adv * np.minimum(np.maximum(ratio, lo), hi)
+            unclipped = pg_losses >= pg_losses_clipped  # where the max is the unclipped term, which has a gradient
+            pg_loss = float(np.add.reduce(np.where(unclipped, pg_losses, pg_losses_clipped))) / B
+            d_ratio = np.where(unclipped, mb_adv, 0.0) * (-1.0 / B)
+
+            newvalue, critic_inputs = learner.mlp_forward(learner.critic, obs[mb])
+            newvalue, v_error = newvalue[:, 0], newvalue[:, 0] - returns[mb]
+            if args.clip_vloss:
+                v_change = newvalue - old_values[mb]
+                v_step = np.minimum(np.maximum(v_change, -args.clip_coef), args.clip_coef)
+                v_clipped_error = old_values[mb] + v_step - returns[mb]
+                v_losses, v_losses_clipped = v_error * v_error, v_clipped_error * v_clipped_error
+                larger = v_losses >= v_losses_clipped
+                v_loss = 0.5 * float(np.add.reduce(np.where(larger, v_losses, v_losses_clipped))) / B
+                d_value = np.where(larger, v_error, v_clipped_error * (v_step == v_change)) / B
+            else:
+                v_loss, d_value = 0.5 * float(v_error @ v_error) / B, v_error / B
+
+            # loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
+            learner.log_prob_backward(cache, d_ratio * ratio, -args.ent_coef)
+            learner.mlp_backward(learner.critic, critic_inputs, args.vf_coef * d_value[:, None])
+            learner.step(args.max_grad_norm)
+            clipped_count += np.count_nonzero(np.abs(ratio - 1.0) > args.clip_coef)
+
+        old_approx_kl, approx_kl = float((-logratio).mean()), float(((ratio - 1) - logratio).mean())
+        if args.target_kl is not None and approx_kl > args.target_kl:
+            break
+    learner.push()
+    num_minibatches = (epoch + 1) * (args.batch_size // B)
+    return {"losses/value_loss": float(v_loss), "losses/policy_loss": float(pg_loss), "losses/entropy": entropy,
+            "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": clipped_count / (num_minibatches * B)}
+
+
 class Rollout:
     """The (T, N) rollout buffer, plus what carries over between rollouts (running episodes)."""
 
     def __init__(self, T, N, obs_dim, act_dim):
         self.obs = np.zeros((T, N, obs_dim), np.float32)  # normalized, as the policy saw them
         self.actions = np.zeros((T, N, act_dim), np.float32)  # unclipped samples
+        self.raw_rewards = np.zeros((T, N))  # as the env gave them
         self.rewards = np.zeros((T, N), np.float32)  # scaled
         self.terminations = np.zeros((T, N), np.float32)
         self.truncations = np.zeros((T, N), np.float32)
@@ -652,18 +849,19 @@ def collect_rollout(envs, next_obs, agent, actor, rng, reward_scaler, rollout, l
     T, N = rollout.rewards.shape
     rollout.final_obs_at, rollout.final_obs = [], []
     env_step_s = forward_s = 0.0
+    noise = rng.standard_normal((T, N, len(actor.std)), dtype=np.float32)  # the same numbers as one draw per step
     for step in range(T):
         t0 = time.perf_counter()
         obs_norm = agent.obs_rms(next_obs, update=True)
-        action = actor.mean(obs_norm) + actor.std * rng.standard_normal((N, len(actor.std)), dtype=np.float32)
+        action = actor.mean(obs_norm) + actor.std * noise[step]
         t1 = time.perf_counter()
         # the log-prob is of the unclipped sample; only the env sees the clipped action
-        next_obs, reward, terminated, truncated, info = envs.step(np.clip(action, low, high))
+        next_obs, reward, terminated, truncated, info = envs.step(np.minimum(np.maximum(action, low), high))
         t2 = time.perf_counter()
         env_step_s, forward_s = env_step_s + t2 - t1, forward_s + t1 - t0
         done = terminated | truncated
         rollout.obs[step], rollout.actions[step] = obs_norm, action
-        rollout.rewards[step] = reward_scaler(reward, done)
+        rollout.raw_rewards[step] = reward
         rollout.terminations[step], rollout.truncations[step] = terminated, truncated
         rollout.episode_return += reward
         rollout.episode_length += 1
@@ -673,6 +871,7 @@ def collect_rollout(envs, next_obs, agent, actor, rng, reward_scaler, rollout, l
                 rollout.final_obs.append(agent.obs_rms(info["final_obs"][i][None])[0])
                 on_episode(global_step + (step + 1) * N, rollout.episode_return[i], rollout.episode_length[i])
             rollout.episode_return[done], rollout.episode_length[done] = 0.0, 0
+    rollout.rewards[:] = reward_scaler.scale(rollout.raw_rewards, np.logical_or(rollout.terminations, rollout.truncations))
     return next_obs, env_step_s, forward_s
 
 
@@ -734,6 +933,7 @@ def main(args: Args):
         rec.log.info(f"resuming {run_dir} from step {metrics['global_step']:,} (iteration {start_iteration})")
     else:
         rec.log.info(f"run directory {run_dir}; {args.num_iterations} iterations of {args.batch_size} steps on {device}")
+    learner = NumpyLearner(agent, optimizer) if args.update_impl == "numpy" and device.type == "cpu" else None
 
     envs = make_vector_env(args)
     # A resumed run cannot restore the envs' internal state: start new episodes from new seeds.
@@ -768,7 +968,7 @@ def main(args: Args):
         batch = make_batch(agent, rollout, next_obs, args, device)
 
         # ---- update ----
-        stats = ppo_update(agent, optimizer, batch, args)
+        stats = ppo_update_numpy(learner, batch, args) if learner else ppo_update(agent, optimizer, batch, args)
         stats = {k: float(v) for k, v in stats.items()}
         if not all(math.isfinite(v) for v in stats.values()) or not all(torch.isfinite(p).all() for p in agent.parameters()):
             metrics["status"] = "diverged"

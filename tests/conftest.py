@@ -132,7 +132,8 @@ def assert_run_layout(run_dir, script, eval_steps):
 
 
 def poison_update(monkeypatch, module, update_name, at_call=3):
-    """Make the module's update function fill the agent's first parameter with NaN on its `at_call`-th call."""
+    """Make the module's update function fill the agent's first parameter with NaN on its `at_call`-th
+    call. Its first argument is the agent, or a NumpyLearner holding it."""
     real_update, calls = getattr(module, update_name), []
 
     def poisoned_update(agent, *a):
@@ -140,7 +141,7 @@ def poison_update(monkeypatch, module, update_name, at_call=3):
         calls.append(1)
         if len(calls) == at_call:
             with torch.no_grad():
-                next(agent.parameters()).fill_(float("nan"))
+                next(getattr(agent, "agent", agent).parameters()).fill_(float("nan"))
         return stats
 
     monkeypatch.setattr(module, update_name, poisoned_update)

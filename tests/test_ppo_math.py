@@ -83,13 +83,21 @@ def test_obs_normalizer_is_frozen_unless_updating_and_travels_in_the_agent_state
     np.testing.assert_allclose(restored.obs_rms(data[:10]), normalized)
 
 
-def test_reward_scaler_divides_by_the_running_return_std_and_resets_at_episode_end():
-    scaler = ppo.RewardScaler(num_envs=2, gamma=0.9, clip=100.0)
-    scaled = scaler(np.array([1.0, 2.0]), np.array([False, True]))
-    np.testing.assert_allclose(scaler.returns, [1.0, 0.0])  # the ended episode's return restarts
-    np.testing.assert_allclose(scaled, np.array([1.0, 2.0]) / np.sqrt(scaler.rms.var + 1e-8), rtol=1e-6)
-    scaler(np.array([1.0, 1.0]), np.array([False, False]))
-    np.testing.assert_allclose(scaler.returns, [1.9, 1.0])
+def test_reward_scaler_scales_a_rollout_as_step_by_step_updates_would_and_resets_at_episode_end():
+    rng = np.random.default_rng(0)
+    T, N, gamma = 50, 3, 0.9
+    rewards, dones = rng.normal(2.0, 1.0, (2, T, N)), rng.random((2, T, N)) < 0.1
+    scaler, ref_rms, returns = ppo.RewardScaler(N, gamma, clip=100.0), ppo.RunningMeanStd(), np.zeros(N)
+    for k in range(2):  # two rollouts: the statistics and the running returns carry over
+        scaled = scaler.scale(rewards[k], dones[k])
+        for t in range(T):  # CleanRL's order: update with this step's returns, scale, then reset ended episodes
+            returns = returns * gamma + rewards[k, t]
+            ref_rms.update(returns)
+            np.testing.assert_allclose(scaled[t], rewards[k, t] / np.sqrt(ref_rms.var + 1e-8), rtol=1e-5)
+            returns[dones[k, t]] = 0.0
+        np.testing.assert_allclose(scaler.returns, returns)
+        np.testing.assert_allclose([scaler.rms.mean, scaler.rms.var, scaler.rms.count], [ref_rms.mean, ref_rms.var, ref_rms.count], rtol=1e-9)
+    assert np.abs(ppo.RewardScaler(N, gamma, clip=0.5).scale(rewards[0], dones[0])).max() == np.float32(0.5)
 
 
 def test_gaussian_log_prob_and_entropy_match_torch_distributions():
@@ -158,6 +166,38 @@ def test_ppo_update_equals_the_plain_cleanrl_update():
     torch.testing.assert_close(stats["losses/policy_loss"], ref_pg.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(stats["losses/value_loss"], ref_v.detach(), rtol=1e-4, atol=1e-5)
     assert 0.0 < float(stats["losses/clipfrac"]) < 1.0  # the update moved the policy enough to clip some
+
+
+@pytest.mark.parametrize("module", [ppo, ppo_beta])
+@pytest.mark.parametrize("variant", [{}, {"clip_vloss": False, "norm_adv": False}, {"ent_coef": 0.05}, {"target_kl": 0.002}])
+def test_the_numpy_fast_update_equals_the_torch_reference_update(module, variant):
+    """The CPU fast path (hand-written gradients) against autograd: same parameters, optimizer
+    state and losses after two updates, and the state it hands back lets torch carry on."""
+    torch.manual_seed(0)
+    B, obs_dim, act_dim = 256, 5, 2
+    agent = module.Agent(obs_dim, act_dim, (32, 16))
+    fast = copy.deepcopy(agent)
+    opt, fast_opt = (torch.optim.Adam(a.parameters(), lr=3e-3, eps=1e-5, fused=True) for a in (agent, fast))
+    learner = module.NumpyLearner(fast, fast_opt)
+    batch = {"obs": torch.randn(B, obs_dim), "actions": torch.rand(B, act_dim), "advantages": torch.randn(B),
+             "returns": torch.randn(B), "values": torch.randn(B)}
+    learner.pull()
+    batch["logprobs"] = torch.from_numpy(learner.log_prob(batch["obs"].numpy(), batch["actions"].numpy())[0]) + 0.05 * torch.randn(B)
+    args = SimpleNamespace(**{**dict(update_epochs=3, batch_size=B, minibatch_size=32, norm_adv=True, clip_coef=0.2, clip_vloss=True,
+                                     ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, target_kl=None), **variant})
+    for fast_update in (module.ppo_update_numpy, module.ppo_update_numpy, None):  # None: torch resumes from the pushed state
+        torch.manual_seed(1)
+        stats = module.ppo_update(agent, opt, batch, args)
+        torch.manual_seed(1)
+        fast_stats = fast_update(learner, batch, args) if fast_update else module.ppo_update(fast, fast_opt, batch, args)
+        for p, q in zip(agent.parameters(), fast.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=2e-6)
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                torch.testing.assert_close(fast_opt.state[q][key], opt.state[p][key], rtol=1e-3, atol=1e-8)
+        for key, value in stats.items():
+            assert float(fast_stats[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+    if variant.get("target_kl"):
+        assert opt.state[next(agent.parameters())]["step"] < 3 * 3 * B // 32  # the early stop did stop early
 
 
 class CounterEnv(gym.Env):

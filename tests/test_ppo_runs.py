@@ -77,7 +77,7 @@ def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script
 @pytest.mark.parametrize("script", PPO_SCRIPTS)
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch, script):
     module = importlib.import_module(script)
-    poison_update(monkeypatch, module, "ppo_update")
+    poison_update(monkeypatch, module, "ppo_update_numpy")  # the CPU default
     args = module.Args(env_id="InvertedPendulum-v4", num_steps=128, num_minibatches=4, update_epochs=1, total_timesteps=1280,
                        eval_every=0, checkpoint_every=128, cuda=False, runs_dir=str(runs_dir))
     with pytest.raises(module.Diverged, match="diverged"):
