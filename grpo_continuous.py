@@ -466,13 +466,15 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x):
-        # np.add.reduce rather than x.mean()/x.var(): this runs twice per env step
-        batch_count = x.shape[0]
-        batch_mean = np.add.reduce(x, axis=0) / batch_count
-        batch_var = np.add.reduce((x - batch_mean) ** 2, axis=0) / batch_count
-        delta, total = batch_mean - self.mean, self.count + batch_count
-        self.mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        # few temporaries and no x.mean()/x.var(): this runs every env step, usually on one row
+        n = x.shape[0]
+        total = self.count + n
+        batch_mean = x[0] if n == 1 else np.add.reduce(x, axis=0) / n
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        m2 = self.var * self.count + delta * delta * (self.count * n / total)
+        if n > 1:
+            m2 += np.add.reduce((x - batch_mean) ** 2, axis=0)
         self.var, self.count = m2 / total, total
 
     def state_dict(self):

@@ -416,7 +416,7 @@ class SerialVectorEnv:
 
     def reset(self, seed=None):  # as gymnasium: an int seeds env i with seed + i
         seeds = [seed + i for i in range(len(self.envs))] if isinstance(seed, int) else seed or [None] * len(self.envs)
-        return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]), {}
+        return np.array([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]), {}
 
     def step(self, actions):
         n = len(self.envs)
@@ -427,7 +427,7 @@ class SerialVectorEnv:
             if terminated[i] or truncated[i]:
                 final_obs[i] = obs[i]
                 obs[i], _ = env.reset()
-        return np.stack(obs), rewards, terminated, truncated, {"final_obs": final_obs}
+        return np.array(obs), rewards, terminated, truncated, {"final_obs": final_obs}
 
     def close(self):
         for env in self.envs:
@@ -519,15 +519,16 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x):
-        # np.add.reduce rather than x.mean()/x.var(), and few temporaries: this runs every env step
+        # few temporaries and no x.mean()/x.var(): this runs every env step, usually on one row
         n = x.shape[0]
         total = self.count + n
-        batch_mean = np.add.reduce(x, axis=0) / n
-        batch_m2 = np.add.reduce((x - batch_mean) ** 2, axis=0) if n > 1 else 0.0
+        batch_mean = x[0] if n == 1 else np.add.reduce(x, axis=0) / n
         delta = batch_mean - self.mean
         self.mean = self.mean + delta * (n / total)
-        self.var = (self.var * self.count + batch_m2 + delta * delta * (self.count * n / total)) / total
-        self.count = total
+        m2 = self.var * self.count + delta * delta * (self.count * n / total)
+        if n > 1:
+            m2 += np.add.reduce((x - batch_mean) ** 2, axis=0)
+        self.var, self.count = m2 / total, total
 
     def state_dict(self):
         return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
@@ -566,9 +567,13 @@ class RewardScaler:
             return rewards.astype(np.float32)
         T, N = rewards.shape
         returns = np.empty((T, N))
-        for t in range(T):
-            returns[t] = self.returns = self.returns * self.gamma + rewards[t]
-            self.returns = np.where(dones[t], 0.0, self.returns)
+        for i in range(N):  # the discounted return, restarted after each done: python floats beat numpy on a row
+            running, column = float(self.returns[i]), []
+            for reward, done in zip(rewards[:, i].tolist(), dones[:, i].tolist()):
+                running = running * self.gamma + reward
+                column.append(running)
+                running = 0.0 if done else running
+            returns[:, i], self.returns[i] = column, running
         rms, count = self.rms, self.rms.count + N * np.arange(1, T + 1)
         shifted = returns - rms.mean  # sums around the old mean: no cancellation of large squares
         mean_shift = np.cumsum(shifted.sum(1)) / count
@@ -645,19 +650,23 @@ class NumpyActor:
         self.layers = [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears]
 
     def params(self, x):
+        """alpha and beta side by side, (batch, 2 * act_dim)."""
         for w, b in self.layers[:-1]:
             x = np.tanh(x @ w + b)
         w, b = self.layers[-1]
-        params = np.logaddexp(0.0, x @ w + b) + 1.0  # softplus + 1, as beta_params
-        return params[:, : len(b) // 2], params[:, len(b) // 2 :]  # slices: np.split costs ~6 us
+        return np.logaddexp(0.0, x @ w + b) + 1.0  # softplus + 1, as beta_params
 
-    def sample(self, x, rng):
-        alpha, beta = self.params(x)
-        return np.minimum(np.maximum(rng.beta(alpha, beta), BETA_EPS), 1.0 - BETA_EPS).astype(np.float32)
+    @staticmethod
+    def first_share(v):  # v[:, :d] / (v[:, :d] + v[:, d:])
+        d = v.shape[1] // 2
+        return v[:, :d] / (v[:, :d] + v[:, d:])
 
-    def mean(self, x):  # the deterministic (evaluation) action in (0, 1): the Beta mean
-        alpha, beta = self.params(x)
-        return alpha / (alpha + beta)
+    def sample(self, x, rng):  # Ga / (Ga + Gb) ~ Beta(a, b): one standard_gamma call, cheaper than rng.beta
+        x = self.first_share(rng.standard_gamma(self.params(x)))
+        return np.minimum(np.maximum(x, BETA_EPS), 1.0 - BETA_EPS).astype(np.float32)
+
+    def mean(self, x):  # the deterministic (evaluation) action in (0, 1): the Beta mean alpha / (alpha + beta)
+        return self.first_share(self.params(x))
 
 
 def compute_gae(rewards, values, last_value, terminations, truncations, final_values, gamma, gae_lambda):
@@ -672,9 +681,12 @@ def compute_gae(rewards, values, last_value, terminations, truncations, final_va
     deltas = rewards + gamma * next_values - values  # all TD errors at once; only the sum below is sequential
     carry = gamma * gae_lambda * (1.0 - dones)
     advantages = np.zeros_like(deltas)
-    lastgaelam = np.zeros_like(last_value)
-    for t in reversed(range(len(rewards))):
-        advantages[t] = lastgaelam = deltas[t] + carry[t] * lastgaelam
+    for i in range(deltas.shape[1]):  # backwards in time, env by env: python floats beat numpy on a row
+        lastgaelam, column = 0.0, []
+        for delta, c in zip(deltas[::-1, i].tolist(), carry[::-1, i].tolist()):
+            lastgaelam = delta + c * lastgaelam
+            column.append(lastgaelam)
+        advantages[::-1, i] = column
     return advantages, advantages + values
 
 
@@ -896,9 +908,7 @@ def collect_rollout(envs, next_obs, agent, actor, rng, reward_scaler, rollout, l
         obs_norm = agent.obs_rms(next_obs, update=True)
         action = actor.sample(obs_norm, rng)
         t1 = time.perf_counter()
-        env_action = to_env_action(action, low, high)
-        assert np.all((env_action >= low) & (env_action <= high)), "a Beta policy never needs clipping"
-        next_obs, reward, terminated, truncated, info = envs.step(env_action)
+        next_obs, reward, terminated, truncated, info = envs.step(to_env_action(action, low, high))
         t2 = time.perf_counter()
         env_step_s, forward_s = env_step_s + t2 - t1, forward_s + t1 - t0
         done = terminated | truncated
@@ -913,6 +923,8 @@ def collect_rollout(envs, next_obs, agent, actor, rng, reward_scaler, rollout, l
                 rollout.final_obs.append(agent.obs_rms(info["final_obs"][i][None])[0])
                 on_episode(global_step + (step + 1) * N, rollout.episode_return[i], rollout.episode_length[i])
             rollout.episode_return[done], rollout.episode_length[done] = 0.0, 0
+    env_actions = to_env_action(rollout.actions, low, high)
+    assert np.all((env_actions >= low) & (env_actions <= high)), "a Beta policy never needs clipping"
     rollout.rewards[:] = reward_scaler.scale(rollout.raw_rewards, np.logical_or(rollout.terminations, rollout.truncations))
     return next_obs, env_step_s, forward_s
 

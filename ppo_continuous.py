@@ -411,7 +411,7 @@ class SerialVectorEnv:
 
     def reset(self, seed=None):  # as gymnasium: an int seeds env i with seed + i
         seeds = [seed + i for i in range(len(self.envs))] if isinstance(seed, int) else seed or [None] * len(self.envs)
-        return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]), {}
+        return np.array([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]), {}
 
     def step(self, actions):
         n = len(self.envs)
@@ -422,7 +422,7 @@ class SerialVectorEnv:
             if terminated[i] or truncated[i]:
                 final_obs[i] = obs[i]
                 obs[i], _ = env.reset()
-        return np.stack(obs), rewards, terminated, truncated, {"final_obs": final_obs}
+        return np.array(obs), rewards, terminated, truncated, {"final_obs": final_obs}
 
     def close(self):
         for env in self.envs:
@@ -511,15 +511,16 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x):
-        # np.add.reduce rather than x.mean()/x.var(), and few temporaries: this runs every env step
+        # few temporaries and no x.mean()/x.var(): this runs every env step, usually on one row
         n = x.shape[0]
         total = self.count + n
-        batch_mean = np.add.reduce(x, axis=0) / n
-        batch_m2 = np.add.reduce((x - batch_mean) ** 2, axis=0) if n > 1 else 0.0
+        batch_mean = x[0] if n == 1 else np.add.reduce(x, axis=0) / n
         delta = batch_mean - self.mean
         self.mean = self.mean + delta * (n / total)
-        self.var = (self.var * self.count + batch_m2 + delta * delta * (self.count * n / total)) / total
-        self.count = total
+        m2 = self.var * self.count + delta * delta * (self.count * n / total)
+        if n > 1:
+            m2 += np.add.reduce((x - batch_mean) ** 2, axis=0)
+        self.var, self.count = m2 / total, total
 
     def state_dict(self):
         return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
@@ -558,9 +559,13 @@ class RewardScaler:
             return rewards.astype(np.float32)
         T, N = rewards.shape
         returns = np.empty((T, N))
-        for t in range(T):
-            returns[t] = self.returns = self.returns * self.gamma + rewards[t]
-            self.returns = np.where(dones[t], 0.0, self.returns)
+        for i in range(N):  # the discounted return, restarted after each done: python floats beat numpy on a row
+            running, column = float(self.returns[i]), []
+            for reward, done in zip(rewards[:, i].tolist(), dones[:, i].tolist()):
+                running = running * self.gamma + reward
+                column.append(running)
+                running = 0.0 if done else running
+            returns[:, i], self.returns[i] = column, running
         rms, count = self.rms, self.rms.count + N * np.arange(1, T + 1)
         shifted = returns - rms.mean  # sums around the old mean: no cancellation of large squares
         mean_shift = np.cumsum(shifted.sum(1)) / count
@@ -638,9 +643,12 @@ def compute_gae(rewards, values, last_value, terminations, truncations, final_va
     deltas = rewards + gamma * next_values - values  # all TD errors at once; only the sum below is sequential
     carry = gamma * gae_lambda * (1.0 - dones)
     advantages = np.zeros_like(deltas)
-    lastgaelam = np.zeros_like(last_value)
-    for t in reversed(range(len(rewards))):
-        advantages[t] = lastgaelam = deltas[t] + carry[t] * lastgaelam
+    for i in range(deltas.shape[1]):  # backwards in time, env by env: python floats beat numpy on a row
+        lastgaelam, column = 0.0, []
+        for delta, c in zip(deltas[::-1, i].tolist(), carry[::-1, i].tolist()):
+            lastgaelam = delta + c * lastgaelam
+            column.append(lastgaelam)
+        advantages[::-1, i] = column
     return advantages, advantages + values
 
 

@@ -43,7 +43,7 @@ def test_edge_samples_give_finite_log_probs_and_gradients(a, b):
     log_prob.sum().backward()
     assert torch.isfinite(alpha.grad).all() and torch.isfinite(b_.grad).all()
     actor = beta.NumpyActor(beta.Agent(2, 1, (4,)))
-    actor.params = lambda obs: (np.full((1000, 1), a), np.full((1000, 1), b))
+    actor.params = lambda obs: np.concatenate([np.full((1000, 1), a), np.full((1000, 1), b)], axis=1)
     samples = actor.sample(None, np.random.default_rng(0))
     assert samples.dtype == np.float32 and samples.min() > 0 and samples.max() < 1
 
@@ -54,11 +54,12 @@ def test_numpy_actor_matches_the_torch_actor_and_evaluates_the_mean():
     with torch.no_grad():
         alpha, b = (t.numpy() for t in beta.beta_params(agent.actor_params(torch.from_numpy(obs))))
     actor = beta.NumpyActor(agent)
-    for got, expected in zip(actor.params(obs), (alpha, b)):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(actor.params(obs), np.concatenate([alpha, b], axis=1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(actor.mean(obs), alpha / (alpha + b), rtol=1e-5)
     draws = np.stack([actor.sample(obs, np.random.default_rng(k)) for k in range(2000)])
-    np.testing.assert_allclose(draws.mean(0), alpha / (alpha + b), atol=0.02)  # samples come from Beta(alpha, beta)
+    total = alpha + b  # samples come from Beta(alpha, beta): its mean and variance
+    np.testing.assert_allclose(draws.mean(0), alpha / total, atol=0.02)
+    np.testing.assert_allclose(draws.var(0), alpha * b / (total**2 * (total + 1)), rtol=0.15)
 
 
 class UnboundedEnv(gym.Env):
