@@ -64,6 +64,8 @@ class Args:
     # Environment
     env_id: str = "Hopper-v4"
     """the id of the gymnasium environment (continuous actions, flat observations, episodes that end)"""
+    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """the training envs' implementation: `gymnasium`, or `envpool` (C++, batched; Linux: pip install envpool); evaluation and videos always run gymnasium's env of the same id"""
     total_timesteps: int = 1_000_000
     """total environment steps of the experiment (the last iteration is cut short to fit it)"""
     max_episode_steps: Optional[int] = None
@@ -391,25 +393,26 @@ def make_env(env_id, max_episode_steps=None, render_mode=None):
 
 
 def env_rate(args, num_steps):
-    """Env steps per second of the members' envs, built as main builds them, under uniform random
-    actions, each reset when its episode ends: the environment-bound limit of the train SPS
-    (speed.py divides by it)."""
+    """Env steps per second of the members' envs, built and used as main uses them (groups reset
+    with a seed, stepped in lockstep until every member has ended), under uniform random actions:
+    the environment-bound limit of the train SPS (speed.py divides by it)."""
     _, act_space = check_env(args)
     act_space.seed(args.seed)
-    envs = [make_env(args.env_id, args.max_episode_steps)() for _ in range(args.num_groups * args.group_size)]
-    for m, env in enumerate(envs):
-        env.reset(seed=args.seed + m)
-    actions = [act_space.sample() for _ in range(num_steps)]
-    start = time.perf_counter()
-    for step, action in enumerate(actions):
-        env = envs[step % len(envs)]
-        _, _, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            env.reset()
+    M = args.num_groups * args.group_size
+    members, actions = make_members(args), np.array([[act_space.sample() for _ in range(M)] for _ in range(64)])
+    steps, rounds, start = 0, 0, time.perf_counter()
+    while steps < num_steps:
+        members.reset([args.seed + rounds * args.num_groups + m // args.group_size for m in range(M)])
+        alive = np.ones(M, bool)
+        while alive.any() and steps < num_steps:
+            live = np.flatnonzero(alive)
+            _, _, terminated, truncated = members.step(actions[steps % 64], live)
+            alive[live[terminated | truncated]] = False
+            steps += len(live)
+        rounds += 1
     elapsed = time.perf_counter() - start
-    for env in envs:
-        env.close()
-    return num_steps / elapsed
+    members.close()
+    return steps / elapsed
 
 
 def check_env(args):
@@ -430,7 +433,25 @@ def check_env(args):
                          "needs flat vectors: for images use grpo_cnn_carracing.py")
     if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):
         raise UsageError(f"{args.env_id} has no time limit and GRPO compares whole episodes: pass --max-episode-steps")
+    if args.env_backend == "envpool":
+        check_envpool_env(args, obs_space, act_space)
     return obs_space, act_space
+
+
+def check_envpool_env(args, obs_space, act_space):
+    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
+    import envpool
+
+    if args.env_id not in envpool.list_all_envs():
+        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = envpool.make_spec(args.env_id)
+        ep_obs, ep_act = spec.observation_space, spec.action_space
+    if (ep_obs.shape != obs_space.shape or ep_act.shape != act_space.shape
+            or not np.allclose(ep_act.low, act_space.low) or not np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's (observations {ep_obs}, actions {ep_act}), which "
+                         "evaluates the policy: use --env-backend gymnasium")
 
 
 def check_args(args):
@@ -457,6 +478,11 @@ def check_args(args):
         raise UsageError(f"--target-kl must be positive (or None), got {args.target_kl}")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
+    if args.env_backend == "envpool":
+        try:
+            import envpool  # noqa: F401
+        except ImportError:
+            raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64 wheels)")
 
 
 class RunningMeanStd:
@@ -602,7 +628,71 @@ class GroupRollout:
         self.returns = rewards.sum(0)  # undiscounted, per member (rewards are 0 after an end)
 
 
-def collect_group_rollouts(envs, agent, actor, rng, seeds, group_size, low, high, global_step, on_episode, max_steps=None):
+def envpool_threads(num_envs):
+    return max(1, min(num_envs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+class GymMembers:
+    """The members' gymnasium envs. Members never autoreset (each runs one episode per iteration),
+    so plain envs, not a vector env, and only the live ones are stepped."""
+
+    def __init__(self, env_id, max_episode_steps, num_members):
+        self.envs = [make_env(env_id, max_episode_steps)() for _ in range(num_members)]
+
+    def reset(self, seeds):
+        """Member m starts from env.reset(seed=seeds[m])."""
+        return np.array([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)])
+
+    def step(self, actions, live):
+        """Steps the live members (indices), each with its row of `actions`; returns their obs,
+        rewards, terminations and truncations, in the order of `live`."""
+        obs, reward, terminated, truncated = [], np.zeros(len(live)), np.zeros(len(live), bool), np.zeros(len(live), bool)
+        for k, m in enumerate(live):
+            o, reward[k], terminated[k], truncated[k], _ = self.envs[m].step(actions[m])
+            obs.append(o)
+        return np.array(obs), reward, terminated, truncated
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+class EnvPoolMembers:
+    """The members as one EnvPool pool (`--env-backend envpool`), made afresh each iteration with a
+    seed per env (EnvPool's `env_seed`; its reset takes no seed): members of a group get the group's
+    seed, so they start from the same state, as gymnasium's reset(seed=) gives. The pool steps all
+    members at once; one that has ended is stepped on (EnvPool autoresets it) and ignored."""
+
+    def __init__(self, env_id, max_episode_steps, num_members):
+        import envpool
+
+        self.envpool, self.env_id, self.max_episode_steps, self.pool = envpool, env_id, max_episode_steps, None
+
+    def reset(self, seeds):
+        self.close()
+        kwargs = {"max_episode_steps": self.max_episode_steps} if self.max_episode_steps else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.pool = self.envpool.make(self.env_id, env_type="gymnasium", num_envs=len(seeds), num_threads=envpool_threads(len(seeds)),
+                                          env_seed=[int(s) & 0x7FFFFFFF for s in seeds], **kwargs)  # EnvPool takes int32 seeds
+        return self.pool.reset()[0].copy()
+
+    def step(self, actions, live):
+        obs, reward, terminated, truncated, _ = self.pool.step(actions)
+        return obs[live], reward[live], terminated[live], truncated[live]
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+def make_members(args):
+    members = EnvPoolMembers if args.env_backend == "envpool" else GymMembers
+    return members(args.env_id, args.max_episode_steps, args.num_groups * args.group_size)
+
+
+def collect_group_rollouts(members, agent, actor, rng, seeds, group_size, low, high, global_step, on_episode, max_steps=None):
     """Run every member of every group to termination or truncation. Members of group g are reset
     with seeds[g] (the same start state); a member that has ended waits, masked, while the others
     finish, and the policy is called once per step on the batch of live members.
@@ -610,8 +700,8 @@ def collect_group_rollouts(envs, agent, actor, rng, seeds, group_size, low, high
     Members move in lockstep, so stopping after `max_steps` env steps (the rest of the run's budget)
     cuts every live member at the same t: a shorter time limit shared by the whole group, which keeps
     the comparison fair. Episodes cut that way are trained on but not reported as episodes."""
-    M = len(envs)
-    obs = np.stack([env.reset(seed=seeds[m // group_size])[0] for m, env in enumerate(envs)])
+    M = len(seeds) * group_size
+    obs = members.reset([seeds[m // group_size] for m in range(M)])
     alive = np.ones(M, bool)
     episode_return, steps = np.zeros(M), 0
     obs_buf, action_buf, reward_buf, mask_buf = [], [], [], []
@@ -626,13 +716,12 @@ def collect_group_rollouts(envs, agent, actor, rng, seeds, group_size, low, high
         t1 = time.perf_counter()
         reward = np.zeros(M, np.float32)
         env_action = np.clip(action, low, high)  # the log-prob is of the unclipped sample; only the env sees this
-        for m in live:
-            obs[m], reward[m], terminated, truncated, _ = envs[m].step(env_action[m])
-            steps += 1
-            episode_return[m] += reward[m]
-            if terminated or truncated:
-                alive[m] = False
-                on_episode(global_step + steps, episode_return[m], len(obs_buf) + 1)
+        obs[live], reward[live], terminated, truncated = members.step(env_action, live)
+        episode_return[live] += reward[live]
+        for k in np.flatnonzero(terminated | truncated):
+            alive[live[k]] = False
+            on_episode(global_step + steps + k + 1, episode_return[live[k]], len(obs_buf) + 1)
+        steps += len(live)
         t2 = time.perf_counter()
         env_step_s, forward_s = env_step_s + t2 - t1, forward_s + t1 - t0
         mask = np.zeros(M, np.float32)
@@ -731,8 +820,7 @@ def main(args: Args):
     else:
         rec.log.info(f"run directory {run_dir}; {args.num_groups} groups of {args.group_size} episodes per iteration on {device}")
 
-    # Members never autoreset (each runs one episode per iteration), so plain envs, not a vector env.
-    envs = [make_env(args.env_id, args.max_episode_steps)() for _ in range(args.num_groups * args.group_size)]
+    members = make_members(args)
     eval_seeds = [1_000_000 * (1 + args.seed) + k for k in range(args.eval_episodes)]
 
     def make_eval_env(render_mode):
@@ -759,7 +847,7 @@ def main(args: Args):
 
         actor = NumpyActor(agent)
         rollout, env_step_s, forward_s = collect_group_rollouts(
-            envs, agent, actor, np_rng, group_seeds(args.seed, iteration, args.num_groups), args.group_size, low, high,
+            members, agent, actor, np_rng, group_seeds(args.seed, iteration, args.num_groups), args.group_size, low, high,
             global_step, rec.episode, max_steps=args.total_timesteps - global_step)
         global_step += rollout.num_steps
         t_rollout = time.perf_counter()
@@ -817,8 +905,7 @@ def main(args: Args):
                     "env_step_s": env_step_s, "policy_forward_s": forward_s, "update_s": t_update - t_rollout,
                     "eval_s": t_eval - t_update, "io_s": t_end - t_eval, "sps": rollout.num_steps / (t_end - t_iter)})
 
-    for env in envs:
-        env.close()
+    members.close()
     rec.log.info(f"done: {global_step:,} steps in {metrics['wall_time_s']:,.0f}s ({metrics['sps']:,.0f} SPS); "
                  f"best eval return {metrics['best_eval_return']}")
     rec.close()

@@ -64,8 +64,10 @@ class Args:
     """total environment steps of the experiment"""
     num_envs: int = 1
     """the number of parallel environments"""
+    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """the training envs' implementation: `gymnasium`, or `envpool` (C++, batched; Linux: pip install envpool); evaluation and videos always run gymnasium's env of the same id"""
     vector_mode: Literal["sync", "async"] = "sync"
-    """gymnasium vector env: `sync` steps envs in this process, `async` in one subprocess each"""
+    """gymnasium vector env: `sync` steps envs in this process, `async` in one subprocess each (not used by envpool)"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length) for training and evaluation"""
 
@@ -429,7 +431,53 @@ class SerialVectorEnv:
             env.close()
 
 
+def envpool_threads(num_envs):
+    return max(1, min(num_envs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+class EnvPoolVectorEnv:
+    """The `--env-backend envpool` training envs: EnvPool's batched C++ envs behind SerialVectorEnv's
+    interface, with gymnasium's SAME_STEP autoreset. EnvPool's own autoreset is NEXT_STEP-like (the
+    step after a done returns the reset observation with reward 0, its action ignored), so an env
+    that ends is reset at once (`reset(env_ids)` resets just those; their next step is a real one)
+    and its final observation goes to info["final_obs"]. EnvPool reports time limits as truncations."""
+
+    def __init__(self, args):
+        import envpool
+
+        self.envpool, self.args, self.pool = envpool, args, None
+
+    def reset(self, seed):
+        """EnvPool seeds env i with seed + i when the pool is made, and its reset takes no seed: so a
+        reset with seeds [s, s + 1, ...] (or s) makes a new pool."""
+        first = seed if isinstance(seed, int) else int(seed[0])
+        assert isinstance(seed, int) or list(seed) == list(range(first, first + self.args.num_envs)), "EnvPool seeds envs consecutively"
+        self.close()
+        kwargs = {"max_episode_steps": self.args.max_episode_steps} if self.args.max_episode_steps else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.pool = self.envpool.make(self.args.env_id, env_type="gymnasium", num_envs=self.args.num_envs, seed=first,
+                                          num_threads=envpool_threads(self.args.num_envs), **kwargs)
+        return self.pool.reset()[0].copy(), {}
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, _ = self.pool.step(actions)
+        obs, done, final_obs = obs.copy(), np.flatnonzero(terminated | truncated), {}
+        if len(done):
+            final_obs = {i: obs[i].copy() for i in done}
+            reset_obs, info = self.pool.reset(done.astype(np.int32))
+            obs[info["env_id"]] = reset_obs
+        return obs, reward, terminated, truncated, {"final_obs": final_obs}
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
 def make_vector_env(args):
+    if args.env_backend == "envpool":
+        return EnvPoolVectorEnv(args)
     # SAME_STEP: the obs returned with a done already starts the next episode, the final obs is in
     # info["final_obs"]; gymnasium's default (NEXT_STEP) would add a reset step whose action is ignored.
     env_fns = [make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)]
@@ -470,7 +518,25 @@ def check_env(args):
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise UsageError(f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script "
                          "needs flat vectors: for images use ppo_cnn_carracing.py")
+    if args.env_backend == "envpool":
+        check_envpool_env(args, obs_space, act_space)
     return obs_space, act_space
+
+
+def check_envpool_env(args, obs_space, act_space):
+    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
+    import envpool
+
+    if args.env_id not in envpool.list_all_envs():
+        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = envpool.make_spec(args.env_id)
+        ep_obs, ep_act = spec.observation_space, spec.action_space
+    if (ep_obs.shape != obs_space.shape or ep_act.shape != act_space.shape
+            or not np.allclose(ep_act.low, act_space.low) or not np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's (observations {ep_obs}, actions {ep_act}), which "
+                         "evaluates the policy: use --env-backend gymnasium")
 
 
 def check_args(args):
@@ -502,6 +568,11 @@ def check_args(args):
     if args.num_iterations == 0:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} = --num-envs x "
                          "--num-steps); raise it or shrink the batch")
+    if args.env_backend == "envpool":
+        try:
+            import envpool  # noqa: F401
+        except ImportError:
+            raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64 wheels)")
 
 
 class RunningMeanStd:

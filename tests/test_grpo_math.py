@@ -87,12 +87,16 @@ def test_group_seeds_depend_only_on_seed_iteration_and_group():
     assert not set(seeds) & set(grpo.group_seeds(1, 6, 4)) and not set(seeds) & set(grpo.group_seeds(2, 5, 4))
 
 
-def test_members_of_a_group_share_the_start_state_and_groups_differ():
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_members_of_a_group_share_the_start_state_and_groups_differ(backend):
+    if backend == "envpool":
+        pytest.importorskip("envpool")
     G, num_groups = 4, 3
-    envs = [grpo.make_env("Hopper-v4", 40)() for _ in range(G * num_groups)]
+    members = grpo.make_members(SimpleNamespace(env_backend=backend, env_id="Hopper-v4", max_episode_steps=40, num_groups=num_groups,
+                                                group_size=G))
     agent = grpo.Agent(11, 3, (16,), norm_obs=False)
     episodes = []
-    rollout, _, _ = grpo.collect_group_rollouts(envs, agent, grpo.NumpyActor(agent), np.random.default_rng(0), [11, 22, 33], G,
+    rollout, _, _ = grpo.collect_group_rollouts(members, agent, grpo.NumpyActor(agent), np.random.default_rng(0), [11, 22, 33], G,
                                                 -np.ones(3, np.float32), np.ones(3, np.float32), 1000, lambda *e: episodes.append(e))
     start = rollout.obs[0].reshape(num_groups, G, -1)
     for g in range(num_groups):
@@ -117,5 +121,5 @@ class EndlessEnv(gym.Env):
 def test_envs_without_a_time_limit_need_max_episode_steps():
     gym.register("EndlessTest-v0", entry_point=EndlessEnv)
     with pytest.raises(grpo.UsageError, match="pass --max-episode-steps"):
-        grpo.check_env(SimpleNamespace(env_id="EndlessTest-v0", max_episode_steps=None))
-    grpo.check_env(SimpleNamespace(env_id="EndlessTest-v0", max_episode_steps=100))
+        grpo.check_env(SimpleNamespace(env_id="EndlessTest-v0", max_episode_steps=None, env_backend="gymnasium"))
+    grpo.check_env(SimpleNamespace(env_id="EndlessTest-v0", max_episode_steps=100, env_backend="gymnasium"))

@@ -36,11 +36,14 @@ def test_smoke_writes_the_whole_run_layout(runs_dir):
     assert steps["charts/SPS"] == [row["global_step"] for row in timings]
 
 
-def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir):
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, backend):
     """Each iteration's groups start from seeds of (seed, iteration), and every episode ends within its
-    iteration, so a resumed run is the uninterrupted run, bit for bit."""
+    iteration, so a resumed run is the uninterrupted run, bit for bit, on either backend."""
+    if backend == "envpool":
+        pytest.importorskip("envpool")
     args = [*TINY["grpo_continuous"], "--total-timesteps", 5000, "--eval-every", 1000, "--eval-episodes", 2,
-            "--checkpoint-every", 200, "--no-capture-video", "--no-cuda", "--runs-dir", runs_dir]
+            "--checkpoint-every", 200, "--no-capture-video", "--no-cuda", "--env-backend", backend, "--runs-dir", runs_dir]
     assert run_script("grpo_continuous", *args, "--exp-name", "whole").returncode == 0
     run_dir = runs_dir / "Hopper-v4__killed__seed1"
     proc = subprocess.Popen([sys.executable, str(ROOT / "grpo_continuous.py"), *map(str, args), "--exp-name", "killed"],

@@ -224,7 +224,7 @@ def test_rollout_never_crosses_an_episode_boundary(module):
     T, N = 23, 2
     if "CounterTest-v0" not in gym.registry:
         gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
-    envs = module.make_vector_env(SimpleNamespace(env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync"))
+    envs = module.make_vector_env(SimpleNamespace(env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync", env_backend="gymnasium"))
     next_obs, _ = envs.reset(seed=0)
     agent = module.Agent(2, 1, (8,), norm_obs=False)
     rollout = module.Rollout(T, N, 2, 1)

@@ -44,10 +44,12 @@ def test_sync_and_async_vector_envs_give_the_same_run(runs_dir, script):
     assert sync["train"] == asyn["train"] and len(sync["train"]["episodic_return"]) > 4
 
 
-@pytest.mark.parametrize("script", PPO_SCRIPTS)
-def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script):
+@pytest.mark.parametrize("script,backend", [(script, "gymnasium") for script in PPO_SCRIPTS] + [("ppo_continuous", "envpool")])
+def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script, backend):
+    if backend == "envpool":
+        pytest.importorskip("envpool")
     args = [*TINY[script], "--num-steps", 256, "--total-timesteps", 6144, "--eval-every", 1024, "--eval-episodes", 2,
-            "--checkpoint-every", 256, "--no-capture-video", "--no-cuda", "--runs-dir", runs_dir]
+            "--checkpoint-every", 256, "--no-capture-video", "--no-cuda", "--env-backend", backend, "--runs-dir", runs_dir]
     run_dir = runs_dir / f"Hopper-v4__{script}__seed1"
     proc = subprocess.Popen([sys.executable, str(ROOT / f"{script}.py"), *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
