@@ -162,3 +162,23 @@ def test_env_rate_and_a_short_run_as_the_speed_benchmark_calls_them(runs_dir, sc
         assert metrics["completed"] and metrics["global_step"] >= 64 and 0 < metrics["sps"] < rate  # training adds the network's time
         assert metrics["eval"]["global_step"] == [] and not list((runs_dir / RUN_DIR[script] / "videos").iterdir())
         assert_timings_add_up(timings)
+
+
+@pytest.mark.parametrize("script, update, rollout, kwargs", [
+    ("ppo_cnn_carracing", "ppo_update", "collect_rollout", {"num_envs": 1, "num_steps": 16, "num_minibatches": 2}),
+    ("grpo_cnn_carracing", "grpo_update", "collect_group_rollouts", {"num_groups": 1, "group_size": 2, "env_workers": 1}),
+])
+def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(runs_dir, monkeypatch, script, update, rollout, kwargs):
+    module = importlib.import_module(script)
+    threads = {"update": set(), "rollout": set()}
+    for name, phase in ((update, "update"), (rollout, "rollout")):
+        def spy(*a, real=getattr(module, name), phase=phase, **kw):
+            threads[phase].add(torch.get_num_threads())
+            return real(*a, **kw)
+        monkeypatch.setattr(module, name, spy)
+    before = torch.get_num_threads()
+    module.main(module.Args(max_episode_steps=32, frame_skip=2, update_epochs=1, total_timesteps=48, eval_every=0, cuda=False,
+                            torch_threads=1, update_threads=3, capture_video=False, runs_dir=str(runs_dir), **kwargs))
+    torch.set_num_threads(before)
+    assert threads == {"update": {3}, "rollout": {1}}
+    assert module.Args().update_threads == 0 and module.Args().torch_threads == 1  # 0: one per core
