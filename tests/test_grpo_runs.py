@@ -63,7 +63,7 @@ def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, bac
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch):
-    poison_update(monkeypatch, grpo, "grpo_update")
+    poison_update(monkeypatch, grpo, "grpo_update_numpy")  # the CPU default
     args = grpo.Args(env_id="InvertedPendulum-v4", num_groups=2, group_size=2, update_epochs=1, total_timesteps=5000,
                      eval_every=0, checkpoint_every=1, cuda=False, runs_dir=str(runs_dir))
     with pytest.raises(grpo.Diverged, match="diverged"):
