@@ -1,3 +1,4 @@
+import copy
 import importlib
 import json
 import os
@@ -150,3 +151,25 @@ def poison_update(monkeypatch, module, update_name, at_call=3):
 @pytest.fixture
 def runs_dir(tmp_path):
     return tmp_path / "runs"
+
+
+def assert_fast_update_matches_torch(module, update_name, agent, batch, args):
+    """module.{update_name}_numpy (the CPU fast path) against module.{update_name} (autograd) on copies
+    of `agent`: the same parameters, Adam state and losses after two updates, and torch carries on
+    from the state the fast path handed back. Returns the torch path's optimizer."""
+    torch_update, fast_update = getattr(module, update_name), getattr(module, f"{update_name}_numpy")
+    fast = copy.deepcopy(agent)
+    opt, fast_opt = (torch.optim.Adam(a.parameters(), lr=3e-3, eps=1e-5, fused=True) for a in (agent, fast))
+    learner = module.NumpyLearner(fast, fast_opt)
+    for use_fast in (True, True, False):
+        torch.manual_seed(1)
+        stats = torch_update(agent, opt, batch, args)
+        torch.manual_seed(1)
+        fast_stats = fast_update(learner, batch, args) if use_fast else torch_update(fast, fast_opt, batch, args)
+        for p, q in zip(agent.parameters(), fast.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=2e-6)
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                torch.testing.assert_close(fast_opt.state[q][key], opt.state[p][key], rtol=1e-3, atol=1e-8)
+        for key, value in stats.items():
+            assert float(fast_stats[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+    return opt

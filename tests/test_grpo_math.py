@@ -1,6 +1,5 @@
 """Unit tests of grpo_continuous.py's math against slow, plain reference code."""
 
-import copy
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 import grpo_continuous as grpo
+from conftest import assert_fast_update_matches_torch
 
 
 def advantages_reference(rewards_per_member, group_size, adv_mode, gamma, eps=1e-8):
@@ -133,21 +133,10 @@ def test_the_numpy_fast_update_equals_the_torch_reference_update(variant):
     torch.manual_seed(0)
     B, obs_dim, act_dim = 300, 5, 2
     agent = grpo.Agent(obs_dim, act_dim, (32, 16))
-    fast = copy.deepcopy(agent)
-    opt, fast_opt = (torch.optim.Adam(a.parameters(), lr=3e-3, eps=1e-5, fused=True) for a in (agent, fast))
-    learner = grpo.NumpyLearner(fast, fast_opt)
     batch = {"obs": torch.randn(B, obs_dim), "actions": torch.randn(B, act_dim), "advantages": torch.randn(B)}
     with torch.no_grad():
         batch["logprobs"] = agent.log_prob(batch["obs"], batch["actions"]) + 0.05 * torch.randn(B)
         batch["ref_logprobs"] = batch["logprobs"] + torch.randn(B) * torch.where(torch.arange(B) % 50 == 0, 100.0, 0.3)
     args = SimpleNamespace(**{**dict(update_epochs=3, minibatch_size=64, clip_coef=0.2, kl_coef=0.01, ent_coef=0.0,
                                      max_grad_norm=0.5, target_kl=None), **variant})
-    for fast_update in (grpo.grpo_update_numpy, grpo.grpo_update_numpy, None):  # None: torch resumes from the pushed state
-        torch.manual_seed(1)
-        stats = grpo.grpo_update(agent, opt, batch, args)
-        torch.manual_seed(1)
-        fast_stats = fast_update(learner, batch, args) if fast_update else grpo.grpo_update(fast, fast_opt, batch, args)
-        for p, q in zip(agent.parameters(), fast.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-4, atol=2e-6)
-        for key, value in stats.items():
-            assert float(fast_stats[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+    assert_fast_update_matches_torch(grpo, "grpo_update", agent, batch, args)
