@@ -533,7 +533,7 @@ def check_envpool_env(args, obs_space, act_space):
         warnings.simplefilter("ignore")
         spec = envpool.make_spec(args.env_id)
         ep_obs, ep_act = spec.observation_space, spec.action_space
-    if (ep_obs.shape != obs_space.shape or ep_act.shape != act_space.shape
+    if (ep_obs.shape != obs_space.shape or ep_obs.dtype != obs_space.dtype or ep_act.shape != act_space.shape
             or not np.allclose(ep_act.low, act_space.low) or not np.allclose(ep_act.high, act_space.high)):
         raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's (observations {ep_obs}, actions {ep_act}), which "
                          "evaluates the policy: use --env-backend gymnasium")
