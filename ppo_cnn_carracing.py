@@ -56,8 +56,8 @@ class Args:
     """if toggled, train on CUDA when it is available (falls back to CPU with a warning)"""
     torch_threads: int = 1
     """torch CPU threads for acting and evaluation (1 is fastest for a few frames at a time; 0 keeps torch's default)"""
-    update_threads: int = 0
-    """torch CPU threads for the update, when the env workers are idle (0: one per CPU core this process may run on)"""
+    update_threads: int = 1
+    """torch CPU threads for the update, while the envs wait for it (0: one per CPU core; ~1.6x faster on an idle machine, several times slower when another process holds a core)"""
     runs_dir: str = "runs"
     """where run directories are created: {runs_dir}/{env_id}__{exp_name}__seed{seed}"""
     resume: bool = False
@@ -1022,8 +1022,8 @@ def main(args: Args):
         rec.log.warning(device_warning)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    # The update has the machine to itself (the envs wait for it): one thread per core, ~1.6x faster on 2 cores
-    # here. Acting stays on --torch-threads: a few frames gain nothing, and idle threads would spin on the env workers' cores.
+    # The envs wait during the update, so on an idle machine it may use every core (--update-threads 0). Acting stays on
+    # --torch-threads: a few frames gain nothing from threads, and waiting threads would spin on the env workers' cores.
     act_threads, update_threads = torch.get_num_threads(), args.update_threads or available_cores()
     random.seed(args.seed)
     np.random.seed(args.seed)

@@ -181,4 +181,4 @@ def test_the_update_runs_on_update_threads_and_acting_on_torch_threads(runs_dir,
                             torch_threads=1, update_threads=3, capture_video=False, runs_dir=str(runs_dir), **kwargs))
     torch.set_num_threads(before)
     assert threads == {"update": {3}, "rollout": {1}}
-    assert module.Args().update_threads == 0 and module.Args().torch_threads == 1  # 0: one per core
+    assert module.Args().update_threads == module.Args().torch_threads == 1  # more threads only when asked: a shared machine
