@@ -630,8 +630,12 @@ class GroupRollout:
         self.returns = rewards.sum(0)  # undiscounted, per member (rewards are 0 after an end)
 
 
+def available_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def envpool_threads(num_envs):
-    return max(1, min(num_envs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(1, min(num_envs, available_cores()))
 
 
 class GymMembers:

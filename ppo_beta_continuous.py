@@ -436,8 +436,12 @@ class SerialVectorEnv:
             env.close()
 
 
+def available_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def envpool_threads(num_envs):
-    return max(1, min(num_envs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(1, min(num_envs, available_cores()))
 
 
 class EnvPoolVectorEnv:

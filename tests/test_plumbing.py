@@ -29,3 +29,20 @@ def test_every_script_is_a_tyro_main_with_module_level_functions():
         text = (ROOT / f"{script}.py").read_text()
         assert re.search(r'^if __name__ == "__main__":\n    cli\(main, Args\)\n\Z', text, re.M), script
         assert re.search(r"^def main\(args: Args\):", text, re.M), script
+
+
+SHARED_HELPERS = ("available_cores", "envpool_threads", "check_envpool_env", "layer_init")
+
+
+def top_level_definition(text, name):
+    match = re.search(rf"^(def|class) {name}\b.*?(?=^\S)", text, re.M | re.S)
+    return match.group(0) if match else None
+
+
+def test_helpers_outside_the_plumbing_are_the_same_text_wherever_a_script_has_them():
+    """Copies are deliberate; drift between copies is the bug (STYLE.md)."""
+    for name in SHARED_HELPERS:
+        copies = {script: top_level_definition((ROOT / f"{script}.py").read_text(), name) for script in existing_scripts()}
+        copies = {script: text for script, text in copies.items() if text}
+        assert len(copies) >= 2, name
+        assert len(set(copies.values())) == 1, f"{name} differs between {sorted(copies)}"
