@@ -46,7 +46,7 @@ def parse_args(argv):
                         help="--env-backend values to measure every script with (default: gymnasium)")
     parser.add_argument("--mlp-timesteps", type=int, default=40_960, metavar="N",
                         help="env steps of each MLP script's training run (default: 40960, 20 PPO iterations of 2048)")
-    parser.add_argument("--cnn-timesteps", type=int, default=2_048, metavar="N", help="agent steps of each CNN script's training run (default: 2048)")
+    parser.add_argument("--cnn-timesteps", type=int, default=4_096, metavar="N", help="agent steps of each CNN script's training run (default: 4096, two PPO iterations of 8 x 256)")
     parser.add_argument("--raw-steps", type=int, default=0, metavar="N",
                         help="env steps of each raw env measurement (default 0: a tenth of the training budget, at least 256)")
     parser.add_argument("--scaling-script", choices=(*SCRIPTS[:2], "none"), default="ppo_continuous",
