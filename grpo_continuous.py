@@ -843,17 +843,23 @@ class NumpyLearner:
             if k:
                 d_out = (d_out @ self.p[w]) * (1.0 - inputs[k] ** 2)  # tanh' = 1 - tanh^2
 
+    def action_features(self, actions):  # what log_prob needs of the batch's actions, once per update
+        return actions
+
     def log_prob(self, obs, actions):
-        """gaussian_log_prob of the actions and the mean gaussian_entropy, plus what backprop needs."""
+        """gaussian_log_prob of the actions, and what backprop needs."""
         mean, inputs = self.mlp_forward(self.actor, obs)
         logstd = self.p[self.logstd]
         inv_std = np.exp(-logstd)
         z = (actions - mean) * inv_std
         logprob = -0.5 * np.add.reduce(z * z, axis=1) - float(logstd.sum() + 0.5 * math.log(2 * math.pi) * z.shape[1])
-        return logprob, float((0.5 + 0.5 * math.log(2 * math.pi) + logstd).sum()), (inputs, z, inv_std)
+        return logprob, (inputs, z, inv_std, logstd.copy())  # a copy: the step after this minibatch moves logstd
+
+    def entropy(self, cache):  # the mean gaussian_entropy
+        return float((0.5 + 0.5 * math.log(2 * math.pi) + cache[3]).sum())
 
     def log_prob_backward(self, cache, d_logprob, d_entropy):
-        inputs, z, inv_std = cache
+        inputs, z, inv_std, _ = cache
         self.g[self.logstd][:] = d_logprob @ (z * z - 1.0) + d_entropy
         self.mlp_backward(self.actor, inputs, d_logprob[:, None] * z * inv_std)
 
@@ -878,6 +884,7 @@ def grpo_update_numpy(learner, batch, args):
     the two differ by rounding there."""
     learner.pull()
     batch = {k: v.numpy() for k, v in batch.items()}
+    batch["actions"] = learner.action_features(batch["actions"])
     batch_size, lo, hi, clipfracs = len(batch["advantages"]), 1 - args.clip_coef, 1 + args.clip_coef, []
     for epoch in range(args.update_epochs):
         perm = torch.randperm(batch_size).numpy()
@@ -885,7 +892,7 @@ def grpo_update_numpy(learner, batch, args):
             batch[k][perm] for k in ("obs", "actions", "logprobs", "ref_logprobs", "advantages"))
         for start in range(0, batch_size, args.minibatch_size):
             mb = slice(start, start + args.minibatch_size)
-            newlogprob, entropy, cache = learner.log_prob(obs[mb], actions[mb])
+            newlogprob, cache = learner.log_prob(obs[mb], actions[mb])
             B = len(newlogprob)
             logratio = newlogprob - old_logprobs[mb]
             ratio = np.exp(logratio)
@@ -908,6 +915,7 @@ def grpo_update_numpy(learner, batch, args):
         if args.target_kl is not None and approx_kl > args.target_kl:
             break
     learner.push()
+    entropy = learner.entropy(cache)  # of the last minibatch, as grpo_update reports it
     return {"losses/policy_loss": pg_loss, "losses/kl_ref": kl_ref, "losses/entropy": entropy, "losses/old_approx_kl": old_approx_kl,
             "losses/approx_kl": approx_kl, "losses/clipfrac": float(np.mean(clipfracs))}
 

@@ -866,28 +866,35 @@ class NumpyLearner:
             if k:
                 d_out = (d_out @ self.p[w]) * (1.0 - inputs[k] ** 2)  # tanh' = 1 - tanh^2
 
-    def log_prob(self, x, actions):
-        """beta_log_prob of the actions and the mean beta_entropy, plus what backprop needs."""
-        out, inputs = self.mlp_forward(self.actor, x)
+    def action_features(self, actions):
+        """log x and log(1 - x), x clamped as beta_log_prob clamps it: once per update, not per minibatch."""
+        x = np.minimum(np.maximum(actions, BETA_EPS), 1.0 - BETA_EPS)
+        return np.concatenate([np.log(x), np.log1p(-x)], axis=1)
+
+    def log_prob(self, obs, log_x):
+        """beta_log_prob of the actions (their action_features), and what backprop needs. alpha and
+        beta are kept side by side, (batch, 2 * act_dim): one scipy call covers both."""
+        out, inputs = self.mlp_forward(self.actor, obs)
         params = np.logaddexp(0.0, out) + 1.0  # softplus + 1, as beta_params
-        alpha, beta = params[:, : out.shape[1] // 2], params[:, out.shape[1] // 2 :]
-        actions = np.minimum(np.maximum(actions, BETA_EPS), 1.0 - BETA_EPS)
-        log_x, log1m_x, total = np.log(actions), np.log1p(-actions), alpha + beta
-        lg_a, lg_b, lg_t = gammaln(alpha), gammaln(beta), gammaln(total)
-        dg_a, dg_b, dg_t = digamma(alpha), digamma(beta), digamma(total)
-        logprob = ((alpha - 1.0) * log_x + (beta - 1.0) * log1m_x + lg_t - lg_a - lg_b).sum(-1)
-        entropy = (lg_a + lg_b - lg_t - (alpha - 1.0) * dg_a - (beta - 1.0) * dg_b + (total - 2.0) * dg_t).sum(-1).mean()
-        return logprob, float(entropy), (inputs, out, alpha, beta, total, log_x - dg_a + dg_t, log1m_x - dg_b + dg_t)
+        d = out.shape[1] // 2
+        total = params[:, :d] + params[:, d:]
+        lg, dg, lg_t, dg_t = gammaln(params), digamma(params), gammaln(total), digamma(total)
+        logprob = np.add.reduce((params - 1.0) * log_x - lg, axis=1) + np.add.reduce(lg_t, axis=1)
+        d_params = log_x - dg + np.concatenate([dg_t, dg_t], axis=1)  # d/d alpha = log x - psi(alpha) + psi(alpha + beta)
+        return logprob, (inputs, out, params, total, lg, dg, lg_t, dg_t, d_params)
+
+    def entropy(self, cache):  # the mean beta_entropy
+        _, _, params, total, lg, dg, lg_t, dg_t, _ = cache
+        return float((np.add.reduce(lg - (params - 1.0) * dg, axis=1) - np.add.reduce(lg_t - (total - 2.0) * dg_t, axis=1)).mean())
 
     def log_prob_backward(self, cache, d_logprob, d_entropy):
-        inputs, out, alpha, beta, total, d_alpha, d_beta = cache
-        d_alpha, d_beta = d_logprob[:, None] * d_alpha, d_logprob[:, None] * d_beta  # d log Beta / d alpha = log x - psi(a) + psi(a+b)
+        inputs, out, params, total, _, _, _, _, d_params = cache
+        d_params = d_logprob[:, None] * d_params
         if d_entropy:  # d H / d alpha = -(alpha - 1) psi'(alpha) + (alpha + beta - 2) psi'(alpha + beta)
-            tg_a, tg_b, tg_t = polygamma(1, alpha), polygamma(1, beta), polygamma(1, total)
-            d_alpha = d_alpha + d_entropy / len(out) * (-(alpha - 1.0) * tg_a + (total - 2.0) * tg_t)
-            d_beta = d_beta + d_entropy / len(out) * (-(beta - 1.0) * tg_b + (total - 2.0) * tg_t)
+            total_term = (total - 2.0) * polygamma(1, total)
+            d_params = d_params + d_entropy / len(out) * (-(params - 1.0) * polygamma(1, params) + np.concatenate([total_term] * 2, axis=1))
         sigmoid = 1.0 / (1.0 + np.exp(-out))  # softplus' = sigmoid
-        self.mlp_backward(self.actor, inputs, (np.concatenate([d_alpha, d_beta], axis=-1) * sigmoid).astype(np.float32))
+        self.mlp_backward(self.actor, inputs, (d_params * sigmoid).astype(np.float32))
 
     def step(self, max_grad_norm):
         """clip_grad_norm_ and an Adam step (torch's formulas), on the flat arrays."""
@@ -910,6 +917,7 @@ def ppo_update_numpy(learner, batch, args):
     the two differ by rounding there."""
     learner.pull()
     batch = {k: v.numpy() for k, v in batch.items()}
+    batch["actions"] = learner.action_features(batch["actions"])
     B, lo, hi, clipped_count = args.minibatch_size, 1 - args.clip_coef, 1 + args.clip_coef, 0
     for epoch in range(args.update_epochs):
         perm = torch.randperm(args.batch_size).numpy()
@@ -917,7 +925,7 @@ def ppo_update_numpy(learner, batch, args):
             batch[k][perm] for k in ("obs", "actions", "logprobs", "advantages", "returns", "values"))
         for start in range(0, args.batch_size, B):
             mb = slice(start, start + B)
-            newlogprob, entropy, cache = learner.log_prob(obs[mb], actions[mb])
+            newlogprob, cache = learner.log_prob(obs[mb], actions[mb])
             logratio = newlogprob - old_logprobs[mb]
             ratio = np.exp(logratio)
             mb_adv = advantages[mb]
@@ -952,6 +960,7 @@ def ppo_update_numpy(learner, batch, args):
         if args.target_kl is not None and approx_kl > args.target_kl:
             break
     learner.push()
+    entropy = learner.entropy(cache)  # of the last minibatch, as ppo_update reports it
     num_minibatches = (epoch + 1) * (args.batch_size // B)
     return {"losses/value_loss": float(v_loss), "losses/policy_loss": float(pg_loss), "losses/entropy": entropy,
             "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": clipped_count / (num_minibatches * B)}

@@ -829,17 +829,23 @@ class NumpyLearner:
             if k:
                 d_out = (d_out @ self.p[w]) * (1.0 - inputs[k] ** 2)  # tanh' = 1 - tanh^2
 
+    def action_features(self, actions):  # what log_prob needs of the batch's actions, once per update
+        return actions
+
     def log_prob(self, obs, actions):
-        """gaussian_log_prob of the actions and the mean gaussian_entropy, plus what backprop needs."""
+        """gaussian_log_prob of the actions, and what backprop needs."""
         mean, inputs = self.mlp_forward(self.actor, obs)
         logstd = self.p[self.logstd]
         inv_std = np.exp(-logstd)
         z = (actions - mean) * inv_std
         logprob = -0.5 * np.add.reduce(z * z, axis=1) - float(logstd.sum() + 0.5 * math.log(2 * math.pi) * z.shape[1])
-        return logprob, float((0.5 + 0.5 * math.log(2 * math.pi) + logstd).sum()), (inputs, z, inv_std)
+        return logprob, (inputs, z, inv_std, logstd.copy())  # a copy: the step after this minibatch moves logstd
+
+    def entropy(self, cache):  # the mean gaussian_entropy
+        return float((0.5 + 0.5 * math.log(2 * math.pi) + cache[3]).sum())
 
     def log_prob_backward(self, cache, d_logprob, d_entropy):
-        inputs, z, inv_std = cache
+        inputs, z, inv_std, _ = cache
         self.g[self.logstd][:] = d_logprob @ (z * z - 1.0) + d_entropy
         self.mlp_backward(self.actor, inputs, d_logprob[:, None] * z * inv_std)
 
@@ -864,6 +870,7 @@ def ppo_update_numpy(learner, batch, args):
     the two differ by rounding there."""
     learner.pull()
     batch = {k: v.numpy() for k, v in batch.items()}
+    batch["actions"] = learner.action_features(batch["actions"])
     B, lo, hi, clipped_count = args.minibatch_size, 1 - args.clip_coef, 1 + args.clip_coef, 0
     for epoch in range(args.update_epochs):
         perm = torch.randperm(args.batch_size).numpy()
@@ -871,7 +878,7 @@ def ppo_update_numpy(learner, batch, args):
             batch[k][perm] for k in ("obs", "actions", "logprobs", "advantages", "returns", "values"))
         for start in range(0, args.batch_size, B):
             mb = slice(start, start + B)
-            newlogprob, entropy, cache = learner.log_prob(obs[mb], actions[mb])
+            newlogprob, cache = learner.log_prob(obs[mb], actions[mb])
             logratio = newlogprob - old_logprobs[mb]
             ratio = np.exp(logratio)
             mb_adv = advantages[mb]
@@ -906,6 +913,7 @@ def ppo_update_numpy(learner, batch, args):
         if args.target_kl is not None and approx_kl > args.target_kl:
             break
     learner.push()
+    entropy = learner.entropy(cache)  # of the last minibatch, as ppo_update reports it
     num_minibatches = (epoch + 1) * (args.batch_size // B)
     return {"losses/value_loss": float(v_loss), "losses/policy_loss": float(pg_loss), "losses/entropy": entropy,
             "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": clipped_count / (num_minibatches * B)}

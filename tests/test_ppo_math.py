@@ -180,7 +180,8 @@ def test_the_numpy_fast_update_equals_the_torch_reference_update(module, variant
              "returns": torch.randn(B), "values": torch.randn(B)}
     learner = module.NumpyLearner(agent, torch.optim.Adam(agent.parameters()))
     learner.pull()
-    batch["logprobs"] = torch.from_numpy(learner.log_prob(batch["obs"].numpy(), batch["actions"].numpy())[0]) + 0.05 * torch.randn(B)
+    features = learner.action_features(batch["actions"].numpy())
+    batch["logprobs"] = torch.from_numpy(learner.log_prob(batch["obs"].numpy(), features)[0]) + 0.05 * torch.randn(B)
     args = SimpleNamespace(**{**dict(update_epochs=3, batch_size=B, minibatch_size=32, norm_adv=True, clip_coef=0.2, clip_vloss=True,
                                      ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, target_kl=None), **variant})
     opt = assert_fast_update_matches_torch(module, "ppo_update", agent, batch, args)
