@@ -33,7 +33,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -122,7 +122,7 @@ class Args:
 
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
-RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "torch_threads", "capture_video")
+RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "torch_threads", "update_threads", "update_impl", "capture_video")  # how, not what
 
 
 class UsageError(Exception):
@@ -176,7 +176,9 @@ def open_run(args):
     if not isinstance(ckpt, dict) or "metrics" not in ckpt or "args" not in ckpt:
         raise UsageError(f"{latest} is not a checkpoint of {ALGO}.py; delete it to start the run afresh")
     saved, now = ckpt["args"], asdict(args)
-    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RESUME_MAY_DIFFER and saved.get(k) != now[k]]
+    default = {f.name: f.default for f in fields(args)}  # a flag newer than the run: the run had its default
+    changed = [f"--{k.replace('_', '-')} {saved.get(k, default[k])!r} -> {now[k]!r}" for k in now
+               if k not in RESUME_MAY_DIFFER and saved.get(k, default[k]) != now[k]]
     if changed:
         raise UsageError(f"--resume with other arguments than the run was started with ({'; '.join(changed)}); "
                          "use the original ones or a new --exp-name")

@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields
 
 import pytest
+import torch
 
 from conftest import ROOT, TINY, assert_clean_error, existing_scripts, read_run, run_script
 
@@ -95,3 +96,19 @@ def test_existing_run_and_bad_resume_are_refused_and_nothing_is_touched(runs_dir
     assert fresh.returncode == 0 and read_run(runs_dir / f"{defaults.env_id}__x__seed1")[0]["completed"]
     other_lr = run_script(script, *run_x, "--learning-rate", "0.1")
     assert_clean_error(other_lr, "--learning-rate 0.0003 -> 0.1")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_compares_only_what_the_run_computes(tmp_path, script):
+    """A checkpoint made before a flag existed had that flag's default; how the run executes
+    (threads, the update's implementation) may change on resume, what it computes may not."""
+    module = importlib.import_module(script)
+    args = module.Args(runs_dir=str(tmp_path), resume=True)
+    latest = module.run_dir_of(args) / "checkpoints" / "latest.pt"
+    latest.parent.mkdir(parents=True)
+    saved = {k: v for k, v in vars(args).items() if k != "env_backend"}  # as written before --env-backend existed
+    torch.save({"args": saved, "metrics": {"completed": False}}, latest)
+    assert module.open_run(args)[1]["args"] == saved
+    assert module.open_run(module.Args(runs_dir=str(tmp_path), resume=True, torch_threads=2, cuda=False))[1] is not None
+    with pytest.raises(module.UsageError, match="--env-backend 'gymnasium' -> 'envpool'"):
+        module.open_run(module.Args(runs_dir=str(tmp_path), resume=True, env_backend="envpool"))
