@@ -11,7 +11,6 @@ left out, in ms per 2048 env steps, and metrics.json's SPS.
 import glob
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,13 @@ def main(before, scripts, reps):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or not Path(sys.argv[1], "ppo_continuous.py").exists():
-        sys.exit("usage: python docs/speed/before_after.py BEFORE_CHECKOUT SCRIPT[,SCRIPT...] REPS")
-    main(sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]))
+    argv = sys.argv[1:]
+    if len(argv) != 3 or not argv[2].isdigit() or int(argv[2]) < 1:
+        sys.exit("usage: python docs/speed/before_after.py BEFORE_CHECKOUT SCRIPT[,SCRIPT...] REPS (REPS >= 1)")
+    missing = [f"{root}/{s}.py" for s in argv[1].split(",") for root in (argv[0], ROOT) if not Path(root, f"{s}.py").exists()]
+    if missing:
+        sys.exit(f"error: no such script: {', '.join(missing)} (give a checkout, e.g. git worktree add /tmp/before 33296bc, and script names without .py)")
+    try:
+        main(argv[0], argv[1].split(","), int(argv[2]))
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"error: {' '.join(e.cmd)} failed with exit status {e.returncode}: {(e.stderr.decode().strip().splitlines() or [''])[-1]}")
