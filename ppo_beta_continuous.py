@@ -1,17 +1,8 @@
 """PPO with a Beta policy for bounded continuous control, in one file.
 
-A Gaussian puts mass outside the action bounds, where the env clips it. The Beta policy (Chou,
-Maturana, Scherer, ICML 2017) samples x in (0, 1) per action dimension and maps it affinely onto
-[low, high]: all its mass is inside the bounds. The rest is ppo_continuous.py, as a diff shows.
-
-Proximal Policy Optimization (Schulman et al., 2017, arXiv 1707.06347) with the implementation
-details of CleanRL's `ppo_continuous_action.py` ("The 37 Implementation Details of PPO", Huang et
-al., ICLR blog track 2022), and three corrections:
-- time limits are not deaths: a truncated episode is bootstrapped with the value of its final
-  observation (Pardo et al., "Time Limits in Reinforcement Learning", ICML 2018);
-- the running observation statistics live in the agent, so they are checkpointed, resumed and
-  frozen for evaluation, instead of hiding in an env wrapper;
-- gymnasium's autoreset is explicit (SAME_STEP): no transition across an episode boundary.
+A Gaussian puts mass outside the action bounds, where the env clips it. The Beta policy (Chou, Maturana, Scherer, ICML 2017)
+samples x in (0, 1) per action dimension and maps it affinely onto [low, high]: all its mass is inside the bounds. The rest
+is ppo_continuous.py (CleanRL's PPO with time limits bootstrapped and SAME_STEP autoreset), as a diff shows.
 
 Run:  python ppo_beta_continuous.py --env-id Hopper-v4
 """
@@ -40,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import tyro
-from scipy.special import digamma, gammaln, polygamma
+from torch.distributions import Beta
 
 
 @dataclass
@@ -51,12 +42,12 @@ class Args:
     """seed of the experiment (python, numpy, torch and the environments)"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
+    cuda: bool = False
     """if toggled, train on CUDA when it is available (falls back to CPU with a warning)"""
+    compile: bool = False
+    """if toggled, compile the update step and the policy call with `torch.compile` (a one-off cost of ~30-60 s)"""
     torch_threads: int = 1
-    """torch CPU threads (1 is fastest for small MLPs; 0 keeps torch's default)"""
-    update_impl: Literal["numpy", "torch"] = "numpy"
-    """the update on CPU: `numpy` (hand-written backprop, ~5x faster a minibatch for these small MLPs) or `torch` (autograd: the reference, always used on CUDA)"""
+    """torch CPU threads (1 is fastest for small networks; 0 keeps torch's default)"""
     runs_dir: str = "runs"
     """where run directories are created: {runs_dir}/{env_id}__{exp_name}__seed{seed}"""
     resume: bool = False
@@ -64,15 +55,15 @@ class Args:
 
     # Environment
     env_id: str = "Hopper-v4"
-    """the id of the gymnasium environment (continuous actions with finite bounds, flat observations)"""
+    """the id of the gymnasium environment (continuous actions, flat observations)"""
+    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """the training envs: `gymnasium`, or `envpool` (C++, batched; Linux x86_64); evaluation always runs gymnasium's env"""
+    vector_mode: Literal["sync", "async"] = "sync"
+    """gymnasium vector env: `sync` steps the envs in this process, `async` in one subprocess each (not used by envpool)"""
     total_timesteps: int = 1_000_000
     """total environment steps of the experiment"""
     num_envs: int = 1
     """the number of parallel environments"""
-    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
-    """the training envs' implementation: `gymnasium`, or `envpool` (C++, batched; Linux: pip install envpool); evaluation and videos always run gymnasium's env of the same id"""
-    vector_mode: Literal["sync", "async"] = "sync"
-    """gymnasium vector env: `sync` steps envs in this process, `async` in one subprocess each (not used by envpool)"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length) for training and evaluation"""
 
@@ -108,7 +99,7 @@ class Args:
     hidden_sizes: tuple[int, ...] = (64, 64)
     """hidden layer sizes of the actor and of the critic MLPs (tanh)"""
     norm_obs: bool = True
-    """toggle running observation normalization (statistics held by the agent)"""
+    """toggle running observation normalization"""
     norm_reward: bool = True
     """toggle reward scaling by the running std of the discounted return"""
     clip_obs: float = 10.0
@@ -137,7 +128,9 @@ class Args:
 
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
-RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "torch_threads", "update_threads", "update_impl", "capture_video")  # how, not what
+CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
+# arguments that change how a run computes, not what: a resume may change them
+RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "update_threads", "capture_video")
 
 
 class UsageError(Exception):
@@ -148,150 +141,199 @@ class Diverged(Exception):
     """NaN/inf in the losses or parameters; the last good checkpoint is kept."""
 
 
-def atomic_write_bytes(path, data: bytes):
+def atomic_write(path, write):
+    """write(temporary path), then rename: a reader, or a kill -9, never sees half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
+    write(tmp)
     os.replace(tmp, path)
 
 
-def atomic_write_json(path, obj):
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
-
-
-def atomic_torch_save(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def run_dir_of(args) -> Path:
-    return Path(args.runs_dir) / f"{args.env_id.replace('/', '-')}__{args.exp_name}__seed{args.seed}"
-
-
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path):
+    """weights_only: a checkpoint is tensors and plain containers, so reading one never runs code from the file."""
     try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which, never a traceback
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign, or a pickle that would run code
         raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it to start the run afresh")
+    if not isinstance(ckpt, dict) or ckpt.get("algo") != ALGO or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a checkpoint of this version of {ALGO}.py; delete it or pick a new --exp-name")
+    return ckpt
 
 
 def open_run(args):
-    """Decide, before anything is written, whether this is a fresh run or a resume.
-    Returns (run_dir, checkpoint or None)."""
-    run_dir = run_dir_of(args)
+    """Decide, before anything is written, whether this is a fresh run or a resume. Returns (run_dir, checkpoint or None)."""
+    run_dir = Path(args.runs_dir) / f"{args.env_id.replace('/', '-')}__{args.exp_name}__seed{args.seed}"
     latest = run_dir / "checkpoints" / "latest.pt"
-    if not args.resume:
-        if run_dir.exists():
-            raise UsageError(f"run directory {run_dir} exists; pass --resume to continue it, or change --exp-name/--seed/--runs-dir")
-        return run_dir, None
-    if not latest.exists():
+    if not args.resume and run_dir.exists():
+        raise UsageError(f"{run_dir} exists: pass --resume to continue it, or another --exp-name/--seed/--runs-dir")
+    if not args.resume or not latest.exists():
         return run_dir, None
     ckpt = load_checkpoint(latest)
-    if not isinstance(ckpt, dict) or "metrics" not in ckpt or "args" not in ckpt:
-        raise UsageError(f"{latest} is not a checkpoint of {ALGO}.py; delete it to start the run afresh")
     saved, now = ckpt["args"], asdict(args)
     default = {f.name: f.default for f in fields(args)}  # a flag newer than the run: the run had its default
-    changed = [f"--{k.replace('_', '-')} {saved.get(k, default[k])!r} -> {now[k]!r}" for k in now
-               if k not in RESUME_MAY_DIFFER and saved.get(k, default[k]) != now[k]]
+    changed = [
+        f"--{k.replace('_', '-')} {saved.get(k, default[k])!r} -> {now[k]!r}"
+        for k in now
+        if k not in RESUME_MAY_DIFFER and saved.get(k, default[k]) != now[k]
+    ]
     if changed:
-        raise UsageError(f"--resume with other arguments than the run was started with ({'; '.join(changed)}); "
-                         "use the original ones or a new --exp-name")
+        raise UsageError(f"--resume with other arguments ({'; '.join(changed)}); use the original ones or a new --exp-name")
     return run_dir, ckpt
 
 
-def new_metrics(args, group_size=None):
-    return {
-        "env_id": args.env_id, "algo": ALGO, "exp_name": args.exp_name, "seed": args.seed,
-        "group_size": group_size, "args": asdict(args), "status": "running", "completed": False,
-        "global_step": 0, "total_timesteps": args.total_timesteps, "sps": 0.0, "wall_time_s": 0.0,
-        "best_eval_return": None,
-        "train": {"global_step": [], "episodic_return": [], "episodic_length": []},
-        "eval": {"global_step": [], "mean_return": [], "std_return": []},
-    }
+class Run:
+    """Everything a run writes: metrics.json, timings.jsonl, logs/train.log, TensorBoard, checkpoints, videos. A resume
+    rewinds all of them to the checkpoint, so curves have no gap and no duplicate. `state` holds the objects (with
+    state_dict/load_state_dict) that a checkpoint saves and a resume restores."""
 
-
-class Recorder:
-    """Everything a run writes besides checkpoints and videos: metrics.json, timings.jsonl,
-    logs/train.log, TensorBoard. On resume it rewinds all of them to the checkpoint, so curves
-    have no gap and no duplicate."""
-
-    def __init__(self, run_dir: Path, metrics: dict, resume_iteration: int = 0):
+    def __init__(self, args, run_dir, ckpt, total_steps, group_size=None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.metrics = run_dir, metrics
+        self.args, self.dir, self.ckpt, self.total_steps = args, run_dir, ckpt, total_steps
+        self.iteration = ckpt["iteration"] if ckpt else 0
+        run = {"env_id": args.env_id, "algo": ALGO, "exp_name": args.exp_name, "seed": args.seed, "group_size": group_size}
+        progress = {"status": "running", "completed": False, "global_step": 0, "total_timesteps": args.total_timesteps}
+        curves = {"train": {"global_step": [], "episodic_return": [], "episodic_length": []}, "eval": {}}
+        curves["eval"] = {"global_step": [], "mean_return": [], "std_return": []}
+        new = {**run, "args": asdict(args), **progress, "sps": 0.0, "wall_time_s": 0.0, "best_eval_return": None, **curves}
+        self.metrics = ckpt["metrics"] if ckpt else new
         for sub in ("logs", "checkpoints", "videos"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
         for stale in run_dir.rglob("*.tmp*"):  # left by a kill -9 in the middle of an atomic write
             stale.unlink()
-        self.timings_path = run_dir / "timings.jsonl"
-        kept = []
-        if resume_iteration and self.timings_path.exists():
-            for line in self.timings_path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by kill -9
-                    continue
-                if row.get("iteration", 0) <= resume_iteration:
-                    kept.append(line + "\n")
-        else:
-            for old in run_dir.glob("events.out.tfevents.*"):  # fresh start: no stale curves
-                old.unlink()
-        atomic_write_bytes(self.timings_path, "".join(kept).encode())
-        self.timings = open(self.timings_path, "a")
+        kept, timings = [], run_dir / "timings.jsonl"
+        for line in timings.read_text().splitlines() if ckpt and timings.exists() else []:
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut by kill -9 is dropped
+                kept += [line + "\n"] if json.loads(line)["iteration"] <= self.iteration else []
+        for old in [] if ckpt else run_dir.glob("events.out.tfevents.*"):  # fresh start: no stale curves
+            old.unlink()
+        atomic_write(timings, lambda tmp: Path(tmp).write_text("".join(kept)))
+        self.timings = open(timings, "a")
         self.log = logging.getLogger(f"{ALGO}.{run_dir}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
-        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
         for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "logs" / "train.log")):
-            handler.setFormatter(fmt)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
             self.log.addHandler(handler)
-        self.writer = SummaryWriter(str(run_dir), purge_step=metrics["global_step"] + 1 if resume_iteration else None)
-        if not resume_iteration:
-            table = "\n".join(f"|{k}|{v}|" for k, v in metrics["args"].items())
+        self.writer = SummaryWriter(str(run_dir), purge_step=self.metrics["global_step"] + 1 if ckpt else None)
+        if not ckpt:
+            table = "\n".join(f"|{k}|{v}|" for k, v in self.metrics["args"].items())
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self.global_step = self.last_ckpt_step = self.steps_at_start = self.metrics["global_step"]
+        self.last_eval_step = (self.metrics["eval"]["global_step"] or [0])[-1]
+        self.t_start, self.wall_time_before = time.perf_counter(), self.metrics["wall_time_s"]
         self.flush()
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        if args.cuda and not torch.cuda.is_available():
+            self.log.warning("--cuda is on but CUDA is not available: training on CPU")
+        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+    def restore(self, **state):
+        """Keeps `state` for the checkpoints and, on a resume, loads it and the RNGs from the checkpoint."""
+        self.state = state
+        if not self.ckpt:
+            return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps on {self.device}")
+        for k, v in state.items():
+            v.load_state_dict(self.ckpt[k])
+        torch.set_rng_state(self.ckpt["rng"]["torch"])
+        if self.ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.ckpt["rng"]["cuda"])
+        self.log.info(f"resuming {self.dir} from step {self.global_step:,} (iteration {self.iteration})")
+
+    def save(self, name):
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        ckpt = {"algo": ALGO, "format": CHECKPOINT_FORMAT, "args": asdict(self.args), "metrics": self.metrics, "rng": rng}
+        ckpt |= {"iteration": self.iteration, "global_step": self.global_step}
+        ckpt |= {k: v.state_dict() for k, v in self.state.items()}
+        atomic_write(self.dir / "checkpoints" / name, lambda tmp: torch.save(ckpt, tmp))
 
     def episode(self, global_step, episodic_return, episodic_length):
-        train = self.metrics["train"]
-        train["global_step"].append(int(global_step))
-        train["episodic_return"].append(float(episodic_return))
-        train["episodic_length"].append(int(episodic_length))
+        for key, value in zip(self.metrics["train"], (int(global_step), float(episodic_return), int(episodic_length))):
+            self.metrics["train"][key].append(value)
         self.writer.add_scalar("charts/episodic_return", episodic_return, global_step)
         self.writer.add_scalar("charts/episodic_length", episodic_length, global_step)
 
-    def scalars(self, global_step, values: dict):
-        for tag, value in values.items():
+    def end_iteration(self, iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act):
+        """After an update: the NaN stop, then evaluation and checkpoints when due, metrics.json, TensorBoard, the log
+        and timings.jsonl. `act` is the deterministic policy (a batch of observations -> a batch of actions)."""
+        steps, self.iteration, self.global_step = global_step - self.global_step, iteration, global_step
+        t_update, args = time.perf_counter(), self.args
+        params = torch.cat([p.detach().reshape(-1) for p in self.state["agent"].parameters()])
+        if not (all(math.isfinite(v) for v in stats.values()) and bool(params.isfinite().all())):
+            self.metrics["status"] = "diverged"
+            self.log.error(f"NaN/inf in the losses or parameters at step {global_step:,}; stopped")
+            self.close()
+            raise Diverged(
+                f"training diverged (NaN/inf) at step {global_step:,}; {self.dir}/checkpoints/latest.pt holds "
+                f"step {self.last_ckpt_step:,}: lower --learning-rate or --max-grad-norm"
+            )
+        final, eval_return = global_step >= self.total_steps, None
+        if args.eval_every and (global_step - self.last_eval_step >= args.eval_every or final):
+            self.last_eval_step, eval_return = global_step, self.evaluate(make_eval_env, act)
+        t_eval = time.perf_counter()
+        m = self.metrics
+        m["global_step"], m["wall_time_s"] = global_step, self.wall_time_before + t_eval - self.t_start
+        m["sps"], sps = global_step / m["wall_time_s"], (global_step - self.steps_at_start) / (t_eval - self.t_start)
+        lr = float(self.state["optimizer"].param_groups[0]["lr"])
+        for tag, value in {**stats, "charts/learning_rate": lr, "charts/SPS": sps}.items():
             self.writer.add_scalar(tag, value, global_step)
-
-    def evaluation(self, global_step, returns):
-        ev = self.metrics["eval"]
-        ev["global_step"].append(int(global_step))
-        ev["mean_return"].append(float(np.mean(returns)))
-        ev["std_return"].append(float(np.std(returns)))
-        self.scalars(global_step, {"eval/mean_return": ev["mean_return"][-1], "eval/std_return": ev["std_return"][-1]})
-        best = self.metrics["best_eval_return"]
-        improved = best is None or ev["mean_return"][-1] > best
-        if improved:
-            self.metrics["best_eval_return"] = ev["mean_return"][-1]
-        return improved
-
-    def timing(self, row: dict):
-        self.timings.write(json.dumps(row) + "\n")
+        if final:
+            m["completed"], m["status"] = True, "completed"
+        if final or (args.checkpoint_every and global_step - self.last_ckpt_step >= args.checkpoint_every):
+            self.last_ckpt_step = global_step
+            self.save("latest.pt")
+        self.flush()
+        t_end = time.perf_counter()
+        timing = {
+            "iteration": iteration,
+            "global_step": global_step,
+            "time_s": t_end - t_iter,
+            "sps": steps / (t_end - t_iter),
+        }
+        timing |= {"rollout_s": t_rollout - t_iter, "env_step_s": env_step_s, "update_s": t_update - t_rollout}
+        self.timings.write(json.dumps({**timing, "eval_s": t_eval - t_update, "io_s": t_end - t_eval}) + "\n")
         self.timings.flush()
-
-    def progress(self, global_step, total, sps, eval_return=None):
-        rets = self.metrics["train"]["episodic_return"][-10:]
-        eta = max(total - global_step, 0) / max(sps, 1e-9)  # GRPO may end an iteration past the budget
+        rets, eta = m["train"]["episodic_return"][-10:], max(self.total_steps - global_step, 0) / max(sps, 1e-9)
         self.log.info(
-            f"step {global_step:,}/{total:,} ({100 * global_step / total:.0f}%) | SPS {sps:,.0f}"
+            f"step {global_step:,}/{self.total_steps:,} ({100 * global_step / self.total_steps:.0f}%) | SPS {sps:,.0f}"
             + (f" | return {np.mean(rets):,.1f} (last {len(rets)} episodes)" if rets else "")
             + (f" | eval {eval_return:,.1f}" if eval_return is not None else "")
             + f" | ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s"
         )
+        if final:
+            self.log.info(f"done: {global_step:,} steps in {m['wall_time_s']:,.0f}s; best eval return {m['best_eval_return']}")
+
+    def evaluate(self, make_eval_env, act):
+        """Evaluates on fixed seeds, keeps the best policy (best.pt) and films the best episode. Returns the mean return."""
+        seeds = [1_000_000 * (1 + self.args.seed) + k for k in range(self.args.eval_episodes)]
+        env = make_eval_env(None)
+        try:
+            returns = np.array([run_episode(env, act, seed)[0] for seed in seeds])
+        finally:
+            env.close()
+        ev, mean = self.metrics["eval"], float(returns.mean())
+        for key, value in zip(ev, (self.global_step, mean, float(returns.std()))):
+            ev[key].append(value)
+        self.writer.add_scalar("eval/mean_return", mean, self.global_step)
+        self.writer.add_scalar("eval/std_return", ev["std_return"][-1], self.global_step)
+        if self.metrics["best_eval_return"] is None or mean > self.metrics["best_eval_return"]:
+            self.metrics["best_eval_return"] = mean
+            self.save("best.pt")
+        if self.args.capture_video:
+            try:
+                path = self.dir / "videos" / f"eval-step{self.global_step:09d}.mp4"
+                record_video(make_eval_env, act, seeds[int(returns.argmax())], path)
+            except Exception as e:  # no renderer here: keep training, say why once
+                self.log.warning(f"video capture failed ({type(e).__name__}: {e}); continuing without videos")
+                self.args.capture_video = False
+        return mean
 
     def flush(self):
-        atomic_write_json(self.run_dir / "metrics.json", self.metrics)
+        atomic_write(self.dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(self.metrics, indent=1)))
         self.writer.flush()
 
     def close(self):
@@ -303,29 +345,9 @@ class Recorder:
             self.log.removeHandler(handler)
 
 
-def rng_states(np_rng):
-    return {"python": random.getstate(), "numpy": np_rng.bit_generator.state, "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def restore_rng_states(states, np_rng):
-    random.setstate(states["python"])
-    np_rng.bit_generator.state = states["numpy"]
-    torch.set_rng_state(states["torch"])
-    if states.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def pick_device(args):
-    if args.cuda and not torch.cuda.is_available():
-        return torch.device("cpu"), "--cuda is on but CUDA is not available: training on CPU (pass --no-cuda to silence this)"
-    return torch.device("cuda" if args.cuda else "cpu"), None
-
-
 def run_episode(env, act, seed, on_frame=None, frame_every=1):
-    """One episode of the deterministic policy `act` (a batch of observations -> a batch of
-    actions) from `env.reset(seed=seed)`; returns (return, length). `on_frame` gets every
-    `frame_every`-th rendered frame."""
+    """One episode of the deterministic policy `act` from `env.reset(seed=seed)`; returns (return, length). `on_frame`
+    gets every `frame_every`-th rendered frame."""
     obs, _ = env.reset(seed=seed)
     episodic_return, length, done = 0.0, 0, False
     while not done:
@@ -336,18 +358,9 @@ def run_episode(env, act, seed, on_frame=None, frame_every=1):
     return episodic_return, length
 
 
-def evaluate(make_eval_env, act, seeds):
-    env = make_eval_env(None)
-    try:
-        return np.array([run_episode(env, act, seed)[0] for seed in seeds])
-    finally:
-        env.close()
-
-
 def record_video(make_eval_env, act, seed, path: Path):
-    """Film one episode by re-running it from its seed (the policy and env are deterministic), so
-    no evaluation ever holds frames in memory; written to a temp file, then renamed. Frames are
-    thinned to at most ~30 per second of simulated time: rendering is the slow part."""
+    """Film one episode by re-running it from its seed (the policy and env are deterministic), so no evaluation holds
+    frames in memory. Frames are thinned to at most ~30 per second of simulated time: rendering is the slow part."""
     import imageio
 
     env = make_eval_env("rgb_array")
@@ -363,34 +376,23 @@ def record_video(make_eval_env, act, seed, path: Path):
         tmp.unlink(missing_ok=True)
 
 
-def parse_args(args_type):
-    """tyro reports a bad flag in a multi-line box; say it in one line, like every other error."""
+def cli(main_fn, args_type):
+    """tyro reports a bad flag in a multi-line box, and main's errors are exceptions: each becomes one line on stderr."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
             args = tyro.cli(args_type)
     except SystemExit as e:
-        if e.code:
-            box = [line.strip("│╭╮╰╯ ") for line in captured.getvalue().splitlines()[1:]]
-            body = " ".join(itertools.takewhile(lambda line: not line.startswith("─"), box))
-            print(f"error: {' '.join(body.split()) or captured.getvalue().strip()} (see --help)", file=sys.stderr)
-        else:
-            sys.stderr.write(captured.getvalue())
+        box = [line.strip("│╭╮╰╯ ") for line in captured.getvalue().splitlines()[1:]]
+        body = " ".join(" ".join(itertools.takewhile(lambda line: not line.startswith("─"), box)).split())
+        print(f"error: {body or captured.getvalue().strip()} (see --help)" if e.code else captured.getvalue(), file=sys.stderr)
         raise
     sys.stderr.write(captured.getvalue())
-    return args
-
-
-def cli(main_fn, args_type):
-    args = parse_args(args_type)
     try:
         main_fn(args)
-    except UsageError as e:
+    except (UsageError, Diverged, OSError) as e:  # OSError: e.g. a --runs-dir that cannot be written
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (Diverged, OSError) as e:  # OSError: e.g. a --runs-dir that cannot be written
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
     except KeyboardInterrupt:
         print("interrupted; continue with the same command and --resume", file=sys.stderr)
         sys.exit(130)
@@ -403,82 +405,42 @@ def make_env(env_id, max_episode_steps=None, render_mode=None):
     def thunk():
         env = gym.make(env_id, max_episode_steps=max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
         vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
-        if render_mode and vis is not None:
-            # MuJoCo on a software GL (headless CPU) spends ~85% of a frame on the shadow map
+        if render_mode and vis is not None:  # MuJoCo on a software GL spends ~85% of a frame on the shadow map
             vis.quality.shadowsize, vis.quality.offsamples = 0, 0
         return env
 
     return thunk
 
 
-class SerialVectorEnv:
-    """gymnasium's SyncVectorEnv in SAME_STEP autoreset mode without its per-step bookkeeping,
-    which costs ~25 us a step, a quarter of a Hopper-v4 step: the envs stepped in a plain loop."""
-
-    def __init__(self, env_fns):
-        self.envs = [fn() for fn in env_fns]
-
-    def reset(self, seed=None):  # as gymnasium: an int seeds env i with seed + i
-        seeds = [seed + i for i in range(len(self.envs))] if isinstance(seed, int) else seed or [None] * len(self.envs)
-        return np.array([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]), {}
-
-    def step(self, actions):
-        n = len(self.envs)
-        obs, final_obs = [None] * n, {}
-        rewards, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
-        for i, env in enumerate(self.envs):
-            obs[i], rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
-            if terminated[i] or truncated[i]:
-                final_obs[i] = obs[i]
-                obs[i], _ = env.reset()
-        return np.array(obs), rewards, terminated, truncated, {"final_obs": final_obs}
-
-    def close(self):
-        for env in self.envs:
-            env.close()
-
-
-def available_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def envpool_threads(num_envs):
-    return max(1, min(num_envs, available_cores()))
-
-
 class EnvPoolVectorEnv:
-    """The `--env-backend envpool` training envs: EnvPool's batched C++ envs behind SerialVectorEnv's
-    interface, with gymnasium's SAME_STEP autoreset. EnvPool's own autoreset is NEXT_STEP-like (the
-    step after a done returns the reset observation with reward 0, its action ignored), so an env
-    that ends is reset at once (`reset(env_ids)` resets just those; their next step is a real one)
-    and its final observation goes to info["final_obs"]. EnvPool reports time limits as truncations."""
+    """EnvPool's batched C++ envs behind the gymnasium vector env calls we use, with SAME_STEP autoreset. EnvPool's own
+    autoreset is NEXT_STEP-like (the step after a done returns the reset observation, its action ignored), so an env
+    that ends is reset at once by id, and its final observation goes to info["final_obs"]."""
 
-    def __init__(self, args):
+    def __init__(self, env_id, num_envs, max_episode_steps=None):
         import envpool
 
-        self.envpool, self.args, self.pool = envpool, args, None
+        kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+        threads = min(num_envs, len(os.sched_getaffinity(0)))  # EnvPool is Linux-only, where this is the usable cores
+        self.make = lambda seed: envpool.make(env_id, "gymnasium", num_envs=num_envs, seed=seed, num_threads=threads, **kwargs)
+        self.pool = None
 
     def reset(self, seed):
-        """EnvPool seeds env i with seed + i when the pool is made, and its reset takes no seed: so a
-        reset with seeds [s, s + 1, ...] (or s) makes a new pool."""
-        first = seed if isinstance(seed, int) else int(seed[0])
-        assert isinstance(seed, int) or list(seed) == list(range(first, first + self.args.num_envs)), "EnvPool seeds envs consecutively"
+        """EnvPool seeds env i with seed + i when it makes the pool, and its reset takes no seed: a reset makes a new pool."""
         self.close()
-        kwargs = {"max_episode_steps": self.args.max_episode_steps} if self.args.max_episode_steps else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.pool = self.envpool.make(self.args.env_id, env_type="gymnasium", num_envs=self.args.num_envs, seed=first,
-                                          num_threads=envpool_threads(self.args.num_envs), **kwargs)
+            self.pool = self.make(seed)
         return self.pool.reset()[0].copy(), {}
 
     def step(self, actions):
         obs, reward, terminated, truncated, _ = self.pool.step(actions)
-        obs, done, final_obs = obs.copy(), np.flatnonzero(terminated | truncated), {}
+        obs, done, info = obs.copy(), np.flatnonzero(terminated | truncated), {}
         if len(done):
-            final_obs = {i: obs[i].copy() for i in done}
-            reset_obs, info = self.pool.reset(done.astype(np.int32))
-            obs[info["env_id"]] = reset_obs
-        return obs, reward, terminated, truncated, {"final_obs": final_obs}
+            info["final_obs"] = obs.copy()
+            reset_obs, reset_info = self.pool.reset(done.astype(np.int32))
+            obs[reset_info["env_id"]] = reset_obs
+        return obs, reward, terminated, truncated, info
 
     def close(self):
         if self.pool is not None:
@@ -488,29 +450,12 @@ class EnvPoolVectorEnv:
 
 def make_vector_env(args):
     if args.env_backend == "envpool":
-        return EnvPoolVectorEnv(args)
-    # SAME_STEP: the obs returned with a done already starts the next episode, the final obs is in
-    # info["final_obs"]; gymnasium's default (NEXT_STEP) would add a reset step whose action is ignored.
+        return EnvPoolVectorEnv(args.env_id, args.num_envs, args.max_episode_steps)
+    # SAME_STEP: the obs returned with a done already starts the next episode, the final obs is in info["final_obs"];
+    # gymnasium's default (NEXT_STEP) would add a reset step whose action is ignored.
+    vector_env = gym.vector.SyncVectorEnv if args.vector_mode == "sync" else gym.vector.AsyncVectorEnv
     env_fns = [make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)]
-    if args.vector_mode == "sync":
-        return SerialVectorEnv(env_fns)
-    return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-
-
-def env_rate(args, num_steps):
-    """Env steps per second of the training envs, built as main builds them, under uniform random
-    actions: the environment-bound limit of the train SPS (speed.py divides by it)."""
-    _, act_space = check_env(args)
-    act_space.seed(args.seed)
-    actions = np.stack([np.stack([act_space.sample() for _ in range(args.num_envs)]) for _ in range(num_steps)])
-    envs = make_vector_env(args)
-    envs.reset(seed=args.seed)
-    start = time.perf_counter()
-    for action in actions:
-        envs.step(action)
-    elapsed = time.perf_counter() - start
-    envs.close()
-    return num_steps * args.num_envs / elapsed
+    return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)  # we copy what we keep
 
 
 def check_env(args):
@@ -519,19 +464,21 @@ def check_env(args):
         warnings.simplefilter("ignore")
         try:
             env = gym.make(args.env_id)
-        except Exception as e:  # unknown id (gym.error.Error), a missing dependency, a broken env
-            raise UsageError(f"cannot make env {args.env_id!r}: {str(e).splitlines()[0]} (pass a registered gymnasium id such as --env-id Hopper-v4)")
+        except Exception as e:  # unknown id, a missing dependency, a broken env
+            raise UsageError(
+                f"cannot make env {args.env_id!r}: {str(e).splitlines()[0]} (pass a registered id such as Hopper-v4)"
+            )
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
     if not isinstance(act_space, gym.spaces.Box):
-        raise UsageError(f"{args.env_id} has a {type(act_space).__name__} action space; this script needs continuous (Box) "
-                         "actions: use an env such as Hopper-v4")
+        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
     if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
-        raise UsageError(f"{args.env_id} has unbounded actions (low {act_space.low}, high {act_space.high}); a Beta policy needs "
-                         "finite bounds: use ppo_continuous.py (Gaussian) for this env")
+        raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds: use ppo_continuous.py")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script "
-                         "needs flat vectors: for images use ppo_cnn_carracing.py")
+        raise UsageError(
+            f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script needs flat "
+            "vectors: for images use ppo_cnn_carracing.py"
+        )
     if args.env_backend == "envpool":
         check_envpool_env(args, obs_space, act_space)
     return obs_space, act_space
@@ -539,79 +486,67 @@ def check_env(args):
 
 def check_envpool_env(args, obs_space, act_space):
     """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
-    import envpool
-
+    try:
+        import envpool
+    except ImportError:
+        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
     if args.env_id not in envpool.list_all_envs():
         raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec = envpool.make_spec(args.env_id)
-        ep_obs, ep_act = spec.observation_space, spec.action_space
-    if (ep_obs.shape != obs_space.shape or ep_obs.dtype != obs_space.dtype or ep_act.shape != act_space.shape
-            or not np.allclose(ep_act.low, act_space.low) or not np.allclose(ep_act.high, act_space.high)):
-        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's (observations {ep_obs}, actions {ep_act}), which "
-                         "evaluates the policy: use --env-backend gymnasium")
+    ep_obs, ep_act = spec.observation_space, spec.action_space
+    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
+    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
 
 
 def check_args(args):
+    """Every argument a user can get wrong, checked before anything is written; fills in the derived fields."""
     if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
         raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes"):
-        if getattr(args, name) <= 0:
+    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes")
+    for name in positive + ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
+        if not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("eval_every", "checkpoint_every", "torch_threads"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.max_episode_steps is not None and args.max_episode_steps <= 0:
-        raise UsageError(f"--max-episode-steps must be positive, got {args.max_episode_steps}")
+    for name in ("max_episode_steps", "target_kl"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
     if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
         raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
-    for name in ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.target_kl is not None and not args.target_kl > 0:
-        raise UsageError(f"--target-kl must be positive (or None), got {args.target_kl}")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
     args.batch_size = args.num_envs * args.num_steps
     if args.batch_size % args.num_minibatches:
-        raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of --num-envs x --num-steps = "
-                         f"{args.batch_size}; pick a divisor")
+        raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} steps")
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // args.batch_size
     if args.num_iterations == 0:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} = --num-envs x "
-                         "--num-steps); raise it or shrink the batch")
-    if args.env_backend == "envpool":
-        try:
-            import envpool  # noqa: F401
-        except ImportError:
-            raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64 wheels)")
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} steps)")
 
 
 class RunningMeanStd:
-    """Running mean and variance (Chan et al.'s parallel algorithm), float64, numpy."""
+    """Running mean and variance of a stream of batches (Chan et al.'s parallel algorithm), float64. numpy, not torch:
+    it runs on every env step, where a numpy call costs a tenth of a torch one."""
 
     def __init__(self, shape=()):
         self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x):
-        # few temporaries and no x.mean()/x.var(): this runs every env step, usually on one row
         n = x.shape[0]
-        total = self.count + n
-        batch_mean = x[0] if n == 1 else np.add.reduce(x, axis=0) / n
-        delta = batch_mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        m2 = self.var * self.count + delta * delta * (self.count * n / total)
-        if n > 1:
-            m2 += np.add.reduce((x - batch_mean) ** 2, axis=0)
-        self.var, self.count = m2 / total, total
+        batch_mean = x.sum(0) / n  # sums, not x.mean()/x.var(): their wrappers cost more than the math on a few rows
+        delta, total = batch_mean - self.mean, self.count + n
+        m2 = self.var * self.count + ((x - batch_mean) ** 2).sum(0) + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
 
-    def state_dict(self):
+    def state_dict(self):  # tensors, which a weights_only checkpoint can hold
         return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
 
     def load_state_dict(self, state):
-        self.mean, self.var, self.count = state["mean"].numpy().copy(), state["var"].numpy().copy(), float(state["count"])
+        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
 
 
 class ObsNormalizer(RunningMeanStd):
@@ -620,43 +555,36 @@ class ObsNormalizer(RunningMeanStd):
         self.clip, self.enabled = clip, enabled
 
     def __call__(self, obs, update=False):
-        if not self.enabled:
-            return obs.astype(np.float32)
-        if update:
+        """Observations -> normalized float32 ones; the statistics move only when `update`."""
+        if self.enabled and update:
             self.update(obs)
-        # np.minimum/np.maximum: np.clip's argument handling costs more than the clipping
-        return np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip).astype(np.float32)
+        if self.enabled:
+            obs = np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip)
+        return obs.astype(np.float32)
 
 
 class RewardScaler:
-    """CleanRL's reward normalization: divide each reward by the running std of the discounted
-    return, the statistics updated with every step's returns before that step's reward is scaled.
-    The policy never sees scaled rewards, so a whole (T, N) rollout is scaled at once: the
-    running variance after each step is computed in closed form from cumulative sums (the same
-    numbers as T sequential updates, up to float64 rounding)."""
+    """CleanRL's reward scaling: each reward is divided by the running std of the discounted return, whose statistics
+    take in every step's returns before that step's reward is scaled."""
 
     def __init__(self, num_envs, gamma, clip, enabled=True):
         self.rms, self.returns = RunningMeanStd(), np.zeros(num_envs)
         self.gamma, self.clip, self.enabled = gamma, clip, enabled
 
-    def scale(self, rewards, dones):
+    def __call__(self, rewards, dones):
         if not self.enabled:
             return rewards.astype(np.float32)
-        T, N = rewards.shape
-        returns = np.empty((T, N))
-        for i in range(N):  # the discounted return, restarted after each done: python floats beat numpy on a row
-            running, column = float(self.returns[i]), []
-            for reward, done in zip(rewards[:, i].tolist(), dones[:, i].tolist()):
-                running = running * self.gamma + reward
-                column.append(running)
-                running = 0.0 if done else running
-            returns[:, i], self.returns[i] = column, running
-        rms, count = self.rms, self.rms.count + N * np.arange(1, T + 1)
-        shifted = returns - rms.mean  # sums around the old mean: no cancellation of large squares
-        mean_shift = np.cumsum(shifted.sum(1)) / count
-        var = (rms.var * rms.count + np.cumsum((shifted**2).sum(1))) / count - mean_shift**2
-        rms.mean, rms.var, rms.count = rms.mean + mean_shift[-1], var[-1], float(count[-1])
-        return np.clip(rewards / np.sqrt(var + 1e-8)[:, None], -self.clip, self.clip).astype(np.float32)
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        self.returns[dones] = 0.0
+        return np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self):
+        return {"rms": self.rms.state_dict(), "returns": torch.as_tensor(self.returns)}
+
+    def load_state_dict(self, state):
+        self.rms.load_state_dict(state["rms"])
+        self.returns = state["returns"].numpy()
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -673,367 +601,143 @@ def mlp(in_dim, hidden_sizes, out_dim, out_std):
     return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
 
 
+BETA_EPS = 1e-6  # samples are kept this far from 0 and 1, where float32 rounding would make log x or log(1 - x) infinite
+
+
+def beta_dist(out):
+    """The actor's 2 * act_dim outputs -> Beta(alpha, beta), alpha and beta = 1 + softplus > 1: unimodal (Chou et al.)."""
+    alpha, beta = (1.0 + nn.functional.softplus(out)).chunk(2, dim=-1)
+    return Beta(alpha, beta, validate_args=False)
+
+
 class Agent(nn.Module):
-    def __init__(self, obs_dim, act_dim, hidden_sizes, clip_obs=10.0, norm_obs=True):
+    def __init__(self, obs_dim, act_dim, hidden_sizes):
         super().__init__()
         self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
-        self.actor_params = mlp(obs_dim, hidden_sizes, 2 * act_dim, out_std=0.01)
-        self.obs_rms = ObsNormalizer((obs_dim,), clip_obs, norm_obs)
+        self.actor = mlp(obs_dim, hidden_sizes, 2 * act_dim, out_std=0.01)
 
-    def get_extra_state(self):  # the observation statistics travel with the weights
-        return self.obs_rms.state_dict()
+    def get_value(self, obs):
+        return self.critic(obs)
 
-    def set_extra_state(self, state):
-        self.obs_rms.load_state_dict(state)
+    def dist(self, obs):
+        return beta_dist(self.actor(obs))
 
-    def get_value(self, x):
-        return self.critic(x)
+    def dist_and_value(self, obs):
+        return self.dist(obs), self.critic(obs)
 
-BETA_EPS = 1e-6  # x is kept this far from 0 and 1: float32 sampling can round to the edge, where log x = -inf
-
-
-def beta_params(out):
-    """The actor's 2 * act_dim outputs -> alpha, beta = softplus + 1: both > 1, so the density is
-    unimodal and concave (Chou et al.)."""
-    alpha, beta = nn.functional.softplus(out).chunk(2, dim=-1)
-    return alpha + 1.0, beta + 1.0
+    def sample(self, obs):
+        return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
 
 
-def beta_log_prob(x, alpha, beta):
-    """log Beta(x; alpha, beta), summed over action dimensions. This is the log-prob of x in
-    (0, 1), not of the env action low + (high - low) x: the affine map's Jacobian is a constant
-    that cancels in the PPO ratio pi_new / pi_old."""
-    x = x.clamp(BETA_EPS, 1.0 - BETA_EPS)
-    log_norm = torch.lgamma(alpha + beta) - torch.lgamma(alpha) - torch.lgamma(beta)
-    return ((alpha - 1.0) * torch.log(x) + (beta - 1.0) * torch.log1p(-x) + log_norm).sum(-1)
-
-
-def beta_entropy(alpha, beta):
-    total, dg = alpha + beta, torch.digamma
-    log_b = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(total)
-    return (log_b - (alpha - 1.0) * dg(alpha) - (beta - 1.0) * dg(beta) + (total - 2.0) * dg(total)).sum(-1)
-
-
-def to_env_action(x, low, high):
+def env_action(x, low, high):
+    """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
+    constant, which cancels in the PPO ratio."""
     return low + (high - low) * x
 
 
-class NumpyActor:
-    """A CPU/numpy snapshot of the actor for the rollout: a batch-of-one MLP call costs a few
-    microseconds in numpy and ~100 in torch, and a GPU never pays a transfer per env step."""
-
-    def __init__(self, agent: Agent):
-        linears = [m for m in agent.actor_params if isinstance(m, nn.Linear)]
-        self.layers = [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears]
-
-    def params(self, x):
-        """alpha and beta side by side, (batch, 2 * act_dim)."""
-        for w, b in self.layers[:-1]:
-            x = np.tanh(x @ w + b)
-        w, b = self.layers[-1]
-        return np.logaddexp(0.0, x @ w + b) + 1.0  # softplus + 1, as beta_params
-
-    @staticmethod
-    def first_share(v):  # v[:, :d] / (v[:, :d] + v[:, d:])
-        d = v.shape[1] // 2
-        return v[:, :d] / (v[:, :d] + v[:, d:])
-
-    def sample(self, x, rng):  # Ga / (Ga + Gb) ~ Beta(a, b): one standard_gamma call, cheaper than rng.beta
-        x = self.first_share(rng.standard_gamma(self.params(x)))
-        return np.minimum(np.maximum(x, BETA_EPS), 1.0 - BETA_EPS).astype(np.float32)
-
-    def mean(self, x):  # the deterministic (evaluation) action in (0, 1): the Beta mean alpha / (alpha + beta)
-        return self.first_share(self.params(x))
-
-
-def compute_gae(rewards, values, last_value, terminations, truncations, final_values, gamma, gae_lambda):
-    """GAE(lambda) over a (T, N) rollout with correct time limits.
-
-    values[t] = V(obs_t). When step t ends an episode the env has already reset, so values[t+1]
-    belongs to the next episode: the bootstrap is V(final obs) = final_values[t] after a
-    truncation and 0 after a termination (truncation alone is not a death).
-    """
-    dones = np.logical_or(terminations, truncations)
-    next_values = np.where(dones, final_values, np.concatenate([values[1:], last_value[None]])) * (1.0 - terminations)
-    deltas = rewards + gamma * next_values - values  # all TD errors at once; only the sum below is sequential
+def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
+    """GAE(lambda) over a (T, N) rollout. next_values[t] is the value of the state after step t: V(final obs) where step t
+    truncated an episode and 0 where it terminated one (a time limit is not a death, Pardo et al. 2018)."""
+    deltas = rewards + gamma * next_values - values
     carry = gamma * gae_lambda * (1.0 - dones)
-    advantages = np.zeros_like(deltas)
-    for i in range(deltas.shape[1]):  # backwards in time, env by env: python floats beat numpy on a row
-        lastgaelam, column = 0.0, []
-        for delta, c in zip(deltas[::-1, i].tolist(), carry[::-1, i].tolist()):
-            lastgaelam = delta + c * lastgaelam
-            column.append(lastgaelam)
-        advantages[::-1, i] = column
+    advantages, lastgaelam = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        lastgaelam = advantages[t] = deltas[t] + carry[t] * lastgaelam
     return advantages, advantages + values
 
 
-def ppo_update(agent, optimizer, batch, args):
-    """`update_epochs` passes of clipped-surrogate minibatch SGD over the batch (a dict of
-    tensors: obs, actions, logprobs, advantages, returns, values). Returns the last minibatch's
-    losses and the mean clip fraction, as tensors."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    clipfracs = []
-    for epoch in range(args.update_epochs):
-        perm = torch.randperm(args.batch_size, device=batch["obs"].device)
-        obs, actions, old_logprobs, advantages, returns, old_values = (
-            batch[k][perm] for k in ("obs", "actions", "logprobs", "advantages", "returns", "values"))
-        for start in range(0, args.batch_size, args.minibatch_size):
-            mb = slice(start, start + args.minibatch_size)
-            alpha, beta = beta_params(agent.actor_params(obs[mb]))
-            newlogprob = beta_log_prob(actions[mb], alpha, beta)
-            logratio = newlogprob - old_logprobs[mb]
-            ratio = logratio.exp()
-            mb_adv = advantages[mb]
-            if args.norm_adv:
-                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-            pg_loss = torch.max(-mb_adv * ratio, -mb_adv * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "value_loss", "entropy")]
 
-            newvalue = agent.critic(obs[mb]).view(-1)
-            if args.clip_vloss:
-                v_clipped = old_values[mb] + torch.clamp(newvalue - old_values[mb], -args.clip_coef, args.clip_coef)
-                v_loss = 0.5 * torch.max((newvalue - returns[mb]) ** 2, (v_clipped - returns[mb]) ** 2).mean()
-            else:
-                v_loss = 0.5 * ((newvalue - returns[mb]) ** 2).mean()
-            entropy = beta_entropy(alpha, beta).mean()
-            loss = pg_loss - args.ent_coef * entropy + v_loss * args.vf_coef
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
-            optimizer.step()
-            with torch.no_grad():
-                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, args):
+    """The PPO loss of a minibatch, and its statistics (LOSS_STATS) as one tensor."""
+    dist, newvalue = agent.dist_and_value(obs)
+    logratio = dist.log_prob(actions).sum(-1) - logprobs
+    ratio = logratio.exp()
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    newvalue = newvalue.view(-1)
+    v_loss = (newvalue - returns) ** 2
+    if args.clip_vloss:
+        v_clipped = values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef)
+        v_loss = torch.max(v_loss, (v_clipped - returns) ** 2)
+    v_loss = 0.5 * v_loss.mean()
+    entropy = dist.entropy().sum(-1).mean()
+    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
+        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, v_loss, entropy])
+    return pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss, stats
 
-        with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-            old_approx_kl = (-logratio).mean()
-            approx_kl = ((ratio - 1) - logratio).mean()
-        if args.target_kl is not None and approx_kl > args.target_kl:
+
+def make_update_step(agent, optimizer, loss_fn, args):
+    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
+
+    def update_step(*minibatch):
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = loss_fn(agent, *minibatch, args)
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+        optimizer.step()
+        return stats
+
+    return torch.compile(update_step) if args.compile else update_step
+
+
+def update(update_step, batch, args):
+    """`update_epochs` passes of minibatch SGD over the batch (a dict of tensors with one row per step, in update_step's
+    argument order). Returns each of LOSS_STATS averaged over the minibatches."""
+    first, stats = next(iter(batch.values())), []
+    for _ in range(args.update_epochs):
+        for mb in torch.randperm(len(first), device=first.device).split(args.minibatch_size):
+            stats.append(update_step(*(v[mb] for v in batch.values())))
+        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
             break
-    return {"losses/value_loss": v_loss.detach(), "losses/policy_loss": pg_loss.detach(), "losses/entropy": entropy.detach(),
-            "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": torch.stack(clipfracs).mean()}
+    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
 
 
-class NumpyLearner:
-    """The CPU fast path of the update. The agent's parameters, their gradients and Adam's moments
-    are views of flat float32 arrays, and backprop is written out by hand: a 64-sample minibatch
-    step of these small MLPs costs ~1 ms in torch (op dispatch, autograd, optimizer bookkeeping)
-    and a fraction of that in numpy. It computes the same update as ppo_update up to float
-    rounding (tests/test_ppo_math.py); torch stays the owner of the weights and optimizer state,
-    which pull() and push() copy in and out once per iteration."""
-
-    def __init__(self, agent, optimizer):
-        self.agent, self.optimizer = agent, optimizer
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.bounds = list(itertools.pairwise(np.cumsum([0] + [p.numel() for p in self.params])))
-        self.theta, self.grad, self.exp_avg, self.exp_avg_sq = (np.zeros(self.bounds[-1][1], np.float32) for _ in range(4))
-        self.p, self.g = ([flat[a:b].reshape(p.shape) for (a, b), p in zip(self.bounds, self.params)] for flat in (self.theta, self.grad))
-        index = {id(p): i for i, p in enumerate(self.params)}
-        self.critic, self.actor = ([(index[id(m.weight)], index[id(m.bias)]) for m in net if isinstance(m, nn.Linear)]
-                                   for net in (agent.critic, agent.actor_params))
-
-    def pull(self):
-        for (a, b), p in zip(self.bounds, self.params):
-            self.theta[a:b] = p.detach().reshape(-1).numpy()
-            state = self.optimizer.state.get(p) or {}
-            self.exp_avg[a:b] = state["exp_avg"].reshape(-1).numpy() if state else 0.0
-            self.exp_avg_sq[a:b] = state["exp_avg_sq"].reshape(-1).numpy() if state else 0.0
-            self.step_count = int(state["step"]) if state else 0
-        group = self.optimizer.param_groups[0]
-        self.lr, self.betas, self.eps = group["lr"], group["betas"], group["eps"]
-
-    def push(self):
-        with torch.no_grad():
-            for (a, b), p in zip(self.bounds, self.params):
-                p.copy_(torch.from_numpy(self.theta[a:b]).view_as(p))
-                self.optimizer.state[p] = {"step": torch.tensor(float(self.step_count)),
-                                           "exp_avg": torch.from_numpy(self.exp_avg[a:b].copy()).view_as(p),
-                                           "exp_avg_sq": torch.from_numpy(self.exp_avg_sq[a:b].copy()).view_as(p)}
-
-    def mlp_forward(self, layers, x):
-        """The MLP's output and the input of each of its layers (what backprop needs)."""
-        inputs = []
-        for k, (w, b) in enumerate(layers):
-            inputs.append(x)
-            x = x @ self.p[w].T + self.p[b]
-            if k < len(layers) - 1:
-                x = np.tanh(x)
-        return x, inputs
-
-    def mlp_backward(self, layers, inputs, d_out):
-        """Writes the MLP's parameter gradients, given d loss / d output."""
-        for k in reversed(range(len(layers))):
-            w, b = layers[k]
-            np.matmul(d_out.T, inputs[k], out=self.g[w])
-            np.add.reduce(d_out, axis=0, out=self.g[b])
-            if k:
-                d_out = (d_out @ self.p[w]) * (1.0 - inputs[k] ** 2)  # tanh' = 1 - tanh^2
-
-    def action_features(self, actions):
-        """log x and log(1 - x), x clamped as beta_log_prob clamps it: once per update, not per minibatch."""
-        x = np.minimum(np.maximum(actions, BETA_EPS), 1.0 - BETA_EPS)
-        return np.concatenate([np.log(x), np.log1p(-x)], axis=1)
-
-    def log_prob(self, obs, log_x):
-        """beta_log_prob of the actions (their action_features), and what backprop needs. alpha and
-        beta are kept side by side, (batch, 2 * act_dim): one scipy call covers both."""
-        out, inputs = self.mlp_forward(self.actor, obs)
-        params = np.logaddexp(0.0, out) + 1.0  # softplus + 1, as beta_params
-        d = out.shape[1] // 2
-        total = params[:, :d] + params[:, d:]
-        lg, dg, lg_t, dg_t = gammaln(params), digamma(params), gammaln(total), digamma(total)
-        logprob = np.add.reduce((params - 1.0) * log_x - lg, axis=1) + np.add.reduce(lg_t, axis=1)
-        d_params = log_x - dg + np.concatenate([dg_t, dg_t], axis=1)  # d/d alpha = log x - psi(alpha) + psi(alpha + beta)
-        return logprob, (inputs, out, params, total, lg, dg, lg_t, dg_t, d_params)
-
-    def entropy(self, cache):  # the mean beta_entropy
-        _, _, params, total, lg, dg, lg_t, dg_t, _ = cache
-        return float((np.add.reduce(lg - (params - 1.0) * dg, axis=1) - np.add.reduce(lg_t - (total - 2.0) * dg_t, axis=1)).mean())
-
-    def log_prob_backward(self, cache, d_logprob, d_entropy):
-        inputs, out, params, total, _, _, _, _, d_params = cache
-        d_params = d_logprob[:, None] * d_params
-        if d_entropy:  # d H / d alpha = -(alpha - 1) psi'(alpha) + (alpha + beta - 2) psi'(alpha + beta)
-            total_term = (total - 2.0) * polygamma(1, total)
-            d_params = d_params + d_entropy / len(out) * (-(params - 1.0) * polygamma(1, params) + np.concatenate([total_term] * 2, axis=1))
-        sigmoid = 1.0 / (1.0 + np.exp(-out))  # softplus' = sigmoid
-        self.mlp_backward(self.actor, inputs, (d_params * sigmoid).astype(np.float32))
-
-    def step(self, max_grad_norm):
-        """clip_grad_norm_ and an Adam step (torch's formulas), on the flat arrays."""
-        grad_norm = math.sqrt(float(np.dot(self.grad, self.grad)))
-        self.grad *= min(1.0, max_grad_norm / (grad_norm + 1e-6))
-        self.step_count += 1
-        (beta1, beta2), t = self.betas, self.step_count
-        self.exp_avg *= beta1
-        self.exp_avg += (1.0 - beta1) * self.grad
-        self.exp_avg_sq *= beta2
-        self.exp_avg_sq += (1.0 - beta2) * self.grad * self.grad
-        denom = np.sqrt(self.exp_avg_sq) / math.sqrt(1.0 - beta2**t) + self.eps
-        self.theta -= (self.lr / (1.0 - beta1**t)) * self.exp_avg / denom
-
-
-def ppo_update_numpy(learner, batch, args):
-    """ppo_update on the NumpyLearner: the same minibatches (torch.randperm), losses and
-    statistics; the gradients are written out instead of taken by autograd. Where torch.max
-    would split a tie between the clipped and unclipped losses, the gradient goes to one side:
-    the two differ by rounding there."""
-    learner.pull()
-    batch = {k: v.numpy() for k, v in batch.items()}
-    batch["actions"] = learner.action_features(batch["actions"])
-    B, lo, hi, clipped_count = args.minibatch_size, 1 - args.clip_coef, 1 + args.clip_coef, 0
-    for epoch in range(args.update_epochs):
-        perm = torch.randperm(args.batch_size).numpy()
-        obs, actions, old_logprobs, advantages, returns, old_values = (
-            batch[k][perm] for k in ("obs", "actions", "logprobs", "advantages", "returns", "values"))
-        for start in range(0, args.batch_size, B):
-            mb = slice(start, start + B)
-            newlogprob, cache = learner.log_prob(obs[mb], actions[mb])
-            logratio = newlogprob - old_logprobs[mb]
-            ratio = np.exp(logratio)
-            mb_adv = advantages[mb]
-            if args.norm_adv:  # (x - mean) / (unbiased std), as torch.std
-                centered = mb_adv - np.add.reduce(mb_adv) / B
-                mb_adv = centered / (math.sqrt(float(centered @ centered) / (B - 1)) + 1e-8)
-            pg_losses, pg_losses_clipped = -mb_adv * ratio, -mb_adv * np.minimum(np.maximum(ratio, lo), hi)
-            unclipped = pg_losses >= pg_losses_clipped  # where the max is the unclipped term, which has a gradient
-            pg_loss = float(np.add.reduce(np.where(unclipped, pg_losses, pg_losses_clipped))) / B
-            d_ratio = np.where(unclipped, mb_adv, 0.0) * (-1.0 / B)
-
-            newvalue, critic_inputs = learner.mlp_forward(learner.critic, obs[mb])
-            newvalue, v_error = newvalue[:, 0], newvalue[:, 0] - returns[mb]
-            if args.clip_vloss:
-                v_change = newvalue - old_values[mb]
-                v_step = np.minimum(np.maximum(v_change, -args.clip_coef), args.clip_coef)
-                v_clipped_error = old_values[mb] + v_step - returns[mb]
-                v_losses, v_losses_clipped = v_error * v_error, v_clipped_error * v_clipped_error
-                larger = v_losses >= v_losses_clipped
-                v_loss = 0.5 * float(np.add.reduce(np.where(larger, v_losses, v_losses_clipped))) / B
-                d_value = np.where(larger, v_error, v_clipped_error * (v_step == v_change)) / B
-            else:
-                v_loss, d_value = 0.5 * float(v_error @ v_error) / B, v_error / B
-
-            # loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
-            learner.log_prob_backward(cache, d_ratio * ratio, -args.ent_coef)
-            learner.mlp_backward(learner.critic, critic_inputs, args.vf_coef * d_value[:, None])
-            learner.step(args.max_grad_norm)
-            clipped_count += np.count_nonzero(np.abs(ratio - 1.0) > args.clip_coef)
-
-        old_approx_kl, approx_kl = float((-logratio).mean()), float(((ratio - 1) - logratio).mean())
-        if args.target_kl is not None and approx_kl > args.target_kl:
-            break
-    learner.push()
-    entropy = learner.entropy(cache)  # of the last minibatch, as ppo_update reports it
-    num_minibatches = (epoch + 1) * (args.batch_size // B)
-    return {"losses/value_loss": float(v_loss), "losses/policy_loss": float(pg_loss), "losses/entropy": entropy,
-            "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": clipped_count / (num_minibatches * B)}
-
-
-class Rollout:
-    """The (T, N) rollout buffer, plus what carries over between rollouts (running episodes)."""
-
-    def __init__(self, T, N, obs_dim, act_dim):
-        self.obs = np.zeros((T, N, obs_dim), np.float32)  # normalized, as the policy saw them
-        self.actions = np.zeros((T, N, act_dim), np.float32)  # Beta samples x in (0, 1), not env actions
-        self.raw_rewards = np.zeros((T, N))  # as the env gave them
-        self.rewards = np.zeros((T, N), np.float32)  # scaled
-        self.terminations = np.zeros((T, N), np.float32)
-        self.truncations = np.zeros((T, N), np.float32)
-        self.final_obs_at, self.final_obs = [], []  # (t, env) and normalized final obs of each ended episode
-        self.episode_return, self.episode_length = np.zeros(N), np.zeros(N, dtype=np.int64)
-
-
-def collect_rollout(envs, next_obs, agent, actor, rng, reward_scaler, rollout, low, high, global_step, on_episode):
-    """Fill `rollout` with T steps of every env. The vector env autoresets in SAME_STEP mode: when
-    step t ends an episode, the returned observation already starts the next one, and the real
-    final observation (needed to bootstrap a truncation) is in info["final_obs"]."""
-    T, N = rollout.rewards.shape
-    rollout.final_obs_at, rollout.final_obs = [], []
-    env_step_s = forward_s = 0.0
-    for step in range(T):
+def collect_rollout(envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode):
+    """Fill `buf` (numpy arrays) with T steps of every env; `episodes` holds the running episodes' returns and lengths
+    across rollouts. SAME_STEP autoreset: when step t ends an episode the returned observation already starts the next
+    one, and the final observation (to bootstrap a truncation from) is in info["final_obs"]. Returns next_obs, the final
+    observations as [(t, env, normalized obs)], and the seconds spent in envs.step."""
+    T, N = buf["rewards"].shape
+    final, env_step_s = [], 0.0
+    for t in range(T):
+        buf["obs"][t] = obs = obs_norm(next_obs, update=True)
+        buf["actions"][t] = action = policy(torch.from_numpy(obs)).numpy()
         t0 = time.perf_counter()
-        obs_norm = agent.obs_rms(next_obs, update=True)
-        action = actor.sample(obs_norm, rng)
-        t1 = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = envs.step(to_env_action(action, low, high))
-        t2 = time.perf_counter()
-        env_step_s, forward_s = env_step_s + t2 - t1, forward_s + t1 - t0
+        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
+        env_step_s += time.perf_counter() - t0
         done = terminated | truncated
-        rollout.obs[step], rollout.actions[step] = obs_norm, action
-        rollout.raw_rewards[step] = reward
-        rollout.terminations[step], rollout.truncations[step] = terminated, truncated
-        rollout.episode_return += reward
-        rollout.episode_length += 1
-        if done.any():
-            for i in np.flatnonzero(done):
-                rollout.final_obs_at.append((step, i))
-                rollout.final_obs.append(agent.obs_rms(info["final_obs"][i][None])[0])
-                on_episode(global_step + (step + 1) * N, rollout.episode_return[i], rollout.episode_length[i])
-            rollout.episode_return[done], rollout.episode_length[done] = 0.0, 0
-    env_actions = to_env_action(rollout.actions, low, high)
-    assert np.all((env_actions >= low) & (env_actions <= high)), "a Beta policy never needs clipping"
-    rollout.rewards[:] = reward_scaler.scale(rollout.raw_rewards, np.logical_or(rollout.terminations, rollout.truncations))
-    return next_obs, env_step_s, forward_s
+        buf["rewards"][t], buf["dones"][t], buf["terminations"][t] = reward_scaler(reward, done), done, terminated
+        episodes[0] += reward
+        episodes[1] += 1
+        for i in np.flatnonzero(done):
+            final.append((t, i, obs_norm(info["final_obs"][i][None])))
+            on_episode(episodes[0, i], episodes[1, i], t)
+            episodes[:, i] = 0
+    return next_obs, final, env_step_s
 
 
-def make_batch(agent, rollout, next_obs, args, device):
-    """Values and log-probs of the whole rollout in one batched torch call each (the policy did
-    not change during the rollout), then GAE. Returns the flat training batch."""
-    T, N = rollout.rewards.shape
-    obs_dim, act_dim = rollout.obs.shape[-1], rollout.actions.shape[-1]
-    final_obs = np.stack(rollout.final_obs) if rollout.final_obs else np.zeros((0, obs_dim), np.float32)
+def make_batch(agent, buf, next_obs, final, args, device):
+    """Values and log-probs of the whole rollout in one batched call each (the policy did not change during it), then
+    GAE. Returns the flat training batch in ppo_loss's argument order."""
+    T, N = buf["rewards"].shape
+    rollout = {k: torch.from_numpy(v) for k, v in buf.items()}
+    obs, actions = rollout["obs"].view(T * N, -1), rollout["actions"].view(T * N, -1)
     with torch.no_grad():
-        all_obs = torch.from_numpy(np.concatenate([rollout.obs.reshape(-1, obs_dim), agent.obs_rms(next_obs), final_obs])).to(device)
-        all_values = agent.get_value(all_obs).view(-1).cpu().numpy()
-        b_obs, b_actions = all_obs[: T * N], torch.from_numpy(rollout.actions.reshape(-1, act_dim)).to(device)
-        b_logprobs = beta_log_prob(b_actions, *beta_params(agent.actor_params(b_obs)))
-    values, last_value = all_values[: T * N].reshape(T, N), all_values[T * N : T * N + N]
-    final_values = np.zeros((T, N), np.float32)
-    for (t, i), v in zip(rollout.final_obs_at, all_values[T * N + N :]):
-        final_values[t, i] = v
-    advantages, returns = compute_gae(rollout.rewards, values, last_value, rollout.terminations, rollout.truncations,
-                                      final_values, args.gamma, args.gae_lambda)
-    return {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs, "values": torch.from_numpy(values.reshape(-1)).to(device),
-            "advantages": torch.from_numpy(advantages.reshape(-1)).to(device), "returns": torch.from_numpy(returns.reshape(-1)).to(device)}
+        logprobs = agent.dist(obs.to(device)).log_prob(actions.to(device)).sum(-1)
+        all_obs = torch.from_numpy(np.concatenate([buf["obs"].reshape(T * N, -1), next_obs, *(o for *_, o in final)]))
+        all_values = agent.get_value(all_obs.to(device)).view(-1).cpu()
+    values, next_values = all_values[: T * N].view(T, N), all_values[N : T * N + N].view(T, N).clone()
+    for k, (t, i, _) in enumerate(final):  # the env reset after step t: the next state is the final observation
+        next_values[t, i] = all_values[T * N + N + k]
+    next_values *= 1.0 - rollout["terminations"]
+    advantages, returns = compute_gae(rollout["rewards"], values, next_values, rollout["dones"], args.gamma, args.gae_lambda)
+    batch = {"obs": obs, "actions": actions, "logprobs": logprobs}  # in ppo_loss's argument order
+    batch |= {"advantages": advantages.view(-1), "returns": returns.view(-1), "values": values.reshape(-1)}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def main(args: Args):
@@ -1041,127 +745,59 @@ def main(args: Args):
     obs_space, act_space = check_env(args)
     run_dir, ckpt = open_run(args)
     if ckpt is not None and ckpt["metrics"]["completed"]:
-        print(f"{run_dir} is already complete ({ckpt['metrics']['global_step']:,} steps); nothing to do")
-        return
+        return print(f"{run_dir} is already complete ({ckpt['metrics']['global_step']:,} steps); nothing to do")
     # -- nothing has been written before this line --
-
-    metrics = ckpt["metrics"] if ckpt else new_metrics(args)
-    start_iteration = ckpt["iteration"] if ckpt else 0
-    rec = Recorder(run_dir, metrics, resume_iteration=start_iteration)
-    device, device_warning = pick_device(args)
-    if device_warning:
-        rec.log.warning(device_warning)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    np_rng = np.random.default_rng(args.seed)
-
-    obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
+    run = Run(args, run_dir, ckpt, total_steps=args.num_iterations * args.batch_size)
+    device, obs_dim, act_dim = run.device, obs_space.shape[0], act_space.shape[0]
     low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
-    agent = Agent(obs_dim, act_dim, args.hidden_sizes, args.clip_obs, args.norm_obs).to(device)
-    # fused Adam: one kernel for all parameters, ~20% off each minibatch step of these small nets
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
+    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
+    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
+    obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs)
     reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward, args.norm_reward)
-    if ckpt:
-        agent.load_state_dict(ckpt["agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        reward_scaler.rms.load_state_dict(ckpt["reward_rms"])
-        restore_rng_states(ckpt["rng"], np_rng)
-        rec.log.info(f"resuming {run_dir} from step {metrics['global_step']:,} (iteration {start_iteration})")
-    else:
-        rec.log.info(f"run directory {run_dir}; {args.num_iterations} iterations of {args.batch_size} steps on {device}")
-    learner = NumpyLearner(agent, optimizer) if args.update_impl == "numpy" and device.type == "cpu" else None
+    run.restore(agent=agent, optimizer=optimizer, obs_norm=obs_norm, reward_scaler=reward_scaler)
 
-    envs = make_vector_env(args)
-    # A resumed run cannot restore the envs' internal state: start new episodes from new seeds.
-    next_obs, _ = envs.reset(seed=[args.seed + args.num_envs * start_iteration + i for i in range(args.num_envs)])
-    eval_seeds = [1_000_000 * (1 + args.seed) + k for k in range(args.eval_episodes)]
+    def sample(obs):  # the rollout's policy call
+        return agent.sample(obs.to(device)).cpu()
+
+    def act_deterministic(obs):  # the evaluation policy: the mean of the Beta
+        with torch.inference_mode():
+            return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
 
     def make_eval_env(render_mode):
         return make_env(args.env_id, args.max_episode_steps, render_mode)()
 
-    def act_deterministic(obs):
-        return to_env_action(actor.mean(agent.obs_rms(obs)), low, high)
+    def on_episode(episodic_return, length, t):  # an episode ended at step t of the rollout
+        run.episode(global_step + (t + 1) * N, episodic_return, length)
 
-    def save(name):
-        atomic_torch_save(run_dir / "checkpoints" / name, {
-            "agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "reward_rms": reward_scaler.rms.state_dict(),
-            "rng": rng_states(np_rng), "iteration": iteration, "global_step": global_step, "metrics": metrics, "args": asdict(args)})
+    policy = torch.compile(sample) if args.compile else sample
+    update_step = make_update_step(agent, optimizer, ppo_loss, args)
+    envs = make_vector_env(args)
+    # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.
+    next_obs, _ = envs.reset(seed=args.seed + args.num_envs * run.iteration)
+    T, N = args.num_steps, args.num_envs
+    buf = {"obs": np.zeros((T, N, obs_dim), np.float32), "actions": np.zeros((T, N, act_dim), np.float32)}
+    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
+    episodes = np.zeros((2, N))  # the running episodes' returns and lengths
 
-    rollout = Rollout(args.num_steps, args.num_envs, obs_dim, act_dim)
-    global_step, iteration = metrics["global_step"], start_iteration
-    wall_time_before, t_start, steps_at_start = metrics["wall_time_s"], time.perf_counter(), global_step
-    last_ckpt_step, last_eval_step = global_step, (metrics["eval"]["global_step"] or [0])[-1]
-    for iteration in range(start_iteration + 1, args.num_iterations + 1):
+    global_step = run.global_step
+    for iteration in range(run.iteration + 1, args.num_iterations + 1):
         t_iter = time.perf_counter()
         if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
-
-        actor = NumpyActor(agent)
-        next_obs, env_step_s, forward_s = collect_rollout(
-            envs, next_obs, agent, actor, np_rng, reward_scaler, rollout, low, high, global_step, rec.episode)
+            optimizer.param_groups[0]["lr"].fill_((1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate)
+        with torch.inference_mode():
+            next_obs, final, env_step_s = collect_rollout(
+                envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode
+            )
         global_step += args.batch_size
         t_rollout = time.perf_counter()
-        batch = make_batch(agent, rollout, next_obs, args, device)
-
-        # ---- update ----
-        stats = ppo_update_numpy(learner, batch, args) if learner else ppo_update(agent, optimizer, batch, args)
-        stats = {k: float(v) for k, v in stats.items()}
-        if not all(math.isfinite(v) for v in stats.values()) or not all(torch.isfinite(p).all() for p in agent.parameters()):
-            metrics["status"] = "diverged"
-            rec.log.error(f"NaN/inf in the losses or parameters at iteration {iteration}; stopped, keeping the checkpoint of step {last_ckpt_step:,}")
-            rec.close()
-            envs.close()
-            raise Diverged(f"training diverged (NaN/inf) at step {global_step:,}; {run_dir / 'checkpoints' / 'latest.pt'} holds "
-                           f"step {last_ckpt_step:,}: lower --learning-rate or --max-grad-norm")
-        y_true, y_pred = batch["returns"].cpu().numpy(), batch["values"].cpu().numpy()
-        var_y = np.var(y_true)
-        stats["losses/explained_variance"] = float("nan") if var_y == 0 else float(1 - np.var(y_true - y_pred) / var_y)
-        t_update = time.perf_counter()
-
-        # ---- evaluation, logging, checkpoints ----
-        eval_return = None
-        final = iteration == args.num_iterations
-        if args.eval_every and (global_step - last_eval_step >= args.eval_every or final):
-            last_eval_step = global_step
-            actor = NumpyActor(agent)
-            returns_eval = evaluate(make_eval_env, act_deterministic, eval_seeds)
-            eval_return = float(returns_eval.mean())
-            if rec.evaluation(global_step, returns_eval):
-                save("best.pt")
-            if args.capture_video:
-                try:
-                    best_seed = eval_seeds[int(returns_eval.argmax())]
-                    record_video(make_eval_env, act_deterministic, best_seed, run_dir / "videos" / f"eval-step{global_step:09d}.mp4")
-                except Exception as e:  # no renderer here: keep training, say why once
-                    rec.log.warning(f"video capture failed ({type(e).__name__}: {e}); continuing without videos")
-                    args.capture_video = False
-        t_eval = time.perf_counter()
-
-        elapsed = t_eval - t_start
-        metrics["global_step"], metrics["wall_time_s"] = global_step, wall_time_before + elapsed
-        metrics["sps"] = global_step / metrics["wall_time_s"]
-        sps = (global_step - steps_at_start) / elapsed
-        rec.scalars(global_step, {**stats, "charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps})
-        if final:
-            metrics["completed"], metrics["status"] = True, "completed"
-        if final or (args.checkpoint_every and global_step - last_ckpt_step >= args.checkpoint_every):
-            last_ckpt_step = global_step
-            save("latest.pt")
-        rec.flush()
-        rec.progress(global_step, args.num_iterations * args.batch_size, sps, eval_return)
-        t_end = time.perf_counter()
-        rec.timing({"iteration": iteration, "global_step": global_step, "time_s": t_end - t_iter, "rollout_s": t_rollout - t_iter,
-                    "env_step_s": env_step_s, "policy_forward_s": forward_s, "update_s": t_update - t_rollout,
-                    "eval_s": t_eval - t_update, "io_s": t_end - t_eval, "sps": args.batch_size / (t_end - t_iter)})
-
+        batch = make_batch(agent, buf, obs_norm(next_obs), final, args, device)
+        stats = update(update_step, batch, args)
+        y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
+        stats["losses/explained_variance"] = float(1 - np.var(y_true - y_pred) / np.var(y_true)) if np.var(y_true) else 0.0
+        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
     envs.close()
-    rec.log.info(f"done: {global_step:,} steps in {metrics['wall_time_s']:,.0f}s ({metrics['sps']:,.0f} SPS); "
-                 f"best eval return {metrics['best_eval_return']}")
-    rec.close()
+    run.close()
 
 
 if __name__ == "__main__":
