@@ -423,7 +423,7 @@ class EnvPoolVectorEnv:
         kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
         threads = min(num_envs, len(os.sched_getaffinity(0)))  # EnvPool is Linux-only, where this is the usable cores
         self.make = lambda seed: envpool.make(env_id, "gymnasium", num_envs=num_envs, seed=seed, num_threads=threads, **kwargs)
-        self.pool = None
+        self.pool, self.num_envs = None, num_envs
 
     def reset(self, seed):
         """EnvPool seeds env i with seed + i when it makes the pool, and its reset takes no seed: a reset makes a new pool."""

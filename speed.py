@@ -1,31 +1,37 @@
-"""The speed benchmark: how close each training script gets to its environment-bound limit.
+"""The speed benchmark: each training script against its environment-bound limit, and PPO against CleanRL's.
 
 For every configuration it measures, in this one run and one after the other on the same machine:
-- the raw env rate: the script's own training envs (`env_rate` in each script: the same backend,
-  number of envs and wrappers as `main` builds) stepped with uniform random actions, measured
-  before and after the training run and averaged;
-- the train SPS: the script run as a user runs it, with a fixed budget and evaluation off
-  (metrics.json's `sps`: env steps over the wall time of the training loop);
-and prints a table of both and their ratio. Quote the ratios: absolute rates move with the load
-of a shared machine, ratios taken minutes apart much less.
+- raw env steps/s: the script's own training envs (its `make_vector_env`: the same backend, number of envs and wrappers
+  as `main` builds) stepped with uniform random actions, before and after the training run, averaged;
+- train SPS: the script run as a user runs it, with a fixed budget and evaluation off (metrics.json's `sps`: env steps
+  over the wall time of the training loop), and its steady-state SPS (timings.jsonl without the first iteration, which
+  holds --compile's compilation);
+and prints a table of both and their ratio. With --cleanrl-python it also runs CleanRL's ppo_continuous_action.py (in
+its own venv, see ../shared/peers/README.md) on the same env, alternating with ours eager and ours --compile.
+Quote ratios: absolute rates move with the load of a shared machine, ratios taken minutes apart much less.
 
-Run:  python speed.py            (every script at its defaults, then PPO's --num-envs scaling)
-      python speed.py --scripts ppo_continuous --num-envs 1 2 4 8 --vector-modes sync async
+Run:  python speed.py                                   (every script at its defaults)
+      python speed.py --scripts ppo_continuous --cleanrl-python /tmp/peer/venv/bin/python --rounds 2
 """
 
 import argparse
 import importlib
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("ppo_continuous", "ppo_beta_continuous", "grpo_continuous", "ppo_cnn_carracing", "grpo_cnn_carracing")
 CNN_SCRIPTS = ("ppo_cnn_carracing", "grpo_cnn_carracing")
+CLEANRL = ROOT.parent / "shared" / "peers" / "cleanrl_ppo_continuous_action.py"
 
 
 class UsageError(Exception):
@@ -38,92 +44,167 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    parser = Parser(description="Raw env rate and train SPS of each training script, measured one after the other in one run, "
-                    "and their ratio; then the --num-envs scaling of one script.")
-    parser.add_argument("--scripts", nargs="+", choices=SCRIPTS, default=list(SCRIPTS), metavar="SCRIPT",
-                        help=f"the training scripts to measure, each at its default env and hyperparameters (default: all: {' '.join(SCRIPTS)})")
-    parser.add_argument("--backends", nargs="+", choices=("gymnasium", "envpool"), default=["gymnasium"],
-                        help="--env-backend values to measure every script with (default: gymnasium)")
-    parser.add_argument("--mlp-timesteps", type=int, default=40_960, metavar="N",
-                        help="env steps of each MLP script's training run (default: 40960, 20 PPO iterations of 2048)")
-    parser.add_argument("--cnn-timesteps", type=int, default=4_096, metavar="N", help="agent steps of each CNN script's training run (default: 4096, two PPO iterations of 8 x 256)")
-    parser.add_argument("--raw-steps", type=int, default=0, metavar="N",
-                        help="env steps of each raw env measurement (default 0: a tenth of the training budget, at least 256)")
-    parser.add_argument("--scaling-script", choices=(*SCRIPTS[:2], "none"), default="ppo_continuous",
-                        help="the script of the --num-envs scaling table, the batch kept at num_envs x num_steps = 2048 (default: "
-                             "ppo_continuous; none: no table)")
-    parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 2, 4, 8], metavar="N",
-                        help="--num-envs values of the scaling table (default: 1 2 4 8)")
-    parser.add_argument("--vector-modes", nargs="+", choices=("sync", "async"), default=["sync", "async"],
-                        help="gymnasium --vector-mode values of the scaling table; each --backends envpool adds an envpool row (default: sync async)")
-    parser.add_argument("--extra-args", default="", metavar="FLAGS",
-                        help="more flags for every training run, split on spaces, e.g. --extra-args='--no-cuda' (default: none)")
-    parser.add_argument("--output", metavar="FILE", help="also write the table to FILE (markdown) and the numbers to FILE with .json")
+    parser = Parser(description="Raw env rate and train SPS of each training script, measured in one run, and their ratio.")
+    parser.add_argument(
+        "--scripts",
+        nargs="+",
+        choices=SCRIPTS,
+        default=list(SCRIPTS),
+        metavar="SCRIPT",
+        help=f"the training scripts to measure, each at its defaults (default: all: {' '.join(SCRIPTS)})",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("gymnasium", "envpool"),
+        default=["gymnasium"],
+        help="--env-backend values to measure every script with (default: gymnasium)",
+    )
+    parser.add_argument(
+        "--mlp-timesteps",
+        type=int,
+        default=40_960,
+        metavar="N",
+        help="env steps of each MLP script's training run (default: 40960, 20 PPO iterations)",
+    )
+    parser.add_argument(
+        "--cnn-timesteps",
+        type=int,
+        default=4_096,
+        metavar="N",
+        help="agent steps of each CNN script's training run (default: 4096, two PPO iterations of 8 x 256)",
+    )
+    parser.add_argument(
+        "--raw-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="env steps of each raw env measurement (default 0: a tenth of the training budget, >= 256)",
+    )
+    parser.add_argument("--compile", action="store_true", help="also measure every script with --compile")
+    parser.add_argument(
+        "--cleanrl-python",
+        metavar="PYTHON",
+        help="the python of a venv with CleanRL's dependencies: also run CleanRL's ppo_continuous_action.py",
+    )
+    parser.add_argument(
+        "--cleanrl-script", default=str(CLEANRL), metavar="FILE", help=f"CleanRL's script (default: {CLEANRL})"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, metavar="N", help="measure everything N times, alternating (default: 1)"
+    )
+    parser.add_argument("--extra-args", default="", metavar="FLAGS", help="more flags for every training run, split on spaces")
+    parser.add_argument(
+        "--output", metavar="FILE", help="also write the table to FILE (markdown) and the numbers to FILE.json"
+    )
     args = parser.parse_args(argv)
-    if min(args.num_envs) <= 0 or args.mlp_timesteps <= 0 or args.cnn_timesteps <= 0 or args.raw_steps < 0:
-        raise UsageError("--num-envs, --mlp-timesteps and --cnn-timesteps must be positive and --raw-steps >= 0")
-    if any(2048 % n for n in args.num_envs):
-        raise UsageError(f"every --num-envs must divide the batch of 2048, got {args.num_envs}")
+    if args.mlp_timesteps <= 0 or args.cnn_timesteps <= 0 or args.raw_steps < 0 or args.rounds <= 0:
+        raise UsageError("--mlp-timesteps, --cnn-timesteps and --rounds must be positive and --raw-steps >= 0")
+    if args.cleanrl_python and not (Path(args.cleanrl_python).exists() and Path(args.cleanrl_script).exists()):
+        raise UsageError(f"--cleanrl-python {args.cleanrl_python} or --cleanrl-script {args.cleanrl_script} does not exist")
     return args
 
 
-def script_args(module, argv):
-    """The script's own Args for these flags, checked as main checks them."""
+def env_rate(script, argv, num_steps, seed=1):
+    """Steps per second of the script's training envs, built as its main builds them, under uniform random actions; for
+    the CNN scripts in agent steps (each `--frame-skip` frames), the unit of their SPS."""
     import tyro
 
+    module = importlib.import_module(script)
     args = tyro.cli(module.Args, args=argv)
     module.check_args(args)
-    return args
+    space, envs = module.check_env(args)[1], module.make_vector_env(args)
+    n = envs.num_envs
+    try:
+        envs.reset(seed=seed)
+        actions = np.random.default_rng(seed).uniform(space.low, space.high, (max(1, num_steps // n), n, *space.shape))
+        start = time.perf_counter()
+        for action in actions.astype(np.float32):
+            envs.step(action)
+        return len(actions) * n / (time.perf_counter() - start)
+    finally:
+        envs.close()
 
 
-def measure(script, argv, budget, raw_steps, extra_args, workdir):
-    """Raw env rate (before and after) and the train SPS of one configuration."""
-    module = importlib.import_module(script)
-    args = script_args(module, [*argv, "--total-timesteps", str(budget)])
-    raw_before = module.env_rate(args, raw_steps)
+def train(script, argv, budget, workdir):
+    """metrics.json's SPS and the steady-state SPS (iterations after the first) of one short training run."""
     runs_dir = Path(tempfile.mkdtemp(dir=workdir))
-    cmd = [sys.executable, str(ROOT / f"{script}.py"), *argv, "--total-timesteps", str(budget), "--eval-every", "0",
-           "--no-capture-video", "--checkpoint-every", "0", "--runs-dir", str(runs_dir), *extra_args]
+    cmd = [
+        sys.executable,
+        str(ROOT / f"{script}.py"),
+        *argv,
+        "--total-timesteps",
+        str(budget),
+        "--eval-every",
+        "0",
+        "--no-capture-video",
+        "--checkpoint-every",
+        "0",
+        "--runs-dir",
+        str(runs_dir),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1]}")
-    metrics = json.loads(next(runs_dir.glob("*/metrics.json")).read_text())
-    raw_after = module.env_rate(args, raw_steps)
-    raw = (raw_before + raw_after) / 2
-    return {"script": script, "argv": " ".join(argv), "raw": raw, "raw_before": raw_before, "raw_after": raw_after,
-            "sps": metrics["sps"], "ratio": metrics["sps"] / raw}
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or [''])[-1]}")
+    run_dir = next(runs_dir.glob("*/metrics.json")).parent
+    rows = [json.loads(line) for line in (run_dir / "timings.jsonl").read_text().splitlines()]
+    steady = rows[1:] or rows
+    steps = rows[-1]["global_step"] - (rows[0]["global_step"] if len(rows) > 1 else 0)
+    first_extra = rows[0]["time_s"] - statistics.median(r["time_s"] for r in steady)
+    sps = json.loads((run_dir / "metrics.json").read_text())["sps"]
+    return {"sps": sps, "steady_sps": steps / sum(r["time_s"] for r in steady), "first_iteration_extra_s": first_extra}
+
+
+def cleanrl(python, script, env_id, budget, workdir):
+    """CleanRL's own SPS line at the end of its run: global steps over wall time since its start, as our `sps`."""
+    cmd = [python, script, "--env-id", env_id, "--total-timesteps", str(budget), "--no-cuda"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    found = re.findall(r"SPS: (\d+)", proc.stdout + proc.stderr)
+    if proc.returncode or not found:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or [''])[-1]}")
+    return {"sps": float(found[-1]), "steady_sps": float("nan"), "first_iteration_extra_s": float("nan")}
 
 
 def table(rows):
-    lines = ["| script | flags | raw env steps/s | train SPS | train / raw |", "|---|---|---:|---:|---:|"]
+    lines = ["| script | flags | raw env steps/s | train SPS | steady SPS | 1st iteration extra s | train / raw |"]
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        lines.append(f"| {r['script']} | {r['argv'] or '(defaults)'} | {r['raw']:,.0f} | {r['sps']:,.0f} | **{r['ratio']:.2f}** |")
-    return "\n".join(lines)
+        cells = (r["script"], r["argv"] or "(defaults)", f"{r['raw']:,.0f}", f"{r['sps']:,.0f}", f"{r['steady_sps']:,.0f}")
+        lines.append("| " + " | ".join(cells) + f" | {r['first_iteration_extra_s']:.1f} | **{r['ratio']:.2f}** |")
+    return "\n".join(lines).replace("nan", "-")
 
 
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    configs = []
-    for script in args.scripts:
-        for backend in args.backends:
-            configs.append((script, [] if backend == "gymnasium" else ["--env-backend", backend]))
-    if args.scaling_script != "none":
-        for n in args.num_envs:
-            for mode in args.vector_modes + ["envpool"] * ("envpool" in args.backends):
-                backend = ["--env-backend", "envpool"] if mode == "envpool" else ["--vector-mode", mode]
-                configs.append((args.scaling_script, ["--num-envs", str(n), *backend, "--num-steps", str(2048 // n)]))
-    rows = []
-    started = time.time()
+    configs = [(s, [] if b == "gymnasium" else ["--env-backend", b]) for s in args.scripts for b in args.backends]
+    configs += [(s, [*flags, "--compile"]) for s, flags in configs] if args.compile else []
+    if args.cleanrl_python:  # CleanRL between ours eager and ours --compile: the three side by side in every round
+        side_by_side = [("ppo_continuous", []), ("cleanrl", []), ("ppo_continuous", ["--compile"])]
+        configs = side_by_side + [c for c in configs if c not in side_by_side]
+    rows, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="speed-") as workdir:
-        for script, argv in configs:
-            budget = args.cnn_timesteps if script in CNN_SCRIPTS else args.mlp_timesteps
-            row = measure(script, argv, budget, args.raw_steps or max(budget // 10, 256), args.extra_args.split(), workdir)
-            rows.append(row)
-            print(f"{script} {row['argv']}: raw {row['raw']:,.0f}/s (before {row['raw_before']:,.0f}, after {row['raw_after']:,.0f}), "
-                  f"train {row['sps']:,.0f} SPS, ratio {row['ratio']:.2f}", flush=True)
+        for _ in range(args.rounds):
+            for script, flags in configs:
+                budget = args.cnn_timesteps if script in CNN_SCRIPTS else args.mlp_timesteps
+                raw_steps = args.raw_steps or max(budget // 10, 256)
+                env_script = "ppo_continuous" if script == "cleanrl" else script  # CleanRL's env: plain gymnasium Hopper
+                env_argv = [] if script == "cleanrl" else [f for f in flags if f != "--compile"]
+                raw_before = env_rate(env_script, env_argv, raw_steps)
+                if script == "cleanrl":
+                    result = cleanrl(args.cleanrl_python, args.cleanrl_script, "Hopper-v4", budget, workdir)
+                else:
+                    result = train(script, [*flags, *args.extra_args.split()], budget, workdir)
+                raw = (raw_before + env_rate(env_script, env_argv, raw_steps)) / 2
+                row = {"script": script, "argv": " ".join(flags), "raw": raw, **result, "ratio": result["sps"] / raw}
+                rows.append(row)
+                print(
+                    f"{script} {row['argv']}: raw {raw:,.0f}/s, train {row['sps']:,.0f} SPS "
+                    f"(steady {row['steady_sps']:,.0f}), ratio {row['ratio']:.2f}",
+                    flush=True,
+                )
     text = table(rows)
-    print(f"\n{text}\n\n({len(rows)} configurations in {time.time() - started:.0f}s; raw = the script's training envs with random actions)")
+    print(f"\n{text}\n\n({len(rows)} measurements in {time.time() - started:.0f}s; raw = the training envs, random actions)")
     if args.output:
         out = Path(args.output)
         for path, data in ((out, text + "\n"), (out.with_suffix(".json"), json.dumps(rows, indent=1))):

@@ -6,7 +6,8 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from conftest import ROOT, TINY, assert_clean_error, existing_scripts, read_run,
 
 SCRIPTS = existing_scripts()
 COMMON_BAD_INPUT = [
-    (["--env-id", "CartPole-v1"], "action space"),
+    (["--env-id", "CartPole-v1"], "has Discrete actions; this script needs continuous (Box) ones"),
     (["--env-id", "Hoppper-v9"], "cannot make env 'Hoppper-v9'"),
     (["--total-timesteps", "0"], "--total-timesteps must be positive"),
     (["--learning-rate", "-1e-3"], "--learning-rate must be positive"),
@@ -72,10 +73,27 @@ def test_help_documents_every_field(script):
         assert " ".join(doc.split()[:5]) in text, name  # ... and --help shows it
 
 
+def run_cli(monkeypatch, capsys, script, *args):
+    """The script's command line in this process (a subprocess per case would spend seconds importing torch):
+    returns (exit status, stdout, stderr)."""
+    module = importlib.import_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        module.cli(module.main, module.Args)
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=exit_info.value.code, stdout=out, stderr=err)
+
+
 @pytest.mark.parametrize("script, args, expected", [
     (script, args, expected) for script in SCRIPTS for args, expected in bad_input(script)])
-def test_bad_input_is_one_line_and_writes_nothing(runs_dir, script, args, expected):
-    assert_clean_error(run_script(script, *args, "--runs-dir", runs_dir), expected)
+def test_bad_input_is_one_line_and_writes_nothing(monkeypatch, capsys, runs_dir, script, args, expected):
+    assert_clean_error(run_cli(monkeypatch, capsys, script, *args, "--runs-dir", runs_dir), expected)
+    assert not runs_dir.exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input_from_a_real_shell_is_one_line_too(runs_dir, script):
+    assert_clean_error(run_script(script, "--total-timesteps", "0", "--runs-dir", runs_dir), "--total-timesteps must be positive")
     assert not runs_dir.exists()
 
 
@@ -100,15 +118,38 @@ def test_existing_run_and_bad_resume_are_refused_and_nothing_is_touched(runs_dir
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_resume_compares_only_what_the_run_computes(tmp_path, script):
-    """A checkpoint made before a flag existed had that flag's default; how the run executes
-    (threads, the update's implementation) may change on resume, what it computes may not."""
+    """A checkpoint made before a flag existed had that flag's default; how the run executes (threads, device, compile)
+    may change on resume, what it computes may not."""
     module = importlib.import_module(script)
     args = module.Args(runs_dir=str(tmp_path), resume=True)
-    latest = module.run_dir_of(args) / "checkpoints" / "latest.pt"
+    module.check_args(args)
+    latest = tmp_path / f"{args.env_id}__{args.exp_name}__seed1" / "checkpoints" / "latest.pt"
     latest.parent.mkdir(parents=True)
-    saved = {k: v for k, v in vars(args).items() if k != "env_backend"}  # as written before --env-backend existed
-    torch.save({"args": saved, "metrics": {"completed": False}}, latest)
+    saved = {k: v for k, v in asdict(args).items() if k != "env_backend"}  # as written before --env-backend existed
+    torch.save({"algo": script, "format": module.CHECKPOINT_FORMAT, "args": saved, "metrics": {"completed": False}}, latest)
     assert module.open_run(args)[1]["args"] == saved
-    assert module.open_run(module.Args(runs_dir=str(tmp_path), resume=True, torch_threads=2, cuda=False))[1] is not None
+    faster = module.Args(runs_dir=str(tmp_path), resume=True, torch_threads=2, compile=True)
+    module.check_args(faster)
+    assert module.open_run(faster)[1] is not None
     with pytest.raises(module.UsageError, match="--env-backend 'gymnasium' -> 'envpool'"):
-        module.open_run(module.Args(runs_dir=str(tmp_path), resume=True, env_backend="envpool"))
+        other = module.Args(runs_dir=str(tmp_path), resume=True, env_backend="envpool")
+        module.check_args(other)
+        module.open_run(other)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return os.system, ("touch PWNED",)
+
+
+@pytest.mark.parametrize("content", ["pickle that runs code", "older format", "another script's"])
+def test_a_checkpoint_that_is_not_ours_is_refused_and_never_run(tmp_path, content):
+    run_dir = tmp_path / "Hopper-v4__ppo_continuous__seed1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    obj = {"pickle that runs code": {"args": RunsCode()}, "older format": {"args": {}, "metrics": {}},
+           "another script's": {"algo": "grpo_continuous", "format": 2, "args": {}, "metrics": {}}}[content]  # fmt: skip
+    torch.save(obj, latest)
+    result = run_script("ppo_continuous", "--runs-dir", tmp_path, "--resume", cwd=tmp_path)
+    assert_clean_error(result, "checkpoint" if content == "pickle that runs code" else "is not a checkpoint of this version")
+    assert not (tmp_path / "PWNED").exists() and sorted(p.name for p in run_dir.rglob("*")) == ["checkpoints", "latest.pt"]

@@ -1,5 +1,5 @@
-"""Unit tests of ppo_continuous.py's math against slow, plain reference code (the rollout test also
-runs ppo_beta_continuous.py's, which differs only in the policy)."""
+"""Unit tests of ppo_continuous.py's math against slow, plain reference code (the rollout test also runs
+ppo_beta_continuous.py's, which differs only in the policy)."""
 
 import copy
 from types import SimpleNamespace
@@ -11,7 +11,6 @@ import torch
 
 import ppo_beta_continuous as ppo_beta
 import ppo_continuous as ppo
-from conftest import assert_fast_update_matches_torch
 
 
 def gae_reference(rewards, values, last_value, terminations, truncations, final_values, gamma, lam):
@@ -33,6 +32,15 @@ def gae_reference(rewards, values, last_value, terminations, truncations, final_
     return advantages
 
 
+def script_gae(rewards, values, last_value, terminations, truncations, final_values, gamma, lam):
+    """compute_gae with next_values built as make_batch builds them."""
+    dones = np.maximum(terminations, truncations)
+    next_values = np.where(dones, final_values, np.concatenate([values[1:], last_value[None]])) * (1 - terminations)
+    t = [torch.tensor(x, dtype=torch.float32) for x in (rewards, values, next_values, dones)]
+    advantages, returns = ppo.compute_gae(*t, gamma, lam)
+    return advantages.numpy(), returns.numpy()
+
+
 def test_gae_matches_plain_loop_with_truncation_and_termination_inside_the_rollout():
     rng = np.random.default_rng(0)
     T, N = 64, 3
@@ -45,7 +53,7 @@ def test_gae_matches_plain_loop_with_truncation_and_termination_inside_the_rollo
     truncations[50, 2] = terminations[50, 2] = 1  # both at once: termination wins
     final_values = np.where(terminations + truncations > 0, rng.normal(size=(T, N)), 0.0)
     args = (rewards, values, last_value, terminations, truncations, final_values, 0.99, 0.95)
-    advantages, returns = ppo.compute_gae(*[a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in args])
+    advantages, returns = script_gae(*args)
     expected = gae_reference(*args)
     np.testing.assert_allclose(advantages, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(returns, expected + values, rtol=1e-4, atol=1e-4)
@@ -57,7 +65,7 @@ def test_gae_bootstraps_a_truncation_with_the_final_observation_value_and_a_term
     final_values = np.full((1, 2), 10.0, np.float32)
     truncations = np.array([[1, 0]], np.float32)
     terminations = np.array([[0, 1]], np.float32)
-    advantages, _ = ppo.compute_gae(rewards, values, np.full(2, 99.0, np.float32), terminations, truncations, final_values, 0.5, 1.0)
+    advantages, _ = script_gae(rewards, values, np.full(2, 99.0, np.float32), terminations, truncations, final_values, 0.5, 1.0)
     assert advantages.tolist() == [[1.0 + 0.5 * 10.0, 1.0]]  # never the next episode's 99
 
 
@@ -71,52 +79,51 @@ def test_running_mean_std_matches_numpy_over_chunks():
     np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-4)
 
 
-def test_obs_normalizer_is_frozen_unless_updating_and_travels_in_the_agent_state_dict():
-    agent = ppo.Agent(4, 2, (8, 8))
+def test_obs_normalizer_is_frozen_unless_updating_and_survives_a_checkpoint(tmp_path):
+    norm = ppo.ObsNormalizer((4,), clip=10.0)
     data = np.random.default_rng(2).normal(5.0, 3.0, size=(500, 4))
-    agent.obs_rms(data, update=True)
-    mean = agent.obs_rms.mean.copy()
-    normalized = agent.obs_rms(data[:10])
-    np.testing.assert_array_equal(agent.obs_rms.mean, mean)  # evaluation does not move the statistics
-    assert abs(agent.obs_rms(data).mean()) < 0.05 and abs(agent.obs_rms(data).std() - 1) < 0.05
-    restored = ppo.Agent(4, 2, (8, 8))
-    restored.load_state_dict(agent.state_dict())
-    np.testing.assert_allclose(restored.obs_rms(data[:10]), normalized)
+    norm(data, update=True)
+    mean = norm.mean.copy()
+    normalized = norm(data[:10])
+    np.testing.assert_array_equal(norm.mean, mean)  # evaluation does not move the statistics
+    assert normalized.dtype == np.float32 and abs(norm(data).mean()) < 0.05 and abs(norm(data).std() - 1) < 0.05
+    assert np.abs(norm(data * 100)).max() == 10.0  # clipped
+    torch.save(norm.state_dict(), tmp_path / "n.pt")
+    restored = ppo.ObsNormalizer((4,), clip=10.0)
+    restored.load_state_dict(torch.load(tmp_path / "n.pt", weights_only=True))
+    np.testing.assert_array_equal(restored(data[:10]), normalized)
+    np.testing.assert_array_equal(ppo.ObsNormalizer((4,), 10.0, enabled=False)(data, update=True), data.astype(np.float32))
 
 
-def test_reward_scaler_scales_a_rollout_as_step_by_step_updates_would_and_resets_at_episode_end():
+def test_reward_scaler_is_cleanrls_step_by_step_scaling_and_resets_at_episode_end(tmp_path):
     rng = np.random.default_rng(0)
     T, N, gamma = 50, 3, 0.9
-    rewards, dones = rng.normal(2.0, 1.0, (2, T, N)), rng.random((2, T, N)) < 0.1
+    rewards, dones = rng.normal(2.0, 1.0, (T, N)), rng.random((T, N)) < 0.1
     scaler, ref_rms, returns = ppo.RewardScaler(N, gamma, clip=100.0), ppo.RunningMeanStd(), np.zeros(N)
-    for k in range(2):  # two rollouts: the statistics and the running returns carry over
-        scaled = scaler.scale(rewards[k], dones[k])
-        for t in range(T):  # CleanRL's order: update with this step's returns, scale, then reset ended episodes
-            returns = returns * gamma + rewards[k, t]
-            ref_rms.update(returns)
-            np.testing.assert_allclose(scaled[t], rewards[k, t] / np.sqrt(ref_rms.var + 1e-8), rtol=1e-5)
-            returns[dones[k, t]] = 0.0
-        np.testing.assert_allclose(scaler.returns, returns)
-        np.testing.assert_allclose([scaler.rms.mean, scaler.rms.var, scaler.rms.count], [ref_rms.mean, ref_rms.var, ref_rms.count], rtol=1e-9)
-    assert np.abs(ppo.RewardScaler(N, gamma, clip=0.5).scale(rewards[0], dones[0])).max() == np.float32(0.5)
+    for t in range(T):  # CleanRL's order: update with this step's returns, scale, then reset ended episodes
+        scaled = scaler(rewards[t], dones[t])
+        returns = returns * gamma + rewards[t]
+        ref_rms.update(returns)
+        np.testing.assert_allclose(scaled, rewards[t] / np.sqrt(ref_rms.var + 1e-8), rtol=1e-5)
+        returns[dones[t]] = 0.0
+    np.testing.assert_allclose(scaler.returns, returns)
+    np.testing.assert_allclose(np.var(returns) > 0, True)
+    torch.save(scaler.state_dict(), tmp_path / "s.pt")
+    restored = ppo.RewardScaler(N, gamma, clip=100.0)
+    restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    np.testing.assert_array_equal(restored(rewards[0], dones[0]), scaler(rewards[0], dones[0]))
+    assert np.abs(ppo.RewardScaler(N, gamma, clip=0.5)(rewards[0] * 100, dones[0])).max() == np.float32(0.5)
 
 
-def test_gaussian_log_prob_and_entropy_match_torch_distributions():
+def test_the_rollout_sample_is_a_draw_from_the_policy_distribution():
     torch.manual_seed(0)
-    mean, logstd = torch.randn(16, 3), torch.randn(1, 3)
-    actions = torch.randn(16, 3) * 2
-    dist = torch.distributions.Normal(mean, logstd.exp())
-    torch.testing.assert_close(ppo.gaussian_log_prob(actions, mean, logstd), dist.log_prob(actions).sum(-1))
-    torch.testing.assert_close(ppo.gaussian_entropy(logstd).expand(16), dist.entropy().sum(-1))
-
-
-def test_numpy_actor_matches_the_torch_actor():
-    agent = ppo.Agent(11, 3, (64, 32))
-    obs = np.random.default_rng(3).normal(size=(7, 11)).astype(np.float32)
+    agent = ppo.Agent(3, 2, (16,))
     with torch.no_grad():
-        expected = agent.actor_mean(torch.from_numpy(obs)).numpy()
-    np.testing.assert_allclose(ppo.NumpyActor(agent).mean(obs), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ppo.NumpyActor(agent).std, agent.actor_logstd.exp().detach().numpy()[0])
+        agent.actor_logstd.fill_(-0.5)
+        obs = torch.randn(1, 3).expand(20000, 3)
+        samples, dist = agent.sample(obs), agent.dist(obs)
+    torch.testing.assert_close(samples.mean(0), dist.mean[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(samples.std(0), dist.stddev[0], atol=0.02, rtol=0)
 
 
 def reference_update(agent, optimizer, batch, args):
@@ -146,47 +153,53 @@ def reference_update(agent, optimizer, batch, args):
     return pg_loss, v_loss
 
 
+def ppo_batch(agent, B=256, obs_dim=5, act_dim=2):
+    torch.manual_seed(0)
+    batch = {"obs": torch.randn(B, obs_dim), "actions": torch.randn(B, act_dim)}
+    with torch.no_grad():
+        batch["logprobs"] = agent.dist(batch["obs"]).log_prob(batch["actions"]).sum(-1) + 0.05 * torch.randn(B)
+    return {**batch, "advantages": torch.randn(B), "returns": torch.randn(B), "values": torch.randn(B)}
+
+
+UPDATE_ARGS = dict(update_epochs=3, minibatch_size=32, norm_adv=True, clip_coef=0.2, clip_vloss=True, ent_coef=0.01, vf_coef=0.5,
+                   max_grad_norm=0.5, target_kl=None, compile=False)  # fmt: skip
+
+
+def run_update(agent, batch, **overrides):
+    args = SimpleNamespace(**{**UPDATE_ARGS, **overrides})
+    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(3e-3), eps=1e-5, fused=True)
+    torch.manual_seed(1)
+    return ppo.update(ppo.make_update_step(agent, optimizer, ppo.ppo_loss, args), batch, args), optimizer
+
+
 def test_ppo_update_equals_the_plain_cleanrl_update():
     torch.manual_seed(0)
-    B, obs_dim, act_dim = 256, 5, 2
-    agent = ppo.Agent(obs_dim, act_dim, (32, 32))
-    batch = {"obs": torch.randn(B, obs_dim), "actions": torch.randn(B, act_dim), "advantages": torch.randn(B),
-             "returns": torch.randn(B), "values": torch.randn(B)}
-    with torch.no_grad():
-        batch["logprobs"] = ppo.gaussian_log_prob(batch["actions"], agent.actor_mean(batch["obs"]), agent.actor_logstd) + 0.05 * torch.randn(B)
-    args = SimpleNamespace(update_epochs=3, batch_size=B, minibatch_size=32, norm_adv=True, clip_coef=0.2, clip_vloss=True,
-                           ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5, target_kl=None)
-    reference = copy.deepcopy(agent)
-    opt, ref_opt = (torch.optim.Adam(a.parameters(), lr=3e-3, eps=1e-5) for a in (agent, reference))
+    agent = ppo.Agent(5, 2, (32, 32))
+    batch, reference = ppo_batch(agent), copy.deepcopy(agent)
+    stats, _ = run_update(agent, batch)
+    args = SimpleNamespace(**UPDATE_ARGS, batch_size=256)
     torch.manual_seed(1)
-    stats = ppo.ppo_update(agent, opt, batch, args)
-    torch.manual_seed(1)
-    ref_pg, ref_v = reference_update(reference, ref_opt, batch, args)
+    ref_pg, ref_v = reference_update(reference, torch.optim.Adam(reference.parameters(), lr=3e-3, eps=1e-5), batch, args)
     for p, q in zip(agent.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(stats["losses/policy_loss"], ref_pg.detach(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(stats["losses/value_loss"], ref_v.detach(), rtol=1e-4, atol=1e-5)
-    assert 0.0 < float(stats["losses/clipfrac"]) < 1.0  # the update moved the policy enough to clip some
+    assert set(stats) == set(ppo.LOSS_STATS) and 0.0 < stats["losses/clipfrac"] < 1.0  # the policy moved enough to clip
+    assert stats["losses/approx_kl"] > 0 and stats["losses/entropy"] == pytest.approx(2 * (0.5 + 0.5 * np.log(2 * np.pi)), 0.05)
 
 
-@pytest.mark.parametrize("module", [ppo, ppo_beta])
-@pytest.mark.parametrize("variant", [{}, {"clip_vloss": False, "norm_adv": False}, {"ent_coef": 0.05}, {"target_kl": 0.002}])
-def test_the_numpy_fast_update_equals_the_torch_reference_update(module, variant):
-    """The CPU fast path (hand-written gradients) against autograd."""
-    torch.manual_seed(0)
-    B, obs_dim, act_dim = 256, 5, 2
-    agent = module.Agent(obs_dim, act_dim, (32, 16))
-    batch = {"obs": torch.randn(B, obs_dim), "actions": torch.rand(B, act_dim), "advantages": torch.randn(B),
-             "returns": torch.randn(B), "values": torch.randn(B)}
-    learner = module.NumpyLearner(agent, torch.optim.Adam(agent.parameters()))
-    learner.pull()
-    features = learner.action_features(batch["actions"].numpy())
-    batch["logprobs"] = torch.from_numpy(learner.log_prob(batch["obs"].numpy(), features)[0]) + 0.05 * torch.randn(B)
-    args = SimpleNamespace(**{**dict(update_epochs=3, batch_size=B, minibatch_size=32, norm_adv=True, clip_coef=0.2, clip_vloss=True,
-                                     ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, target_kl=None), **variant})
-    opt = assert_fast_update_matches_torch(module, "ppo_update", agent, batch, args)
-    if variant.get("target_kl"):
-        assert opt.state[next(agent.parameters())]["step"] < 3 * 3 * B // 32  # the early stop did stop early
+def test_target_kl_stops_the_epochs_early():
+    agent = ppo.Agent(5, 2, (32, 32))
+    _, optimizer = run_update(agent, ppo_batch(agent), update_epochs=5, target_kl=1e-9)
+    assert optimizer.state[agent.actor_logstd]["step"] == 256 // 32  # one epoch, then the stop
+
+
+def test_compiled_update_gives_the_same_parameters_as_eager():
+    agent = ppo.Agent(5, 2, (32, 32))
+    batch, compiled = ppo_batch(agent), copy.deepcopy(agent)
+    eager_stats, _ = run_update(agent, batch, update_epochs=1)
+    compiled_stats, _ = run_update(compiled, batch, update_epochs=1, compile=True)
+    for p, q in zip(agent.parameters(), compiled.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    assert compiled_stats == pytest.approx(eager_stats, rel=1e-4, abs=1e-5)
 
 
 class CounterEnv(gym.Env):
@@ -213,25 +226,50 @@ def test_rollout_never_crosses_an_episode_boundary(module):
     T, N = 23, 2
     if "CounterTest-v0" not in gym.registry:
         gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
-    envs = module.make_vector_env(SimpleNamespace(env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync", env_backend="gymnasium"))
+    args = SimpleNamespace(env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync", env_backend="gymnasium")
+    envs = module.make_vector_env(args)
     next_obs, _ = envs.reset(seed=0)
-    agent = module.Agent(2, 1, (8,), norm_obs=False)
-    rollout = module.Rollout(T, N, 2, 1)
-    episodes = []
+    agent, norm = module.Agent(2, 1, (8,)), module.ObsNormalizer((2,), 10.0, enabled=False)
+    buf = {"obs": np.zeros((T, N, 2), np.float32), "actions": np.zeros((T, N, 1), np.float32)}
+    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
+    episodes, ended = np.zeros((2, N)), []
     scaler = module.RewardScaler(N, 0.99, 10.0, enabled=False)
-    next_obs, _, _ = module.collect_rollout(envs, next_obs, agent, module.NumpyActor(agent), np.random.default_rng(0), scaler, rollout,
-                                         np.array([-1.0], np.float32), np.array([1.0], np.float32), 0, lambda *e: episodes.append(e))
-    final = dict(zip(rollout.final_obs_at, rollout.final_obs))
-    obs = np.concatenate([rollout.obs, next_obs[None].astype(np.float32)])
+    with torch.inference_mode():
+        next_obs, final, _ = module.collect_rollout(envs, next_obs, agent.sample, norm, scaler, buf, np.float32(-1), np.float32(1),
+                                                    episodes, lambda *e: ended.append(e))  # fmt: skip
+    final = {(t, i): o[0] for t, i, o in final}
+    obs = np.concatenate([buf["obs"], next_obs[None].astype(np.float32)])
     for i in range(N):
         for t in range(T):
-            (steps, episode), done = obs[t, i], rollout.terminations[t, i] or rollout.truncations[t, i]
-            assert bool(rollout.terminations[t, i]) == (episode % 2 == 1 and steps + 1 == 3)
-            assert bool(rollout.truncations[t, i]) == (episode % 2 == 0 and steps + 1 == 5)
-            if done:  # the next stored obs starts a new episode; the final obs is kept aside
+            (steps, episode), terminated = obs[t, i], buf["terminations"][t, i]
+            assert bool(terminated) == (episode % 2 == 1 and steps + 1 == 3)
+            assert bool(buf["dones"][t, i]) == (terminated or (episode % 2 == 0 and steps + 1 == 5))
+            if buf["dones"][t, i]:  # the next stored obs starts a new episode; the final obs is kept aside
                 assert obs[t + 1, i].tolist() == [0, episode + 1]
                 assert final[(t, i)].tolist() == [steps + 1, episode]
             else:
                 assert obs[t + 1, i].tolist() == [steps + 1, episode] and (t, i) not in final
-    assert sorted(length for _, _, length in episodes) == sorted(int(o[0]) for o in final.values())
-    assert all(ret == length for _, ret, length in episodes)  # reward 1 per step, nothing from the next episode
+    assert sorted(length for _, length, _ in ended) == sorted(int(o[0]) for o in final.values())
+    assert all(ret == length for ret, length, _ in ended)  # reward 1 per step, nothing from the next episode
+    assert np.all(buf["rewards"] == 1.0)
+
+
+def test_make_batch_bootstraps_truncations_from_the_final_observation():
+    """A 1-env rollout of 3 steps whose second step truncates: the advantage of step 1 uses V(final obs), not the value
+    of the next episode's first observation, and the log-probs are the policy's."""
+    agent = ppo.Agent(2, 1, (8,))
+    agent.critic = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        agent.critic.weight.copy_(torch.tensor([[1.0, 0.0]]))  # V(obs) = obs[0]
+        agent.critic.bias.zero_()
+    buf = {"obs": np.array([[[1, 0]], [[2, 0]], [[0, 0]]], np.float32), "actions": np.zeros((3, 1, 1), np.float32)}
+    buf |= {"rewards": np.ones((3, 1), np.float32), "dones": np.array([[0], [1], [0]], np.float32)}
+    buf["terminations"] = np.zeros((3, 1), np.float32)
+    final = [(1, 0, np.array([[7, 0]], np.float32))]
+    args = SimpleNamespace(gamma=0.5, gae_lambda=0.0)
+    batch = ppo.make_batch(agent, buf, np.array([[4, 0]], np.float32), final, args, torch.device("cpu"))
+    torch.testing.assert_close(batch["advantages"], torch.tensor([1 + 0.5 * 2 - 1, 1 + 0.5 * 7 - 2, 1 + 0.5 * 4 - 0]))
+    torch.testing.assert_close(batch["values"], torch.tensor([1.0, 2.0, 0.0]))
+    with torch.no_grad():
+        torch.testing.assert_close(batch["logprobs"], agent.dist(torch.from_numpy(buf["obs"][:, 0])).log_prob(torch.zeros(3, 1))[:, 0])
+    assert list(batch) == ["obs", "actions", "logprobs", "advantages", "returns", "values"]  # ppo_loss's argument order
