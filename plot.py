@@ -30,7 +30,7 @@ DEFAULT_SMOOTH_FRACTION = 0.02  # default trailing smoothing window, as a fracti
 TRAIN_FINAL_FRACTION = 0.1  # a run's final training return: mean over its last 10% of steps
 BOOTSTRAP_REPS = 10_000
 TIME_PARTS = [  # (label, color): the disjoint parts of an iteration's time_s
-    ("env step", "#1f77b4"), ("policy forward", "#6baed6"), ("rest of rollout", "#c6dbef"),
+    ("env step", "#1f77b4"), ("rest of rollout (policy, normalization, bookkeeping)", "#c6dbef"),
     ("update", "#ff7f0e"), ("eval", "#2ca02c"), ("io (checkpoints, logs)", "#999999")]
 
 
@@ -120,7 +120,7 @@ def read_timings(run_dir: Path) -> list[dict]:
     for line in lines:
         try:
             row = json.loads(line)
-            rows.append({k: float(row[k]) for k in ("time_s", "rollout_s", "env_step_s", "policy_forward_s", "update_s", "eval_s", "io_s")})
+            rows.append({k: float(row[k]) for k in ("time_s", "rollout_s", "env_step_s", "update_s", "eval_s", "io_s")})
         except (ValueError, KeyError, TypeError):  # a line cut by kill -9, or not ours
             continue
     return rows
@@ -346,11 +346,11 @@ def figure_time_breakdown(runs):
         if not rows:
             continue
         total = {k: sum(row[k] for row in rows) for k in rows[0]}
-        rest = max(0.0, total["rollout_s"] - total["env_step_s"] - total["policy_forward_s"])
-        parts = np.array([total["env_step_s"], total["policy_forward_s"], rest, total["update_s"], total["eval_s"], total["io_s"]])
+        rest = max(0.0, total["rollout_s"] - total["env_step_s"])
+        parts = np.array([total["env_step_s"], rest, total["update_s"], total["eval_s"], total["io_s"]])
         shares[exp] = 100 * parts / max(parts.sum(), 1e-12)
         envs = ", ".join(sorted({r.env for r in group}))
-        notes[exp] = (f"rollout {shares[exp][:3].sum():.0f}%, {np.mean([r.sps for r in group]):,.0f} SPS, "
+        notes[exp] = (f"rollout {shares[exp][:2].sum():.0f}%, {np.mean([r.sps for r in group]):,.0f} SPS, "
                       f"{duration(total['time_s'])} in all ({envs})")
     if not shares:
         return None
@@ -367,7 +367,7 @@ def figure_time_breakdown(runs):
     for y, name in enumerate(names):
         ax.text(101, y, notes[name], va="center", fontsize=8)
     ax.set_xlim(0, 100)
-    ax.set_xlabel("share of wall time (%), from timings.jsonl; env step + policy forward + rest = rollout")
+    ax.set_xlabel("share of wall time (%), from timings.jsonl; env step + rest = rollout")
     ax.set_title("Where the time goes", fontsize=11, pad=24)
     ax.legend(ncol=len(TIME_PARTS), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return fig

@@ -133,7 +133,7 @@ class Args:
 ALGO = Path(__file__).stem
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
 # arguments that change how a run computes, not what: a resume may change them
-RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "update_threads", "capture_video")
+RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video")
 
 
 class UsageError(Exception):

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("ppo_continuous", "ppo_beta_continuous", "grpo_continuous", "ppo_cnn_carracing", "grpo_cnn_carracing")
 CNN_SCRIPTS = ("ppo_cnn_carracing", "grpo_cnn_carracing")
 CLEANRL = ROOT.parent / "shared" / "peers" / "cleanrl_ppo_continuous_action.py"
+# whose make_vector_env gives the raw env rate: GRPO's members run one episode each, a vector env of the same envs does not
+ENVS_OF = {"cleanrl": "ppo_continuous", "grpo_continuous": "ppo_continuous", "grpo_cnn_carracing": "ppo_cnn_carracing"}
 
 
 class UsageError(Exception):
@@ -188,8 +190,8 @@ def main(argv=None):
             for script, flags in configs:
                 budget = args.cnn_timesteps if script in CNN_SCRIPTS else args.mlp_timesteps
                 raw_steps = args.raw_steps or max(budget // 10, 256)
-                env_script = "ppo_continuous" if script == "cleanrl" else script  # CleanRL's env: plain gymnasium Hopper
-                env_argv = [] if script == "cleanrl" else [f for f in flags if f != "--compile"]
+                env_script = ENVS_OF.get(script, script)
+                env_argv = [f for f in flags if f != "--compile"]
                 raw_before = env_rate(env_script, env_argv, raw_steps)
                 if script == "cleanrl":
                     result = cleanrl(args.cleanrl_python, args.cleanrl_script, "Hopper-v4", budget, workdir)

@@ -1,4 +1,3 @@
-import copy
 import importlib
 import json
 import os
@@ -25,8 +24,7 @@ TINY["ppo_beta_continuous"] = TINY["ppo_continuous"]
 TINY["ppo_cnn_carracing"] = ["--env-id", "CarRacing-v3", "--max-episode-steps", 50, "--frame-skip", 2, "--num-envs", 2,
                              "--num-steps", 16, "--num-minibatches", 2, "--update-epochs", 1, "--torch-threads", 1]
 TINY["grpo_cnn_carracing"] = ["--env-id", "CarRacing-v3", "--max-episode-steps", 50, "--frame-skip", 2, "--num-groups", 2,
-                              "--group-size", 2, "--minibatch-size", 32, "--update-epochs", 1, "--torch-threads", 1,
-                              "--env-workers", 2]
+                              "--group-size", 2, "--minibatch-size", 32, "--update-epochs", 1, "--torch-threads", 1]
 
 
 def existing_scripts():
@@ -66,7 +64,7 @@ def assert_timings_add_up(timings):
     for row in timings:
         phases = row["rollout_s"] + row["update_s"] + row["eval_s"] + row["io_s"]
         assert abs(phases - row["time_s"]) <= 0.03 * row["time_s"]
-        assert row["env_step_s"] + row["policy_forward_s"] <= row["rollout_s"] and row["sps"] > 0
+        assert row["env_step_s"] <= row["rollout_s"] and row["sps"] > 0
 
 
 def process_alive(pid):
@@ -117,12 +115,11 @@ def assert_run_layout(run_dir, script, eval_steps):
 
     log = (run_dir / "logs" / "train.log").read_text()
     assert f"step {metrics['global_step']:,}/{metrics['total_timesteps']:,} (100%)" in log and "done:" in log
-    if not torch.cuda.is_available():
-        assert "CUDA is not available: training on CPU" in log
-    for name in ("latest.pt", "best.pt"):
-        ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=False)
+    for name in ("latest.pt", "best.pt"):  # plain tensors and containers: loadable without running any code
+        ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         assert {"agent", "optimizer", "rng", "iteration", "global_step", "metrics", "args"} <= set(ckpt)
-    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["global_step"] == metrics["global_step"]
+        assert ckpt["algo"] == script
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"] == metrics["global_step"]
 
     videos = sorted((run_dir / "videos").glob("*.mp4"))
     assert [v.name for v in videos] == [f"eval-step{step:09d}.mp4" for step in eval_steps]
@@ -132,44 +129,26 @@ def assert_run_layout(run_dir, script, eval_steps):
     return metrics, timings
 
 
-def poison_update(monkeypatch, module, update_name, at_call=3):
-    """Make the module's update function fill the agent's first parameter with NaN on its `at_call`-th
-    call. Its first argument is the agent, or a NumpyLearner holding it."""
-    real_update, calls = getattr(module, update_name), []
+def poison_update(monkeypatch, module, at_call=3):
+    """Make the module's `update` fill the agent's first parameter with NaN on its `at_call`-th call."""
+    real_make, real_update, agents, calls = module.make_update_step, module.update, [], []
 
-    def poisoned_update(agent, *a):
-        stats = real_update(agent, *a)
+    def make_update_step(agent, *args):
+        agents.append(agent)
+        return real_make(agent, *args)
+
+    def update(*args):
+        stats = real_update(*args)
         calls.append(1)
         if len(calls) == at_call:
             with torch.no_grad():
-                next(getattr(agent, "agent", agent).parameters()).fill_(float("nan"))
+                next(agents[-1].parameters()).fill_(float("nan"))
         return stats
 
-    monkeypatch.setattr(module, update_name, poisoned_update)
+    monkeypatch.setattr(module, "make_update_step", make_update_step)
+    monkeypatch.setattr(module, "update", update)
 
 
 @pytest.fixture
 def runs_dir(tmp_path):
     return tmp_path / "runs"
-
-
-def assert_fast_update_matches_torch(module, update_name, agent, batch, args):
-    """module.{update_name}_numpy (the CPU fast path) against module.{update_name} (autograd) on copies
-    of `agent`: the same parameters, Adam state and losses after two updates, and torch carries on
-    from the state the fast path handed back. Returns the torch path's optimizer."""
-    torch_update, fast_update = getattr(module, update_name), getattr(module, f"{update_name}_numpy")
-    fast = copy.deepcopy(agent)
-    opt, fast_opt = (torch.optim.Adam(a.parameters(), lr=3e-3, eps=1e-5, fused=True) for a in (agent, fast))
-    learner = module.NumpyLearner(fast, fast_opt)
-    for use_fast in (True, True, False):
-        torch.manual_seed(1)
-        stats = torch_update(agent, opt, batch, args)
-        torch.manual_seed(1)
-        fast_stats = fast_update(learner, batch, args) if use_fast else torch_update(fast, fast_opt, batch, args)
-        for p, q in zip(agent.parameters(), fast.parameters()):
-            torch.testing.assert_close(q, p, rtol=1e-4, atol=2e-6)
-            for key in ("exp_avg", "exp_avg_sq", "step"):
-                torch.testing.assert_close(fast_opt.state[q][key], opt.state[p][key], rtol=1e-3, atol=1e-8)
-        for key, value in stats.items():
-            assert float(fast_stats[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
-    return opt

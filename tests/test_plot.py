@@ -31,9 +31,9 @@ def write_run(runs_dir, env, exp, seed, eval_returns=(), train_returns=(), step=
                "train": {"global_step": train_steps, "episodic_return": list(train_returns), "episodic_length": [1] * len(train_returns)},
                "eval": {"global_step": eval_steps, "mean_return": list(eval_returns), "std_return": [0.0] * len(eval_returns)}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    if timings:  # per iteration: env step 2, forward 1, other rollout 1, update 3, eval 2, io 1 (seconds)
+    if timings:  # per iteration: env step 2, other rollout 2, update 3, eval 2, io 1 (seconds)
         row = {"iteration": 1, "global_step": step, "time_s": 10.0, "rollout_s": 4.0, "env_step_s": 2.0,
-               "policy_forward_s": 1.0, "update_s": 3.0, "eval_s": 2.0, "io_s": 1.0, "sps": sps}
+               "update_s": 3.0, "eval_s": 2.0, "io_s": 1.0, "sps": sps}
         (run_dir / "timings.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "iteration": 2}) + "\n")
     return run_dir
 
