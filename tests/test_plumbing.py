@@ -1,5 +1,5 @@
 """The scripts share text, not code (STYLE.md): the plumbing section and every helper that two scripts both define are the
-same text in each, so a diff between two scripts shows only the algorithm. And the scripts stay short."""
+same text in each, so a diff between two scripts shows only the algorithm. And the scripts stay short.
 
 import difflib
 import re
@@ -52,7 +52,7 @@ def test_plumbing_sections_are_byte_identical():
 
 
 def test_every_helper_two_scripts_define_is_the_same_text_in_both():
-    """Copies are deliberate; drift between copies is the bug (STYLE.md)."""
+    """Copies are deliberate; drift between copies is the bug."""
     definitions = {script: top_level_definitions(text(script).replace(plumbing(script), "")) for script in existing_scripts()}
     shared = 0
     for name in set().union(*map(set, definitions.values())) - DIFFER_BY_DESIGN:
