@@ -1,5 +1,5 @@
-"""The scripts share text, not code (STYLE.md): the plumbing section and every helper that two scripts both define are the
-same text in each, so a diff between two scripts shows only the algorithm. And the scripts stay short.
+"""The scripts share text, not code: the plumbing section and every helper that two scripts both define are the same
+text in each, so a diff between two scripts shows only the algorithm. And the scripts stay short."""
 
 import difflib
 import re
