@@ -1,36 +1,12 @@
-"""GRPO on pixels: CarRacing from frames, a critic-free policy gradient with same-track groups.
+"""GRPO on pixels: CarRacing from frames, a critic-free policy gradient with same-track groups, in one file.
 
-grpo_continuous.py with the observation pipeline and the network of ppo_cnn_carracing.py (frame
-skip, grayscale, resize, frame stack as wrappers; uint8 frames scaled inside a configurable CNN; no
-observation normalization) and its Beta policy, which fits CarRacing's asymmetric action bounds.
-CarRacing generates its track from the reset seed, so the members of a group, reset with one seed,
-drive the same track. Members step in `--env-workers` processes (env frames are the cost here), and
-the CNN runs once per step on the batch of live members. `--env-backend envpool` steps the members
-in EnvPool's C++ CarRacing instead, one pool per member made with its group's seed (EnvPool's reset
-takes no seed), the preprocessing on the batch in numpy; evaluation always runs gymnasium's env.
-The algorithm is grpo_continuous.py's:
-
-Group Relative Policy Optimization (Shao et al., DeepSeekMath, arXiv 2402.03300) drops PPO's
-critic: it samples a *group* of G answers to one prompt and scores each against the others. Here a
-group is G trajectories from the same start state (every member reset with the same seed), and:
-- `--adv-mode episode` (outcome supervision, as in DeepSeekMath): every step of trajectory i gets
-  A_i = (R_i - mean_group R) / (std_group R + eps);
-- `--adv-mode step` (process supervision, the per-timestep group baseline of Group Policy
-  Gradient, arXiv 2510.03679): step t of trajectory i gets its discounted reward-to-go normalized by
-  the mean and std of the group's reward-to-go at the same t; a member that has already ended counts
-  with zero future reward, so staying alive longer than the group is credited where it happens.
-The loss is PPO's clipped surrogate on these advantages plus `--kl-coef` times the k3 estimate of
-KL(pi_theta || pi_ref) to a frozen reference policy (Schulman, http://joschu.net/blog/kl-approx.html),
-as in DeepSeekMath. Evaluation, run layout and resume are grpo_continuous.py's, as a diff shows.
+grpo_continuous.py (Group Relative Policy Optimization, Shao et al., DeepSeekMath, arXiv 2402.03300: groups of G episodes
+from one start state, advantages relative to the group by `--adv-mode`, PPO's clipped surrogate plus a k3 KL penalty to a
+reference policy; a resumed run replays the uninterrupted one) with ppo_cnn_carracing.py's frames, CNN and Beta policy.
+CarRacing generates its track from the reset seed, so the members of a group, reset with one seed, drive the same track.
 
 Run:  python grpo_cnn_carracing.py --env-id CarRacing-v3 --group-size 8
 """
-
-import os
-import sys
-
-if sys.platform.startswith("linux"):
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo rendering for evaluation videos
 
 import contextlib
 import copy
@@ -39,8 +15,9 @@ import itertools
 import json
 import logging
 import math
-import multiprocessing
+import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -52,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import tyro
+from torch.distributions import Beta
 
 
 @dataclass
@@ -62,12 +40,12 @@ class Args:
     """seed of the experiment (python, numpy, torch and the environments)"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
+    cuda: bool = False
     """if toggled, train on CUDA when it is available (falls back to CPU with a warning)"""
+    compile: bool = False
+    """if toggled, compile the update step and the policy call with `torch.compile` (a one-off cost of ~30-60 s)"""
     torch_threads: int = 1
-    """torch CPU threads for acting and evaluation (1 is fastest for a few frames at a time; 0 keeps torch's default)"""
-    update_threads: int = 1
-    """torch CPU threads for the update, while the envs wait for it (0: one per CPU core; ~1.6x faster on an idle machine, several times slower when another process holds a core)"""
+    """torch CPU threads (1 is fastest for small networks; 0 keeps torch's default)"""
     runs_dir: str = "runs"
     """where run directories are created: {runs_dir}/{env_id}__{exp_name}__seed{seed}"""
     resume: bool = False
@@ -75,15 +53,16 @@ class Args:
 
     # Environment
     env_id: str = "CarRacing-v3"
-    """the id of the gymnasium environment (bounded continuous actions, RGB image observations, episodes that end)"""
-    total_timesteps: int = 1_000_000
-    """total environment steps of the experiment (the last iteration is cut short to fit it)"""
-    env_workers: int = 0
-    """processes that step the group members on the gymnasium backend (0: one per CPU core, at most one per member; 1: in this process)"""
+    """the id of the gymnasium environment (continuous actions with finite bounds, RGB image observations)"""
     env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
-    """the training envs' implementation: `gymnasium`, or `envpool` (C++, batched; Linux: pip install envpool); evaluation and videos always run gymnasium's env of the same id"""
+    """the training envs: `gymnasium`, or `envpool` (C++, batched; Linux x86_64); evaluation always runs gymnasium's env"""
+    vector_mode: Literal["sync", "async"] = "sync"
+    """gymnasium vector env: `sync` steps the envs in this process, `async` in one subprocess each (not used by envpool)"""
+    total_timesteps: int = 1_000_000
+    """total agent steps of the experiment (one agent step is frame_skip env frames; the last iteration is cut to fit)"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length, in env frames: CarRacing's is 1000) for training and evaluation"""
+
     # Observations (the same wrappers in training and evaluation; frames stay uint8)
     frame_skip: int = 4
     """repeat each action for this many env frames, summing their rewards (one agent step = frame_skip frames)"""
@@ -101,8 +80,8 @@ class Args:
     """G: the trajectories per group, all from the same start state (at least 2)"""
     num_groups: int = 4
     """the groups per iteration, each from its own start state"""
-    adv_mode: Literal["episode", "step"] = "step"
-    """group-relative advantages: `episode` (normalized episode return, the same on every step) or `step` (normalized reward-to-go at each t)"""
+    adv_mode: Literal["episode", "step"] = "episode"
+    """group advantages: `episode` (the normalized episode return at every step) or `step` (normalized reward-to-go)"""
     learning_rate: float = 3e-4
     """the learning rate of the optimizer"""
     anneal_lr: bool = True
@@ -149,7 +128,9 @@ class Args:
 
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
-RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "torch_threads", "update_threads", "update_impl", "capture_video")  # how, not what
+CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
+# arguments that change how a run computes, not what: a resume may change them
+RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video")
 
 
 class UsageError(Exception):
@@ -160,150 +141,199 @@ class Diverged(Exception):
     """NaN/inf in the losses or parameters; the last good checkpoint is kept."""
 
 
-def atomic_write_bytes(path, data: bytes):
+def atomic_write(path, write):
+    """write(temporary path), then rename: a reader, or a kill -9, never sees half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
+    write(tmp)
     os.replace(tmp, path)
 
 
-def atomic_write_json(path, obj):
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
-
-
-def atomic_torch_save(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def run_dir_of(args) -> Path:
-    return Path(args.runs_dir) / f"{args.env_id.replace('/', '-')}__{args.exp_name}__seed{args.seed}"
-
-
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path):
+    """weights_only: a checkpoint is tensors and plain containers, so reading one never runs code from the file."""
     try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which, never a traceback
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign, or a pickle that would run code
         raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it to start the run afresh")
+    if not isinstance(ckpt, dict) or ckpt.get("algo") != ALGO or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a checkpoint of this version of {ALGO}.py; delete it or pick a new --exp-name")
+    return ckpt
 
 
 def open_run(args):
-    """Decide, before anything is written, whether this is a fresh run or a resume.
-    Returns (run_dir, checkpoint or None)."""
-    run_dir = run_dir_of(args)
+    """Decide, before anything is written, whether this is a fresh run or a resume. Returns (run_dir, checkpoint or None)."""
+    run_dir = Path(args.runs_dir) / f"{args.env_id.replace('/', '-')}__{args.exp_name}__seed{args.seed}"
     latest = run_dir / "checkpoints" / "latest.pt"
-    if not args.resume:
-        if run_dir.exists():
-            raise UsageError(f"run directory {run_dir} exists; pass --resume to continue it, or change --exp-name/--seed/--runs-dir")
-        return run_dir, None
-    if not latest.exists():
+    if not args.resume and run_dir.exists():
+        raise UsageError(f"{run_dir} exists: pass --resume to continue it, or another --exp-name/--seed/--runs-dir")
+    if not args.resume or not latest.exists():
         return run_dir, None
     ckpt = load_checkpoint(latest)
-    if not isinstance(ckpt, dict) or "metrics" not in ckpt or "args" not in ckpt:
-        raise UsageError(f"{latest} is not a checkpoint of {ALGO}.py; delete it to start the run afresh")
     saved, now = ckpt["args"], asdict(args)
     default = {f.name: f.default for f in fields(args)}  # a flag newer than the run: the run had its default
-    changed = [f"--{k.replace('_', '-')} {saved.get(k, default[k])!r} -> {now[k]!r}" for k in now
-               if k not in RESUME_MAY_DIFFER and saved.get(k, default[k]) != now[k]]
+    changed = [
+        f"--{k.replace('_', '-')} {saved.get(k, default[k])!r} -> {now[k]!r}"
+        for k in now
+        if k not in RESUME_MAY_DIFFER and saved.get(k, default[k]) != now[k]
+    ]
     if changed:
-        raise UsageError(f"--resume with other arguments than the run was started with ({'; '.join(changed)}); "
-                         "use the original ones or a new --exp-name")
+        raise UsageError(f"--resume with other arguments ({'; '.join(changed)}); use the original ones or a new --exp-name")
     return run_dir, ckpt
 
 
-def new_metrics(args, group_size=None):
-    return {
-        "env_id": args.env_id, "algo": ALGO, "exp_name": args.exp_name, "seed": args.seed,
-        "group_size": group_size, "args": asdict(args), "status": "running", "completed": False,
-        "global_step": 0, "total_timesteps": args.total_timesteps, "sps": 0.0, "wall_time_s": 0.0,
-        "best_eval_return": None,
-        "train": {"global_step": [], "episodic_return": [], "episodic_length": []},
-        "eval": {"global_step": [], "mean_return": [], "std_return": []},
-    }
+class Run:
+    """Everything a run writes: metrics.json, timings.jsonl, logs/train.log, TensorBoard, checkpoints, videos. A resume
+    rewinds all of them to the checkpoint, so curves have no gap and no duplicate. `state` holds the objects (with
+    state_dict/load_state_dict) that a checkpoint saves and a resume restores."""
 
-
-class Recorder:
-    """Everything a run writes besides checkpoints and videos: metrics.json, timings.jsonl,
-    logs/train.log, TensorBoard. On resume it rewinds all of them to the checkpoint, so curves
-    have no gap and no duplicate."""
-
-    def __init__(self, run_dir: Path, metrics: dict, resume_iteration: int = 0):
+    def __init__(self, args, run_dir, ckpt, total_steps, group_size=None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.metrics = run_dir, metrics
+        self.args, self.dir, self.ckpt, self.total_steps = args, run_dir, ckpt, total_steps
+        self.iteration = ckpt["iteration"] if ckpt else 0
+        run = {"env_id": args.env_id, "algo": ALGO, "exp_name": args.exp_name, "seed": args.seed, "group_size": group_size}
+        progress = {"status": "running", "completed": False, "global_step": 0, "total_timesteps": args.total_timesteps}
+        curves = {"train": {"global_step": [], "episodic_return": [], "episodic_length": []}, "eval": {}}
+        curves["eval"] = {"global_step": [], "mean_return": [], "std_return": []}
+        new = {**run, "args": asdict(args), **progress, "sps": 0.0, "wall_time_s": 0.0, "best_eval_return": None, **curves}
+        self.metrics = ckpt["metrics"] if ckpt else new
         for sub in ("logs", "checkpoints", "videos"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
         for stale in run_dir.rglob("*.tmp*"):  # left by a kill -9 in the middle of an atomic write
             stale.unlink()
-        self.timings_path = run_dir / "timings.jsonl"
-        kept = []
-        if resume_iteration and self.timings_path.exists():
-            for line in self.timings_path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by kill -9
-                    continue
-                if row.get("iteration", 0) <= resume_iteration:
-                    kept.append(line + "\n")
-        else:
-            for old in run_dir.glob("events.out.tfevents.*"):  # fresh start: no stale curves
-                old.unlink()
-        atomic_write_bytes(self.timings_path, "".join(kept).encode())
-        self.timings = open(self.timings_path, "a")
+        kept, timings = [], run_dir / "timings.jsonl"
+        for line in timings.read_text().splitlines() if ckpt and timings.exists() else []:
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut by kill -9 is dropped
+                kept += [line + "\n"] if json.loads(line)["iteration"] <= self.iteration else []
+        for old in [] if ckpt else run_dir.glob("events.out.tfevents.*"):  # fresh start: no stale curves
+            old.unlink()
+        atomic_write(timings, lambda tmp: Path(tmp).write_text("".join(kept)))
+        self.timings = open(timings, "a")
         self.log = logging.getLogger(f"{ALGO}.{run_dir}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
-        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
         for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "logs" / "train.log")):
-            handler.setFormatter(fmt)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
             self.log.addHandler(handler)
-        self.writer = SummaryWriter(str(run_dir), purge_step=metrics["global_step"] + 1 if resume_iteration else None)
-        if not resume_iteration:
-            table = "\n".join(f"|{k}|{v}|" for k, v in metrics["args"].items())
+        self.writer = SummaryWriter(str(run_dir), purge_step=self.metrics["global_step"] + 1 if ckpt else None)
+        if not ckpt:
+            table = "\n".join(f"|{k}|{v}|" for k, v in self.metrics["args"].items())
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self.global_step = self.last_ckpt_step = self.steps_at_start = self.metrics["global_step"]
+        self.last_eval_step = (self.metrics["eval"]["global_step"] or [0])[-1]
+        self.t_start, self.wall_time_before = time.perf_counter(), self.metrics["wall_time_s"]
         self.flush()
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        if args.cuda and not torch.cuda.is_available():
+            self.log.warning("--cuda is on but CUDA is not available: training on CPU")
+        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+    def restore(self, **state):
+        """Keeps `state` for the checkpoints and, on a resume, loads it and the RNGs from the checkpoint."""
+        self.state = state
+        if not self.ckpt:
+            return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps on {self.device}")
+        for k, v in state.items():
+            v.load_state_dict(self.ckpt[k])
+        torch.set_rng_state(self.ckpt["rng"]["torch"])
+        if self.ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.ckpt["rng"]["cuda"])
+        self.log.info(f"resuming {self.dir} from step {self.global_step:,} (iteration {self.iteration})")
+
+    def save(self, name):
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        ckpt = {"algo": ALGO, "format": CHECKPOINT_FORMAT, "args": asdict(self.args), "metrics": self.metrics, "rng": rng}
+        ckpt |= {"iteration": self.iteration, "global_step": self.global_step}
+        ckpt |= {k: v.state_dict() for k, v in self.state.items()}
+        atomic_write(self.dir / "checkpoints" / name, lambda tmp: torch.save(ckpt, tmp))
 
     def episode(self, global_step, episodic_return, episodic_length):
-        train = self.metrics["train"]
-        train["global_step"].append(int(global_step))
-        train["episodic_return"].append(float(episodic_return))
-        train["episodic_length"].append(int(episodic_length))
+        for key, value in zip(self.metrics["train"], (int(global_step), float(episodic_return), int(episodic_length))):
+            self.metrics["train"][key].append(value)
         self.writer.add_scalar("charts/episodic_return", episodic_return, global_step)
         self.writer.add_scalar("charts/episodic_length", episodic_length, global_step)
 
-    def scalars(self, global_step, values: dict):
-        for tag, value in values.items():
+    def end_iteration(self, iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act):
+        """After an update: the NaN stop, then evaluation and checkpoints when due, metrics.json, TensorBoard, the log
+        and timings.jsonl. `act` is the deterministic policy (a batch of observations -> a batch of actions)."""
+        steps, self.iteration, self.global_step = global_step - self.global_step, iteration, global_step
+        t_update, args = time.perf_counter(), self.args
+        params = torch.cat([p.detach().reshape(-1) for p in self.state["agent"].parameters()])
+        if not (all(math.isfinite(v) for v in stats.values()) and bool(params.isfinite().all())):
+            self.metrics["status"] = "diverged"
+            self.log.error(f"NaN/inf in the losses or parameters at step {global_step:,}; stopped")
+            self.close()
+            raise Diverged(
+                f"training diverged (NaN/inf) at step {global_step:,}; {self.dir}/checkpoints/latest.pt holds "
+                f"step {self.last_ckpt_step:,}: lower --learning-rate or --max-grad-norm"
+            )
+        final, eval_return = global_step >= self.total_steps, None
+        if args.eval_every and (global_step - self.last_eval_step >= args.eval_every or final):
+            self.last_eval_step, eval_return = global_step, self.evaluate(make_eval_env, act)
+        t_eval = time.perf_counter()
+        m = self.metrics
+        m["global_step"], m["wall_time_s"] = global_step, self.wall_time_before + t_eval - self.t_start
+        m["sps"], sps = global_step / m["wall_time_s"], (global_step - self.steps_at_start) / (t_eval - self.t_start)
+        lr = float(self.state["optimizer"].param_groups[0]["lr"])
+        for tag, value in {**stats, "charts/learning_rate": lr, "charts/SPS": sps}.items():
             self.writer.add_scalar(tag, value, global_step)
-
-    def evaluation(self, global_step, returns):
-        ev = self.metrics["eval"]
-        ev["global_step"].append(int(global_step))
-        ev["mean_return"].append(float(np.mean(returns)))
-        ev["std_return"].append(float(np.std(returns)))
-        self.scalars(global_step, {"eval/mean_return": ev["mean_return"][-1], "eval/std_return": ev["std_return"][-1]})
-        best = self.metrics["best_eval_return"]
-        improved = best is None or ev["mean_return"][-1] > best
-        if improved:
-            self.metrics["best_eval_return"] = ev["mean_return"][-1]
-        return improved
-
-    def timing(self, row: dict):
-        self.timings.write(json.dumps(row) + "\n")
+        if final:
+            m["completed"], m["status"] = True, "completed"
+        if final or (args.checkpoint_every and global_step - self.last_ckpt_step >= args.checkpoint_every):
+            self.last_ckpt_step = global_step
+            self.save("latest.pt")
+        self.flush()
+        t_end = time.perf_counter()
+        timing = {
+            "iteration": iteration,
+            "global_step": global_step,
+            "time_s": t_end - t_iter,
+            "sps": steps / (t_end - t_iter),
+        }
+        timing |= {"rollout_s": t_rollout - t_iter, "env_step_s": env_step_s, "update_s": t_update - t_rollout}
+        self.timings.write(json.dumps({**timing, "eval_s": t_eval - t_update, "io_s": t_end - t_eval}) + "\n")
         self.timings.flush()
-
-    def progress(self, global_step, total, sps, eval_return=None):
-        rets = self.metrics["train"]["episodic_return"][-10:]
-        eta = max(total - global_step, 0) / max(sps, 1e-9)  # GRPO may end an iteration past the budget
+        rets, eta = m["train"]["episodic_return"][-10:], max(self.total_steps - global_step, 0) / max(sps, 1e-9)
         self.log.info(
-            f"step {global_step:,}/{total:,} ({100 * global_step / total:.0f}%) | SPS {sps:,.0f}"
+            f"step {global_step:,}/{self.total_steps:,} ({100 * global_step / self.total_steps:.0f}%) | SPS {sps:,.0f}"
             + (f" | return {np.mean(rets):,.1f} (last {len(rets)} episodes)" if rets else "")
             + (f" | eval {eval_return:,.1f}" if eval_return is not None else "")
             + f" | ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s"
         )
+        if final:
+            self.log.info(f"done: {global_step:,} steps in {m['wall_time_s']:,.0f}s; best eval return {m['best_eval_return']}")
+
+    def evaluate(self, make_eval_env, act):
+        """Evaluates on fixed seeds, keeps the best policy (best.pt) and films the best episode. Returns the mean return."""
+        seeds = [1_000_000 * (1 + self.args.seed) + k for k in range(self.args.eval_episodes)]
+        env = make_eval_env(None)
+        try:
+            returns = np.array([run_episode(env, act, seed)[0] for seed in seeds])
+        finally:
+            env.close()
+        ev, mean = self.metrics["eval"], float(returns.mean())
+        for key, value in zip(ev, (self.global_step, mean, float(returns.std()))):
+            ev[key].append(value)
+        self.writer.add_scalar("eval/mean_return", mean, self.global_step)
+        self.writer.add_scalar("eval/std_return", ev["std_return"][-1], self.global_step)
+        if self.metrics["best_eval_return"] is None or mean > self.metrics["best_eval_return"]:
+            self.metrics["best_eval_return"] = mean
+            self.save("best.pt")
+        if self.args.capture_video:
+            try:
+                path = self.dir / "videos" / f"eval-step{self.global_step:09d}.mp4"
+                record_video(make_eval_env, act, seeds[int(returns.argmax())], path)
+            except Exception as e:  # no renderer here: keep training, say why once
+                self.log.warning(f"video capture failed ({type(e).__name__}: {e}); continuing without videos")
+                self.args.capture_video = False
+        return mean
 
     def flush(self):
-        atomic_write_json(self.run_dir / "metrics.json", self.metrics)
+        atomic_write(self.dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(self.metrics, indent=1)))
         self.writer.flush()
 
     def close(self):
@@ -315,29 +345,9 @@ class Recorder:
             self.log.removeHandler(handler)
 
 
-def rng_states(np_rng):
-    return {"python": random.getstate(), "numpy": np_rng.bit_generator.state, "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def restore_rng_states(states, np_rng):
-    random.setstate(states["python"])
-    np_rng.bit_generator.state = states["numpy"]
-    torch.set_rng_state(states["torch"])
-    if states.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def pick_device(args):
-    if args.cuda and not torch.cuda.is_available():
-        return torch.device("cpu"), "--cuda is on but CUDA is not available: training on CPU (pass --no-cuda to silence this)"
-    return torch.device("cuda" if args.cuda else "cpu"), None
-
-
 def run_episode(env, act, seed, on_frame=None, frame_every=1):
-    """One episode of the deterministic policy `act` (a batch of observations -> a batch of
-    actions) from `env.reset(seed=seed)`; returns (return, length). `on_frame` gets every
-    `frame_every`-th rendered frame."""
+    """One episode of the deterministic policy `act` from `env.reset(seed=seed)`; returns (return, length). `on_frame`
+    gets every `frame_every`-th rendered frame."""
     obs, _ = env.reset(seed=seed)
     episodic_return, length, done = 0.0, 0, False
     while not done:
@@ -348,18 +358,9 @@ def run_episode(env, act, seed, on_frame=None, frame_every=1):
     return episodic_return, length
 
 
-def evaluate(make_eval_env, act, seeds):
-    env = make_eval_env(None)
-    try:
-        return np.array([run_episode(env, act, seed)[0] for seed in seeds])
-    finally:
-        env.close()
-
-
 def record_video(make_eval_env, act, seed, path: Path):
-    """Film one episode by re-running it from its seed (the policy and env are deterministic), so
-    no evaluation ever holds frames in memory; written to a temp file, then renamed. Frames are
-    thinned to at most ~30 per second of simulated time: rendering is the slow part."""
+    """Film one episode by re-running it from its seed (the policy and env are deterministic), so no evaluation holds
+    frames in memory. Frames are thinned to at most ~30 per second of simulated time: rendering is the slow part."""
     import imageio
 
     env = make_eval_env("rgb_array")
@@ -375,34 +376,23 @@ def record_video(make_eval_env, act, seed, path: Path):
         tmp.unlink(missing_ok=True)
 
 
-def parse_args(args_type):
-    """tyro reports a bad flag in a multi-line box; say it in one line, like every other error."""
+def cli(main_fn, args_type):
+    """tyro reports a bad flag in a multi-line box, and main's errors are exceptions: each becomes one line on stderr."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
             args = tyro.cli(args_type)
     except SystemExit as e:
-        if e.code:
-            box = [line.strip("│╭╮╰╯ ") for line in captured.getvalue().splitlines()[1:]]
-            body = " ".join(itertools.takewhile(lambda line: not line.startswith("─"), box))
-            print(f"error: {' '.join(body.split()) or captured.getvalue().strip()} (see --help)", file=sys.stderr)
-        else:
-            sys.stderr.write(captured.getvalue())
+        box = [line.strip("│╭╮╰╯ ") for line in captured.getvalue().splitlines()[1:]]
+        body = " ".join(" ".join(itertools.takewhile(lambda line: not line.startswith("─"), box)).split())
+        print(f"error: {body or captured.getvalue().strip()} (see --help)" if e.code else captured.getvalue(), file=sys.stderr)
         raise
     sys.stderr.write(captured.getvalue())
-    return args
-
-
-def cli(main_fn, args_type):
-    args = parse_args(args_type)
     try:
         main_fn(args)
-    except UsageError as e:
+    except (UsageError, Diverged, OSError) as e:  # OSError: e.g. a --runs-dir that cannot be written
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (Diverged, OSError) as e:  # OSError: e.g. a --runs-dir that cannot be written
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
     except KeyboardInterrupt:
         print("interrupted; continue with the same command and --resume", file=sys.stderr)
         sys.exit(130)
@@ -412,13 +402,16 @@ def cli(main_fn, args_type):
 
 
 class FrameSkip(gym.Wrapper):
-    """Repeat the action `skip` frames and sum their rewards; stop early at the episode's end. The
-    video frame rate is divided by `skip`, so evaluation videos (one frame per step) play in real time."""
+    """Repeat the action `skip` frames, summing their rewards; end early after `max_negative_steps` steps of losses."""
 
-    def __init__(self, env, skip):
+    def __init__(self, env, skip, max_negative_steps=None):
         super().__init__(env)
-        self.skip = skip
-        self.metadata = {**env.metadata, "render_fps": env.metadata.get("render_fps", 50) / skip}
+        self.skip, self.max_negative_steps, self.negative_steps = skip, max_negative_steps or math.inf, 0
+        self.metadata = {**env.metadata, "render_fps": env.metadata.get("render_fps", 50) / skip}  # real-time videos
+
+    def reset(self, **kwargs):
+        self.negative_steps = 0
+        return self.env.reset(**kwargs)
 
     def step(self, action):
         total_reward = 0.0
@@ -427,25 +420,8 @@ class FrameSkip(gym.Wrapper):
             total_reward += float(reward)
             if terminated or truncated:
                 break
-        return obs, total_reward, terminated, truncated, info
-
-
-class MaxNegativeSteps(gym.Wrapper):
-    """Truncate the episode after `max_steps` consecutive steps of negative reward: on CarRacing a car
-    that has left the track only loses 0.1 a frame until the time limit, so those frames teach little."""
-
-    def __init__(self, env, max_steps):
-        super().__init__(env)
-        self.max_steps, self.negative_steps = max_steps, 0
-
-    def reset(self, **kwargs):
-        self.negative_steps = 0
-        return self.env.reset(**kwargs)
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self.negative_steps = self.negative_steps + 1 if reward < 0 else 0
-        return obs, reward, terminated, truncated or self.negative_steps >= self.max_steps, info
+        self.negative_steps = self.negative_steps + 1 if total_reward < 0 else 0
+        return obs, total_reward, terminated, truncated or self.negative_steps >= self.max_negative_steps, info
 
 
 def area_weights(n_in, n_out):
@@ -455,155 +431,201 @@ def area_weights(n_in, n_out):
     return (np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None) / (hi - lo)).astype(np.float32)
 
 
-def resize_frame(frame, rows, cols):
-    """(H, W, C) uint8 -> (h, w, C) uint8 with the area weights rows (h, H) and cols (w, W). numpy, not
-    torch or OpenCV: env workers are forked and OpenCV is not a dependency."""
-    out = np.tensordot(cols, np.tensordot(rows, frame.astype(np.float32), axes=(1, 0)), axes=(1, 1))  # (w, h, C)
-    return np.rint(out.transpose(1, 0, 2)).astype(np.uint8)
+def preprocess(args, frames):
+    """(N, H, W, 3) uint8 frames -> (N, h, w, channels) uint8 on both backends: gymnasium's grayscale, area resizing."""
+    if args.grayscale:
+        x = frames.astype(np.float64)
+        frames = (x[..., 0:1] * 0.2125 + x[..., 1:2] * 0.7154 + x[..., 2:3] * 0.0721).astype(np.uint8)
+    if args.resize:
+        rows, cols = area_weights(frames.shape[1], args.resize[0]), area_weights(frames.shape[2], args.resize[1])
+        resized = rows @ frames.transpose(0, 3, 1, 2).astype(np.float32) @ cols.T  # (N, channels, h, w)
+        frames = np.rint(resized).astype(np.uint8).transpose(0, 2, 3, 1)
+    return frames
 
 
-def preprocessed_shape(args, frame_shape):
-    """The observation shape after the wrappers: (frame_stack, height, width, channels)."""
-    height, width = args.resize or frame_shape[:2]
-    return (args.frame_stack, height, width, 1 if args.grayscale else frame_shape[2])
+def make_carracing_env(args, render_mode=None):
+    render = {"render_mode": render_mode} if render_mode else {}
+    env = gym.make(args.env_id, max_episode_steps=args.max_episode_steps, **render)
+    env = FrameSkip(env, args.frame_skip, args.max_negative_steps)
+    shape = preprocess(args, np.zeros((1, *env.observation_space.shape), np.uint8)).shape[1:]  # of a preprocessed frame
+    space = gym.spaces.Box(0, 255, shape, np.uint8)
+    env = gym.wrappers.TransformObservation(env, lambda frame: preprocess(args, frame[None])[0], space)
+    return gym.wrappers.FrameStackObservation(env, args.frame_stack)  # oldest first, the first frame repeated at reset
 
 
-def make_env(args, render_mode=None):
-    def thunk():
-        env = gym.make(args.env_id, max_episode_steps=args.max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
-        env = FrameSkip(env, args.frame_skip)
-        if args.max_negative_steps:
-            env = MaxNegativeSteps(env, args.max_negative_steps)
-        if args.grayscale:
-            env = gym.wrappers.GrayscaleObservation(env, keep_dim=True)
-        if args.resize:
-            shape = preprocessed_shape(args, env.observation_space.shape)[1:]
-            rows, cols = area_weights(env.observation_space.shape[0], shape[0]), area_weights(env.observation_space.shape[1], shape[1])
-            env = gym.wrappers.TransformObservation(env, lambda frame: resize_frame(frame, rows, cols),
-                                                    gym.spaces.Box(0, 255, shape, np.uint8))
-        return gym.wrappers.FrameStackObservation(env, args.frame_stack)
+class CarRacingEnvPool:
+    """EnvPool's batched env as a SAME_STEP vector env with make_carracing_env's wrappers (EnvPool's own is NEXT_STEP)."""
 
-    return thunk
+    def __init__(self, args, num_envs):
+        import envpool
+
+        kwargs = {"max_episode_steps": args.max_episode_steps} if args.max_episode_steps else {}
+        kwargs |= {"num_envs": num_envs, "num_threads": min(num_envs, len(os.sched_getaffinity(0)))}  # the usable cores
+        self.make = lambda seeds: envpool.make(args.env_id, "gymnasium", env_seed=seeds, **kwargs)
+        self.args, self.num_envs, self.pool = args, num_envs, None
+
+    def reset(self, seed):
+        """Env i starts from seed + i, or seed[i] for a list, as in gymnasium: EnvPool seeds its envs when it makes a pool."""
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
+        self.close()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.pool = self.make([s & 0x7FFFFFFF for s in seeds])  # EnvPool's seeds are int32
+        self.raw = self.pool.reset()[0]  # the latest frame of each env (EnvPool answers in the order of the env ids asked)
+        self.stack = np.repeat(preprocess(self.args, self.raw)[:, None], self.args.frame_stack, axis=1)  # as gymnasium's
+        self.negative_steps = np.zeros(self.num_envs)  # consecutive steps of negative reward, as FrameSkip counts them
+        return self.stack.copy(), {}
+
+    def step(self, actions):
+        N = self.num_envs
+        reward, terminated, truncated, live = np.zeros(N), np.zeros(N, bool), np.zeros(N, bool), np.arange(N, dtype=np.int32)
+        for _ in range(self.args.frame_skip):  # FrameSkip on the batch: an env that ends stops there
+            raw, r, term, trunc, _ = self.pool.step(actions[live], live)
+            self.raw[live], reward[live], terminated[live], truncated[live] = raw, reward[live] + r, term, trunc
+            live = live[~(term | trunc)]
+            if not len(live):
+                break
+        self.negative_steps = np.where(reward < 0, self.negative_steps + 1, 0)
+        truncated |= self.negative_steps >= (self.args.max_negative_steps or math.inf)
+        self.stack = np.concatenate([self.stack[:, 1:], preprocess(self.args, self.raw)[:, None]], axis=1)
+        done, info = np.flatnonzero(terminated | truncated), {}
+        if len(done):
+            info["final_obs"] = self.stack.copy()
+            self.stack[done] = preprocess(self.args, self.pool.reset(done)[0])[:, None]
+            self.negative_steps[done] = 0
+        return self.stack.copy(), reward, terminated, truncated, info
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
-def grayscale_frames(frames):
-    """(..., H, W, 3) uint8 -> (..., H, W, 1) uint8 with gymnasium's GrayscaleObservation formula
-    (weights 0.2125, 0.7154, 0.0721 in float64, truncated), so both backends feed the network the same
-    bytes: the same products added in the same order, ~9x faster than np.sum over a 3-long axis."""
-    x = frames.astype(np.float64)
-    return (x[..., 0:1] * 0.2125 + x[..., 1:2] * 0.7154 + x[..., 2:3] * 0.0721).astype(np.uint8)
+class LiveMembers:
+    """Plain gymnasium envs behind the vector env calls we use, stepping only the members whose episode still runs."""
+
+    def __init__(self, env_fns):
+        self.envs = [fn() for fn in env_fns]
+
+    def reset(self, seed):
+        self.live = np.ones(len(self.envs), bool)
+        self.obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)])
+        return self.obs, {}
+
+    def step(self, actions):
+        n = len(self.envs)
+        reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+        for m in np.flatnonzero(self.live):
+            self.obs[m], reward[m], terminated[m], truncated[m], _ = self.envs[m].step(actions[m])
+        self.live &= ~(terminated | truncated)
+        return self.obs, reward, terminated, truncated, {}
+
+    def close(self):
+        for env in self.envs:
+            env.close()
 
 
-class FramePipeline:
-    """make_env's observation wrappers after the frame skip (grayscale, resize, frame stack) on a batch
-    of envs, in numpy: the EnvPool backend's frames come as one (N, H, W, 3) array."""
+def make_carracing_members(args):
+    """grpo_continuous.py's members with frames: a vector env of the num_groups * group_size members, each running one
+    episode an iteration, so a member that has ended is masked whatever its env does next."""
+    num_members = args.num_groups * args.group_size
+    if args.env_backend == "envpool":
+        return CarRacingEnvPool(args, num_members)
+    env_fns = [lambda: make_carracing_env(args)] * num_members
+    if args.vector_mode == "sync":  # a masked vector env would step the members that have ended
+        return LiveMembers(env_fns)
+    return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
 
-    def __init__(self, args, num_envs, frame_shape):
-        self.args, self.frame_shape, self.rows, self.cols = args, frame_shape, None, None
-        shape = preprocessed_shape(args, frame_shape)
-        if args.resize:
-            self.rows, self.cols = area_weights(frame_shape[0], shape[1]), area_weights(frame_shape[1], shape[2])
-        self.stack = np.zeros((num_envs, *shape), np.uint8)
-
-    def frames(self, raw):
-        out = grayscale_frames(raw) if self.args.grayscale else raw
-        if self.rows is not None:  # frame by frame: the exact arithmetic of the gymnasium wrapper
-            out = np.stack([resize_frame(frame, self.rows, self.cols) for frame in out])
-        return out
-
-    def reset(self, ids, raw):
-        self.stack[ids] = self.frames(raw)[:, None]  # FrameStackObservation starts with the first frame repeated
-
-    def push(self, ids, raw):
-        self.stack[ids] = np.concatenate([self.stack[ids, 1:], self.frames(raw)[:, None]], axis=1)
 
 def check_env(args):
-    """Make one env to check its spaces before anything is written. Returns the preprocessed
-    observation shape and the action space."""
+    """Make one env to check its spaces, and the CNN on its frames, before anything is written; (obs shape, act space)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             env = gym.make(args.env_id)
-        except Exception as e:  # unknown id (gym.error.Error), a missing dependency, a broken env
-            raise UsageError(f"cannot make env {args.env_id!r}: {str(e).splitlines()[0]} (pass a registered gymnasium id such as --env-id CarRacing-v3)")
+        except Exception as e:  # unknown id, a missing dependency, a broken env
+            raise UsageError(
+                f"cannot make env {args.env_id!r}: {str(e).splitlines()[0]} (pass a registered id such as CarRacing-v3)"
+            )
     obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
     env.close()
     if not isinstance(act_space, gym.spaces.Box):
-        raise UsageError(f"{args.env_id} has a {type(act_space).__name__} action space; this script needs continuous (Box) "
-                         "actions: use an env such as CarRacing-v3 (continuous by default)")
+        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
+    if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):  # evaluation (and GRPO)
+        raise UsageError(f"{args.env_id} has no time limit and episodes are run to their end: pass --max-episode-steps")
     if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
-        raise UsageError(f"{args.env_id} has unbounded actions (low {act_space.low}, high {act_space.high}); a Beta policy needs "
-                         "finite bounds")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 3 or obs_space.shape[2] != 3 or obs_space.dtype != np.uint8:
-        raise UsageError(f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this CNN script "
-                         "needs RGB images (height, width, 3) of uint8: for flat vectors use grpo_continuous.py")
+        raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds")
+    shape = getattr(obs_space, "shape", obs_space)
+    if not (isinstance(obs_space, gym.spaces.Box) and len(shape) == 3 and shape[2] == 3 and obs_space.dtype == np.uint8):
+        raise UsageError(f"{args.env_id} has observations of shape {shape}; this CNN script needs (H, W, 3) uint8 images")
     if args.env_backend == "envpool":
         check_envpool_env(args, obs_space, act_space)
-    if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):
-        raise UsageError(f"{args.env_id} has no time limit and GRPO compares whole episodes: pass --max-episode-steps")
-    obs_shape = preprocessed_shape(args, obs_space.shape)
-    size = np.array(obs_shape[1:3])
-    for kernel, stride in zip(args.cnn_kernel_sizes, args.cnn_strides):
-        size = (size - kernel) // stride + 1
-    if size.min() < 1:
-        raise UsageError(f"the CNN's convolutions (--cnn-kernel-sizes {args.cnn_kernel_sizes}, --cnn-strides {args.cnn_strides}) "
-                         f"shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing: use a larger --resize or smaller kernels")
+    obs_shape = make_carracing_env(args).observation_space.shape  # (frame_stack, height, width, channels)
+    try:  # the convolutions' output size, as the network computes it
+        CNNFeatureExtractor(obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, 1)
+    except RuntimeError:
+        raise UsageError(f"--cnn-kernel-sizes and --cnn-strides shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing")
     return obs_shape, act_space
 
 
 def check_envpool_env(args, obs_space, act_space):
     """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
-    import envpool
-
+    try:
+        import envpool
+    except ImportError:
+        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
     if args.env_id not in envpool.list_all_envs():
         raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec = envpool.make_spec(args.env_id)
-        ep_obs, ep_act = spec.observation_space, spec.action_space
-    if (ep_obs.shape != obs_space.shape or ep_obs.dtype != obs_space.dtype or ep_act.shape != act_space.shape
-            or not np.allclose(ep_act.low, act_space.low) or not np.allclose(ep_act.high, act_space.high)):
-        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's (observations {ep_obs}, actions {ep_act}), which "
-                         "evaluates the policy: use --env-backend gymnasium")
+        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
+    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
+    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
 
 
-def check_args(args):
-    if args.exp_name is None:
-        args.exp_name = f"{ALGO}_g{args.group_size}"
+def check_common_args(args):
+    """The arguments both CNN scripts take, checked before anything is written."""
     if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
         raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
-    if args.group_size < 2:
-        raise UsageError(f"--group-size must be at least 2 (a trajectory needs a group to be compared with), got {args.group_size}")
-    for name in ("total_timesteps", "num_groups", "minibatch_size", "update_epochs", "eval_episodes", "frame_skip", "frame_stack",
-                 "cnn_feature_size"):
-        if getattr(args, name) <= 0:
+    positive = ("total_timesteps", "update_epochs", "eval_episodes", "learning_rate", "clip_coef", "max_grad_norm")
+    for name in positive + ("frame_skip", "frame_stack", "cnn_feature_size"):
+        if not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_every", "checkpoint_every", "torch_threads", "update_threads", "ref_update_every", "kl_coef", "ent_coef", "env_workers"):
+    for name in ("eval_every", "checkpoint_every", "torch_threads", "ent_coef"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("max_episode_steps", "max_negative_steps"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("max_episode_steps", "max_negative_steps", "target_kl"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
     if args.resize is not None and min(args.resize) <= 0:
         raise UsageError(f"--resize needs a positive height and width, got {args.resize}")
     cnn = (args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides)
     if not args.cnn_channels or len(set(map(len, cnn))) != 1 or min(min(c) for c in cnn) <= 0:
-        raise UsageError(f"--cnn-channels, --cnn-kernel-sizes and --cnn-strides need one positive entry per convolution each, got "
-                         f"{args.cnn_channels}, {args.cnn_kernel_sizes}, {args.cnn_strides}")
-    if not 0 < args.gamma <= 1:
-        raise UsageError(f"--gamma must be in (0, 1], got {args.gamma}")
-    for name in ("learning_rate", "clip_coef", "max_grad_norm"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.target_kl is not None and not args.target_kl > 0:
-        raise UsageError(f"--target-kl must be positive (or None), got {args.target_kl}")
+        raise UsageError(
+            "--cnn-channels, --cnn-kernel-sizes and --cnn-strides need one positive entry per convolution each, got "
+            f"{args.cnn_channels}, {args.cnn_kernel_sizes}, {args.cnn_strides}"
+        )
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
-    if args.env_backend == "envpool":
-        try:
-            import envpool  # noqa: F401
-        except ImportError:
-            raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64 wheels)")
+
+
+def check_args(args):
+    """Every argument a user can get wrong, checked before anything is written; fills in the default --exp-name."""
+    if args.exp_name is None:
+        args.exp_name = f"{ALGO}_g{args.group_size}"
+    check_common_args(args)
+    if args.group_size < 2:
+        raise UsageError(f"--group-size must be at least 2 (a group compares its trajectories), got {args.group_size}")
+    for name in ("num_groups", "minibatch_size"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("ref_update_every", "kl_coef"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not 0 < args.gamma <= 1:
+        raise UsageError(f"--gamma must be in (0, 1], got {args.gamma}")
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -621,9 +643,7 @@ def mlp(in_dim, hidden_sizes, out_dim, out_std):
 
 
 class CNNFeatureExtractor(nn.Module):
-    """uint8 frames (B, stack, H, W, C) -> features (B, feature_size): the frames and their channels
-    become the input channels, scaled to [0, 1] here (the buffers hold bytes), then convolutions with
-    ReLU, flattened, and a linear layer with ReLU. The defaults are the Nature-DQN trunk."""
+    """uint8 frames (B, stack, H, W, C), scaled to [0, 1] here, -> features: convolutions and a linear layer, with ReLU."""
 
     def __init__(self, obs_shape, channels, kernel_sizes, strides, feature_size):
         super().__init__()
@@ -631,8 +651,7 @@ class CNNFeatureExtractor(nn.Module):
         for out, kernel, stride in zip(channels, kernel_sizes, strides):
             layers += [layer_init(nn.Conv2d(last, out, kernel, stride)), nn.ReLU()]
             last = out
-        # channels-last (NHWC) weights and input: oneDNN's CPU convolutions, and above all their backward
-        # (most of the update), run about a third faster in that layout than in NCHW
+        # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW
         self.convs = nn.Sequential(*layers, nn.Flatten()).to(memory_format=torch.channels_last)
         with torch.no_grad():
             flat = self.convs(torch.zeros(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])).shape[1]
@@ -644,365 +663,158 @@ class CNNFeatureExtractor(nn.Module):
         return self.fc(self.convs(x))
 
 
+BETA_EPS = 1e-6  # samples are kept this far from 0 and 1, where float32 rounding would make log x or log(1 - x) infinite
+
+
+def beta_dist(out):
+    """The actor's 2 * act_dim outputs -> Beta(alpha, beta), alpha and beta = 1 + softplus > 1: unimodal (Chou et al.)."""
+    alpha, beta = (1.0 + nn.functional.softplus(out)).chunk(2, dim=-1)
+    return Beta(alpha, beta, validate_args=False)
+
+
 class Agent(nn.Module):
     """The policy alone: GRPO has no critic."""
 
     def __init__(self, obs_shape, act_dim, args):
         super().__init__()
-        self.actor_trunk = CNNFeatureExtractor(obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides,
-                                               args.cnn_feature_size)
-        self.actor_params = mlp(args.cnn_feature_size, args.hidden_sizes, 2 * act_dim, out_std=0.01)
+        cnn = (obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, args.cnn_feature_size)
+        self.actor_trunk = CNNFeatureExtractor(*cnn)
+        self.actor = mlp(args.cnn_feature_size, args.hidden_sizes, 2 * act_dim, out_std=0.01)
 
-    def get_actor_params(self, obs):
-        return self.actor_params(self.actor_trunk(obs))
+    def dist(self, obs):
+        return beta_dist(self.actor(self.actor_trunk(obs)))
 
-    def log_prob(self, obs, actions):
-        return beta_log_prob(actions, *beta_params(self.get_actor_params(obs)))
-
-
-def in_chunks(fn, *xs, size=1024):
-    """fn over the rows of the tensors xs, `size` rows at a time: a whole rollout of frames at once
-    would hold gigabytes of activations."""
-    return torch.cat([fn(*(x[i : i + size] for x in xs)) for i in range(0, len(xs[0]), size)])
-
-BETA_EPS = 1e-6  # x is kept this far from 0 and 1: float32 sampling can round to the edge, where log x = -inf
+    def sample(self, obs):
+        return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
 
 
-def beta_params(out):
-    """The actor's 2 * act_dim outputs -> alpha, beta = softplus + 1: both > 1, so the density is
-    unimodal and concave (Chou et al.)."""
-    alpha, beta = nn.functional.softplus(out).chunk(2, dim=-1)
-    return alpha + 1.0, beta + 1.0
-
-
-def beta_log_prob(x, alpha, beta):
-    """log Beta(x; alpha, beta), summed over action dimensions. This is the log-prob of x in
-    (0, 1), not of the env action low + (high - low) x: the affine map's Jacobian is a constant
-    that cancels in the PPO ratio pi_new / pi_old."""
-    x = x.clamp(BETA_EPS, 1.0 - BETA_EPS)
-    log_norm = torch.lgamma(alpha + beta) - torch.lgamma(alpha) - torch.lgamma(beta)
-    return ((alpha - 1.0) * torch.log(x) + (beta - 1.0) * torch.log1p(-x) + log_norm).sum(-1)
-
-
-def beta_entropy(alpha, beta):
-    total, dg = alpha + beta, torch.digamma
-    log_b = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(total)
-    return (log_b - (alpha - 1.0) * dg(alpha) - (beta - 1.0) * dg(beta) + (total - 2.0) * dg(total)).sum(-1)
-
-
-def to_env_action(x, low, high):
+def env_action(x, low, high):
+    """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
+    constant, which cancels in the PPO ratio."""
     return low + (high - low) * x
 
 
-class RolloutActor:
-    """The actor as the rollout and evaluation call it: uint8 frames in, numpy out. Actions are drawn
-    from the numpy generator, as in the MLP scripts, so the run's randomness is in one checkpointed
-    generator. The CNN needs torch (a numpy snapshot, as for the MLPs, would be slower)."""
-
-    def __init__(self, agent: Agent, device):
-        self.agent, self.device = agent, device
-
-    def params(self, x):
-        with torch.no_grad():
-            alpha, beta = beta_params(self.agent.get_actor_params(torch.from_numpy(x).to(self.device)))
-        return alpha.cpu().numpy().astype(np.float64), beta.cpu().numpy().astype(np.float64)
-
-    def sample(self, x, rng):
-        alpha, beta = self.params(x)
-        return np.clip(rng.beta(alpha, beta), BETA_EPS, 1.0 - BETA_EPS).astype(np.float32)
-
-    def mean(self, x):  # the deterministic (evaluation) action in (0, 1): the Beta mean
-        alpha, beta = self.params(x)
-        return (alpha / (alpha + beta)).astype(np.float32)
-
-
-def member_command(envs, command, data):
-    """`reset` {member: seed} -> {member: first obs}, or `step` {member: env action} ->
-    {member: (obs, reward, terminated, truncated)}, on the member envs {member: env}."""
-    if command == "reset":
-        return {m: envs[m].reset(seed=seed)[0] for m, seed in data.items()}
-    return {m: envs[m].step(action)[:4] for m, action in data.items()}
-
-
-def member_worker(conn, args, members, parent_conns):
-    # A forked worker inherits the parent's ends of every pipe made so far, its own included: close
-    # them, so that when the parent dies (kill -9) recv() sees EOF and the worker exits, not lingers.
-    for parent_conn in parent_conns:
-        parent_conn.close()
-    envs = {m: make_env(args)() for m in members}
-    try:
-        while (message := conn.recv()) is not None:
-            conn.send(member_command(envs, *message))
-    except (EOFError, BrokenPipeError):
-        pass
-    for env in envs.values():
-        env.close()
-
-
-class MemberPool:
-    """The group members' envs, spread over `num_workers` processes (member m in worker m % W; 1: all in
-    this process). Unlike a vector env it steps only the members it is given, so a member that has
-    ended costs nothing while its group finishes, and it never resets on its own."""
-
-    def __init__(self, args, num_members, num_workers):
-        self.num_members, self.envs, self.parts, self.conns, self.procs = num_members, {}, [], [], []
-        if num_workers <= 1:
-            self.envs = {m: make_env(args)() for m in range(num_members)}
-            return
-        ctx = multiprocessing.get_context("fork")
-        self.parts = [range(w, num_members, num_workers) for w in range(num_workers)]
-        for part in self.parts:
-            conn, child_conn = ctx.Pipe()
-            proc = ctx.Process(target=member_worker, args=(child_conn, args, part, [*self.conns, conn]), daemon=True)
-            proc.start()
-            child_conn.close()
-            self.conns.append(conn), self.procs.append(proc)
-
-    def __call__(self, command, data):
-        if not self.conns:
-            return member_command(self.envs, command, data)
-        for conn, part in zip(self.conns, self.parts):
-            conn.send((command, {m: data[m] for m in part if m in data}))
-        return {m: result for conn in self.conns for m, result in conn.recv().items()}
-
-    def close(self):
-        for env in self.envs.values():
-            env.close()
-        for conn, proc in zip(self.conns, self.procs):
-            conn.send(None)
-            proc.join()
-
-
-def available_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-class EnvPoolMembers:
-    """The `--env-backend envpool` group members, with MemberPool's interface: one EnvPool of one env per
-    member, made anew at each reset with the member's group seed. EnvPool seeds an env when its pool is
-    made and its reset takes no seed, so this is how a group's members start on one track, as with
-    gymnasium (making a pool takes about a millisecond). make_env's wrappers run on the batch in numpy;
-    the members' pools step in parallel (send to all, then receive from all)."""
-
-    def __init__(self, args, num_members):
-        import envpool
-
-        self.envpool, self.args, self.num_members, self.pools, self.pipeline = envpool, args, num_members, {}, None
-        self.negative_steps = np.zeros(num_members, np.int64)
-
-    def __call__(self, command, data):
-        members = np.fromiter(data, np.int64, len(data))
-        if command == "reset":
-            raw = []
-            for m, seed in data.items():
-                if m in self.pools:
-                    self.pools[m].close()
-                kwargs = {"max_episode_steps": self.args.max_episode_steps} if self.args.max_episode_steps else {}
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.pools[m] = self.envpool.make(self.args.env_id, env_type="gymnasium", num_envs=1, num_threads=1,
-                                                      seed=int(seed) % (2**31 - 1), **kwargs)  # EnvPool seeds are int32
-                raw.append(self.pools[m].reset()[0][0])
-            if self.pipeline is None:
-                self.pipeline = FramePipeline(self.args, self.num_members, raw[0].shape)
-            self.pipeline.reset(members, np.stack(raw))
-            self.negative_steps[members] = 0
-            return {m: self.pipeline.stack[m].copy() for m in data}
-        last = np.zeros((len(members), *self.pipeline.frame_shape), np.uint8)
-        reward, terminated, truncated = np.zeros(len(members)), np.zeros(len(members), bool), np.zeros(len(members), bool)
-        live = range(len(members))
-        for _ in range(self.args.frame_skip):  # FrameSkip: a member that ends stops there
-            for k in live:
-                self.pools[members[k]].send(np.asarray(data[members[k]], np.float32)[None])
-            for k in live:
-                raw, r, term, trunc, _ = self.pools[members[k]].recv()
-                last[k], reward[k], terminated[k], truncated[k] = raw[0], reward[k] + float(r[0]), term[0], trunc[0]
-            live = [k for k in live if not (terminated[k] or truncated[k])]
-            if not live:
-                break
-        if self.args.max_negative_steps:
-            self.negative_steps[members] = np.where(reward < 0, self.negative_steps[members] + 1, 0)
-            truncated |= self.negative_steps[members] >= self.args.max_negative_steps
-        self.pipeline.push(members, last)
-        return {m: (self.pipeline.stack[m].copy(), reward[k], bool(terminated[k]), bool(truncated[k])) for k, m in enumerate(members)}
-
-    def close(self):
-        for pool in self.pools.values():
-            pool.close()
-        self.pools = {}
-
-
-def make_member_pool(args, num_members):
-    if args.env_backend == "envpool":
-        return EnvPoolMembers(args, num_members)
-    return MemberPool(args, num_members, min(args.env_workers or os.cpu_count() or 1, num_members))
-
-
 def group_seeds(seed, iteration, num_groups):
-    """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a
-    resumed run replays exactly the start states it would have seen."""
+    """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a resumed run replays
+    the start states of the uninterrupted one."""
     return [int(np.random.SeedSequence([seed, iteration, g]).generate_state(1)[0]) for g in range(num_groups)]
 
 
 def group_advantages(rewards, mask, group_size, adv_mode, gamma, eps=1e-8):
-    """Group-relative advantages of a (T, M) rollout of M = num_groups * group_size members, member
-    m in group m // group_size; mask[t, m] is 1 while member m's episode runs (it ends at its first 0).
+    """Group-relative advantages of a (T, M) rollout of M = num_groups * group_size members, member m in group
+    m // group_size; mask[t, m] is 1 while member m's episode runs.
 
     `episode`: A[t, m] = (R_m - mean R) / (std R + eps) over m's group, R the undiscounted return.
-    `step`: A[t, m] = (G_t^m - mean_t) / (std_t + eps), G_t^m the discounted reward-to-go of m from t
-    and mean_t, std_t over m's group at the same t, members that have ended counting G_t = 0.
-    std is the population std; a group whose values are all equal gets zero advantage, not NaN.
-    Returns (T, M) float32, zero where mask is 0."""
+    `step`: A[t, m] = (G_t^m - mean_t) / (std_t + eps), G_t^m the discounted reward-to-go of m from t, and mean_t, std_t over
+    m's group at the same t, members that have ended counting G_t = 0.
+    std is the population std: a group whose values are all equal gets zero advantage, not NaN. Returns (T, M) float32,
+    zero where mask is 0."""
     T, M = rewards.shape
-    rewards = rewards * mask
+    rewards = rewards.double() * mask
     if adv_mode == "episode":
-        values = np.broadcast_to(rewards.sum(0), (T, M))
+        values = rewards.sum(0).expand(T, M)
     else:
-        values = np.zeros((T, M))
-        running = np.zeros(M)
+        values, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
         for t in reversed(range(T)):
-            running = rewards[t] + gamma * running  # 0 after the end: rewards are masked
-            values[t] = running
+            running = values[t] = rewards[t] + gamma * running  # 0 after the end: rewards are masked
     grouped = values.reshape(T, M // group_size, group_size)
-    mean, std = grouped.mean(-1, keepdims=True), grouped.std(-1, keepdims=True)
-    return (((grouped - mean) / (std + eps)).reshape(T, M) * mask).astype(np.float32)
+    mean, std = grouped.mean(-1, keepdim=True), grouped.std(-1, correction=0, keepdim=True)
+    return (((grouped - mean) / (std + eps)).reshape(T, M) * mask).float()
 
 
 def k3_kl(logprob, ref_logprob):
-    """Unbiased, always >= 0 estimate of KL(pi_theta || pi_ref) from actions sampled by pi_theta:
-    r - log r - 1 with r = pi_ref / pi_theta (DeepSeekMath eq. 4). log r is clamped to +-20 so one
-    far-off sample cannot overflow exp."""
+    """Unbiased, always >= 0 estimate of KL(pi_theta || pi_ref) from actions sampled by pi_theta: r - log r - 1 with
+    r = pi_ref / pi_theta (DeepSeekMath eq. 4). log r is clamped to +-20 so one far-off sample cannot overflow exp."""
     log_r = (ref_logprob - logprob).clamp(-20.0, 20.0)
     return torch.exp(log_r) - log_r - 1.0
 
 
-class GroupRollout:
-    """One iteration's groups: (T, M) arrays, T the longest member's length, mask 0 after an end."""
-
-    def __init__(self, obs, actions, rewards, mask):
-        self.obs, self.actions, self.rewards, self.mask = obs, actions, rewards, mask
-        self.num_steps = int(mask.sum())
-        self.returns = rewards.sum(0)  # undiscounted, per member (rewards are 0 after an end)
+LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "kl_ref", "entropy")]
 
 
-def collect_group_rollouts(envs, agent, actor, rng, seeds, group_size, low, high, global_step, on_episode, max_steps=None):
-    """Run every member of every group to termination or truncation. Members of group g are reset
-    with seeds[g] (the same start state: on CarRacing the same track); a member that has ended waits,
-    masked, while the others finish, and the policy is called once per step on the batch of live
-    members, whose envs then step in parallel (`envs` is a MemberPool).
-
-    Members move in lockstep, so stopping after `max_steps` env steps (the rest of the run's budget)
-    cuts every live member at the same t: a shorter time limit shared by the whole group, which keeps
-    the comparison fair. Episodes cut that way are trained on but not reported as episodes."""
-    M = envs.num_members
-    first_obs = envs("reset", {m: seeds[m // group_size] for m in range(M)})
-    obs = np.stack([first_obs[m] for m in range(M)])
-    alive = np.ones(M, bool)
-    episode_return, steps = np.zeros(M), 0
-    obs_buf, action_buf, reward_buf, mask_buf = [], [], [], []
-    env_step_s = forward_s = 0.0
-    while alive.any() and (max_steps is None or steps < max_steps):
-        t0 = time.perf_counter()
-        live = np.flatnonzero(alive)
-        frames = np.zeros_like(obs)  # uint8, zero for members that have ended
-        action = np.zeros((M, len(low)), np.float32)
-        frames[live] = obs[live]
-        action[live] = actor.sample(frames[live], rng)
-        t1 = time.perf_counter()
-        reward = np.zeros(M, np.float32)
-        env_action = to_env_action(action, low, high)
-        results = envs("step", {m: env_action[m] for m in live})
-        for m in live:
-            obs[m], reward[m], terminated, truncated = results[m]
-            steps += 1
-            episode_return[m] += reward[m]
-            if terminated or truncated:
-                alive[m] = False
-                on_episode(global_step + steps, episode_return[m], len(obs_buf) + 1)
-        t2 = time.perf_counter()
-        env_step_s, forward_s = env_step_s + t2 - t1, forward_s + t1 - t0
-        mask = np.zeros(M, np.float32)
-        mask[live] = 1.0
-        obs_buf.append(frames), action_buf.append(action), reward_buf.append(reward), mask_buf.append(mask)
-    rollout = GroupRollout(*(np.stack(buf) for buf in (obs_buf, action_buf, reward_buf, mask_buf)))
-    return rollout, env_step_s, forward_s
+def grpo_loss(agent, obs, actions, logprobs, ref_logprobs, advantages, args):
+    """The GRPO loss of a minibatch: the clipped surrogate of the group advantages, plus kl_coef times the k3 KL to the
+    reference policy, minus ent_coef times the entropy; and its statistics (LOSS_STATS) as one tensor."""
+    dist = agent.dist(obs)
+    newlogprob = dist.log_prob(actions).sum(-1)
+    logratio = newlogprob - logprobs
+    ratio = logratio.exp()
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    kl_ref = k3_kl(newlogprob, ref_logprobs).mean()
+    entropy = dist.entropy().sum(-1).mean()
+    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
+        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, kl_ref, entropy])
+    return pg_loss + args.kl_coef * kl_ref - args.ent_coef * entropy, stats
 
 
-def make_batch(agent, ref_agent, rollout, args, device):
-    """The flat batch of every valid step: observations, actions, the rollout policy's and the
-    reference policy's log-probs (one batched call each), group-relative advantages."""
-    valid = rollout.mask.reshape(-1) > 0
-    advantages = group_advantages(rollout.rewards, rollout.mask, args.group_size, args.adv_mode, args.gamma)
-    obs = torch.from_numpy(rollout.obs.reshape(-1, *rollout.obs.shape[2:])[valid]).to(device)
-    actions = torch.from_numpy(rollout.actions.reshape(-1, rollout.actions.shape[-1])[valid]).to(device)
-    with torch.no_grad():
-        logprobs, ref_logprobs = in_chunks(agent.log_prob, obs, actions), in_chunks(ref_agent.log_prob, obs, actions)
-    return {"obs": obs, "actions": actions, "logprobs": logprobs, "ref_logprobs": ref_logprobs,
-            "advantages": torch.from_numpy(advantages.reshape(-1)[valid]).to(device)}
+def make_update_step(agent, optimizer, loss_fn, args):
+    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
+
+    def update_step(*minibatch):
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = loss_fn(agent, *minibatch, args)
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+        optimizer.step()
+        return stats
+
+    return torch.compile(update_step) if args.compile else update_step
 
 
-def grpo_update(agent, optimizer, batch, args):
-    """`update_epochs` passes of minibatch SGD on the clipped surrogate of the group advantages,
-    averaged over valid steps, plus kl_coef * k3 KL to the reference, minus ent_coef * entropy.
-    Returns the last epoch's losses and the mean clip fraction, as tensors."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    batch_size = len(batch["advantages"])
-    clipfracs = []
-    for epoch in range(args.update_epochs):
-        perm = torch.randperm(batch_size, device=batch["obs"].device)
-        obs, actions, old_logprobs, ref_logprobs, advantages = (
-            batch[k][perm] for k in ("obs", "actions", "logprobs", "ref_logprobs", "advantages"))
-        for start in range(0, batch_size, args.minibatch_size):
-            mb = slice(start, start + args.minibatch_size)
-            alpha, beta = beta_params(agent.get_actor_params(obs[mb]))
-            newlogprob = beta_log_prob(actions[mb], alpha, beta)
-            logratio = newlogprob - old_logprobs[mb]
-            ratio = logratio.exp()
-            mb_adv = advantages[mb]
-            pg_loss = torch.max(-mb_adv * ratio, -mb_adv * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
-            kl_ref = k3_kl(newlogprob, ref_logprobs[mb]).mean()
-            entropy = beta_entropy(alpha, beta).mean()
-            loss = pg_loss + args.kl_coef * kl_ref - args.ent_coef * entropy
-
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, args.max_grad_norm, foreach=True)
-            optimizer.step()
-            with torch.no_grad():
-                clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
-
-        with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-            old_approx_kl = (-logratio).mean()
-            approx_kl = ((ratio - 1) - logratio).mean()
-        if args.target_kl is not None and approx_kl > args.target_kl:
+def update(update_step, batch, args):
+    """`update_epochs` passes of minibatch SGD over the batch (a dict of tensors with one row per step, in update_step's
+    argument order). Returns each of LOSS_STATS averaged over the minibatches."""
+    first, stats = next(iter(batch.values())), []
+    for _ in range(args.update_epochs):
+        for mb in torch.randperm(len(first), device=first.device).split(args.minibatch_size):
+            stats.append(update_step(*(v[mb] for v in batch.values())))
+        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
             break
-    return {"losses/policy_loss": pg_loss.detach(), "losses/kl_ref": kl_ref.detach(), "losses/entropy": entropy.detach(),
-            "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl, "losses/clipfrac": torch.stack(clipfracs).mean()}
+    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
 
 
-def env_rate(args, num_steps):
-    """The raw rate of the group members `main` builds for `args` (backend, --num-groups x --group-size,
-    --env-workers, preprocessing), stepped with uniform random actions for `num_steps` agent steps of
-    all members together, in the unit of the run's SPS: agent steps per second. A member that ends is
-    reset at once, so every member steps all the time: the yardstick of the training speed."""
-    check_args(args)
-    _, act_space = check_env(args)
-    num_members, rng = args.num_groups * args.group_size, np.random.default_rng(args.seed)
-    seeds = group_seeds(args.seed, 1, args.num_groups)
-    envs = make_member_pool(args, num_members)
-    try:
-        envs("reset", {m: seeds[m // args.group_size] for m in range(num_members)})
-        steps, t0 = 0, time.perf_counter()
-        while steps < num_steps:
-            actions = rng.uniform(act_space.low, act_space.high, (num_members, act_space.shape[0])).astype(np.float32)
-            results = envs("step", dict(enumerate(actions)))
-            steps += num_members
-            ended = {m: seeds[m // args.group_size] for m, (_, _, terminated, truncated) in results.items() if terminated or truncated}
-            if ended:
-                envs("reset", ended)
-        return steps / (time.perf_counter() - t0)
-    finally:
-        envs.close()
+def collect_rollout(members, policy, seeds, group_size, low, high, on_episode, max_steps):
+    """grpo_continuous.py's collect_group_rollouts on frames, kept uint8 and not normalized: group g's members reset with
+    seeds[g] (on CarRacing: one track) and run to the end of their episodes, or all stop after `max_steps` env steps; a
+    member that has ended is masked, its last frames kept as the policy's input. Returns the (T, M) tensors obs, actions,
+    mask and rewards, and the seconds spent stepping the envs."""
+    M = len(seeds) * group_size
+    obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
+    alive, episode_return, x = np.ones(M, bool), np.zeros(M), obs.copy()
+    buf, steps, env_step_s = {"obs": [], "actions": [], "mask": [], "rewards": []}, 0, 0.0
+    while alive.any() and steps < max_steps:
+        live = np.flatnonzero(alive)
+        x[live] = obs[live]
+        action = policy(torch.from_numpy(x)).numpy()
+        for key, value in (("obs", x.copy()), ("actions", action), ("mask", alive.astype(np.float32))):
+            buf[key].append(value)
+        t0 = time.perf_counter()
+        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
+        env_step_s += time.perf_counter() - t0
+        reward = np.where(alive, reward, 0.0)
+        episode_return += reward
+        buf["rewards"].append(reward.astype(np.float32))
+        for k in np.flatnonzero((terminated | truncated)[live]):
+            alive[live[k]] = False
+            on_episode(steps + k + 1, episode_return[live[k]], len(buf["mask"]))
+        steps += len(live)
+    return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}, env_step_s
+
+
+def make_batch(agent, ref_agent, rollout, args, device, chunk=1024):
+    """The flat batch of every valid step in grpo_loss's argument order, as grpo_continuous.py's make_group_batch, the
+    log-probs computed `chunk` frames at a time (a whole rollout at once would hold gigabytes of activations)."""
+    valid = rollout["mask"].view(-1) > 0
+    advantages = group_advantages(rollout["rewards"], rollout["mask"], args.group_size, args.adv_mode, args.gamma)
+    obs, actions = (rollout[k].flatten(0, 1)[valid].to(device) for k in ("obs", "actions"))
+    with torch.no_grad():
+        logprobs, ref_logprobs = (
+            torch.cat([a.dist(o).log_prob(x).sum(-1) for o, x in zip(obs.split(chunk), actions.split(chunk))])
+            for a in (agent, ref_agent)
+        )
+    batch = {"obs": obs, "actions": actions, "logprobs": logprobs, "ref_logprobs": ref_logprobs}
+    return batch | {"advantages": advantages.view(-1)[valid].to(device)}
 
 
 def main(args: Args):
@@ -1010,136 +822,61 @@ def main(args: Args):
     obs_shape, act_space = check_env(args)
     run_dir, ckpt = open_run(args)
     if ckpt is not None and ckpt["metrics"]["completed"]:
-        print(f"{run_dir} is already complete ({ckpt['metrics']['global_step']:,} steps); nothing to do")
-        return
+        return print(f"{run_dir} is already complete ({ckpt['metrics']['global_step']:,} steps); nothing to do")
     # -- nothing has been written before this line --
-
-    metrics = ckpt["metrics"] if ckpt else new_metrics(args, group_size=args.group_size)
-    start_iteration = ckpt["iteration"] if ckpt else 0
-    rec = Recorder(run_dir, metrics, resume_iteration=start_iteration)
-    device, device_warning = pick_device(args)
-    if device_warning:
-        rec.log.warning(device_warning)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    # The envs wait during the update, so on an idle machine it may use every core (--update-threads 0). Acting stays on
-    # --torch-threads: a few frames gain nothing from threads, and waiting threads would spin on the env workers' cores.
-    act_threads, update_threads = torch.get_num_threads(), args.update_threads or available_cores()
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    np_rng = np.random.default_rng(args.seed)
-
-    act_dim = act_space.shape[0]
+    run = Run(args, run_dir, ckpt, total_steps=args.total_timesteps, group_size=args.group_size)
+    device, act_dim = run.device, act_space.shape[0]
     low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
     agent = Agent(obs_shape, act_dim, args).to(device)
     ref_agent = copy.deepcopy(agent).requires_grad_(False)
-    # fused Adam: one kernel for all parameters, ~20% off each minibatch step of these small nets
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
-    if ckpt:
-        agent.load_state_dict(ckpt["agent"])
-        ref_agent.load_state_dict(ckpt["ref_agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng_states(ckpt["rng"], np_rng)
-        rec.log.info(f"resuming {run_dir} from step {metrics['global_step']:,} (iteration {start_iteration})")
-    else:
-        rec.log.info(f"run directory {run_dir}; {args.num_groups} groups of {args.group_size} episodes per iteration on {device}")
+    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
+    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
+    run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent)
 
-    # Members never autoreset (each runs one episode per iteration), so a pool of plain envs, not a vector env.
-    num_members = args.num_groups * args.group_size
-    envs = make_member_pool(args, num_members)
-    eval_seeds = [1_000_000 * (1 + args.seed) + k for k in range(args.eval_episodes)]
+    def sample(obs):  # the rollout's policy call
+        return agent.sample(obs.to(device)).cpu()
+
+    def act_deterministic(obs):  # the evaluation policy: the mean of the Beta
+        with torch.inference_mode():
+            return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
 
     def make_eval_env(render_mode):
-        return make_env(args, render_mode)()
+        return make_carracing_env(args, render_mode)
 
-    def act_deterministic(obs):
-        return to_env_action(actor.mean(obs), low, high)
+    def on_episode(steps, episodic_return, length):  # an episode ended `steps` env steps into the rollout
+        run.episode(global_step + steps, episodic_return, length)
 
-    def save(name):
-        atomic_torch_save(run_dir / "checkpoints" / name, {
-            "agent": agent.state_dict(), "ref_agent": ref_agent.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": rng_states(np_rng), "iteration": iteration, "global_step": global_step, "metrics": metrics, "args": asdict(args)})
+    policy = torch.compile(sample) if args.compile else sample
+    update_step = make_update_step(agent, optimizer, grpo_loss, args)
+    members = make_carracing_members(args)
 
-    global_step, iteration = metrics["global_step"], start_iteration
-    wall_time_before, t_start, steps_at_start = metrics["wall_time_s"], time.perf_counter(), global_step
-    last_ckpt_step, last_eval_step = global_step, (metrics["eval"]["global_step"] or [0])[-1]
+    global_step, iteration = run.global_step, run.iteration
     while global_step < args.total_timesteps:
         iteration += 1
         t_iter = time.perf_counter()
         if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = (1.0 - global_step / args.total_timesteps) * args.learning_rate
+            optimizer.param_groups[0]["lr"].fill_((1.0 - global_step / args.total_timesteps) * args.learning_rate)
         if args.ref_update_every and (iteration - 1) % args.ref_update_every == 0:
             ref_agent.load_state_dict(agent.state_dict())
-
-        actor = RolloutActor(agent, device)
-        rollout, env_step_s, forward_s = collect_group_rollouts(
-            envs, agent, actor, np_rng, group_seeds(args.seed, iteration, args.num_groups), args.group_size, low, high,
-            global_step, rec.episode, max_steps=args.total_timesteps - global_step)
-        global_step += rollout.num_steps
+        seeds = group_seeds(args.seed, iteration, args.num_groups)
+        with torch.inference_mode():
+            rollout, env_step_s = collect_rollout(
+                members, policy, seeds, args.group_size, low, high, on_episode, args.total_timesteps - global_step
+            )
+        num_steps = int(rollout["mask"].sum())
+        global_step += num_steps
         t_rollout = time.perf_counter()
-        torch.set_num_threads(update_threads)
         batch = make_batch(agent, ref_agent, rollout, args, device)
-
-        # ---- update ----
-        stats = grpo_update(agent, optimizer, batch, args)
-        stats = {k: float(v) for k, v in stats.items()}
-        if not all(math.isfinite(v) for v in stats.values()) or not all(torch.isfinite(p).all() for p in agent.parameters()):
-            metrics["status"] = "diverged"
-            rec.log.error(f"NaN/inf in the losses or parameters at iteration {iteration}; stopped, keeping the checkpoint of step {last_ckpt_step:,}")
-            rec.close()
-            envs.close()
-            raise Diverged(f"training diverged (NaN/inf) at step {global_step:,}; {run_dir / 'checkpoints' / 'latest.pt'} holds "
-                           f"step {last_ckpt_step:,}: lower --learning-rate or --max-grad-norm")
-        group_returns = rollout.returns.reshape(args.num_groups, args.group_size)
-        adv = batch["advantages"]
-        stats.update({"charts/group_return_mean": float(group_returns.mean()), "charts/group_return_std": float(group_returns.std(1).mean()),
-                      "charts/batch_steps": rollout.num_steps, "losses/advantage_mean": float(adv.mean()),
-                      "losses/advantage_std": float(adv.std()), "losses/advantage_abs_max": float(adv.abs().max())})
-        torch.set_num_threads(act_threads)
-        t_update = time.perf_counter()
-
-        # ---- evaluation, logging, checkpoints ----
-        eval_return = None
-        final = global_step >= args.total_timesteps
-        if args.eval_every and (global_step - last_eval_step >= args.eval_every or final):
-            last_eval_step = global_step
-            actor = RolloutActor(agent, device)
-            returns_eval = evaluate(make_eval_env, act_deterministic, eval_seeds)
-            eval_return = float(returns_eval.mean())
-            if rec.evaluation(global_step, returns_eval):
-                save("best.pt")
-            if args.capture_video:
-                try:
-                    best_seed = eval_seeds[int(returns_eval.argmax())]
-                    record_video(make_eval_env, act_deterministic, best_seed, run_dir / "videos" / f"eval-step{global_step:09d}.mp4")
-                except Exception as e:  # no renderer here: keep training, say why once
-                    rec.log.warning(f"video capture failed ({type(e).__name__}: {e}); continuing without videos")
-                    args.capture_video = False
-        t_eval = time.perf_counter()
-
-        elapsed = t_eval - t_start
-        metrics["global_step"], metrics["wall_time_s"] = global_step, wall_time_before + elapsed
-        metrics["sps"] = global_step / metrics["wall_time_s"]
-        sps = (global_step - steps_at_start) / elapsed
-        rec.scalars(global_step, {**stats, "charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps})
-        if final:
-            metrics["completed"], metrics["status"] = True, "completed"
-        if final or (args.checkpoint_every and global_step - last_ckpt_step >= args.checkpoint_every):
-            last_ckpt_step = global_step
-            save("latest.pt")
-        rec.flush()
-        rec.progress(global_step, args.total_timesteps, sps, eval_return)
-        t_end = time.perf_counter()
-        rec.timing({"iteration": iteration, "global_step": global_step, "time_s": t_end - t_iter, "rollout_s": t_rollout - t_iter,
-                    "env_step_s": env_step_s, "policy_forward_s": forward_s, "update_s": t_update - t_rollout,
-                    "eval_s": t_eval - t_update, "io_s": t_end - t_eval, "sps": rollout.num_steps / (t_end - t_iter)})
-
-    envs.close()
-    rec.log.info(f"done: {global_step:,} steps in {metrics['wall_time_s']:,.0f}s ({metrics['sps']:,.0f} SPS); "
-                 f"best eval return {metrics['best_eval_return']}")
-    rec.close()
+        stats = update(update_step, batch, args)
+        returns, adv = rollout["rewards"].sum(0).view(args.num_groups, args.group_size), batch["advantages"]
+        stats["charts/group_return_mean"] = returns.mean().item()
+        stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
+        stats["charts/batch_steps"] = num_steps
+        stats["losses/advantage_mean"], stats["losses/advantage_std"] = adv.mean().item(), adv.std().item()
+        stats["losses/advantage_abs_max"] = adv.abs().max().item()
+        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
+    members.close()
+    run.close()
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ DEFAULT_SMOOTH_FRACTION = 0.02  # default trailing smoothing window, as a fracti
 TRAIN_FINAL_FRACTION = 0.1  # a run's final training return: mean over its last 10% of steps
 BOOTSTRAP_REPS = 10_000
 TIME_PARTS = [  # (label, color): the disjoint parts of an iteration's time_s
-    ("env step", "#1f77b4"), ("rest of rollout (policy, normalization, bookkeeping)", "#c6dbef"),
-    ("update", "#ff7f0e"), ("eval", "#2ca02c"), ("io (checkpoints, logs)", "#999999")]
+    ("env step", "#1f77b4"),
+    ("rest of rollout (policy, normalization, bookkeeping)", "#c6dbef"),
+    ("update", "#ff7f0e"),
+    ("eval", "#2ca02c"),
+    ("io (checkpoints, logs)", "#999999"),
+]
 
 
 class UsageError(Exception):
@@ -59,6 +63,7 @@ class Run:
 
 # ---- reading ----
 
+
 def read_series(metrics, key, value_key):
     part = metrics[key]
     steps, values = np.asarray(part["global_step"], dtype=float), np.asarray(part[value_key], dtype=float)
@@ -79,13 +84,22 @@ def load_run(path: Path) -> Run:
         raise ValueError("not a JSON object")
     try:
         group_size = metrics.get("group_size")
-        return Run(path=path.parent, env=str(metrics["env_id"]), exp=str(metrics["exp_name"]),
-                   algo=str(metrics.get("algo") or metrics["exp_name"]), seed=int(metrics["seed"]),
-                   group_size=None if group_size is None else int(group_size), status=str(metrics.get("status", "?")),
-                   global_step=int(metrics.get("global_step") or 0), total_timesteps=int(metrics.get("total_timesteps") or 0),
-                   sps=float(metrics.get("sps") or 0.0),
-                   series={"eval": read_series(metrics, "eval", "mean_return"),
-                           "train": read_series(metrics, "train", "episodic_return")})
+        return Run(
+            path=path.parent,
+            env=str(metrics["env_id"]),
+            exp=str(metrics["exp_name"]),
+            algo=str(metrics.get("algo") or metrics["exp_name"]),
+            seed=int(metrics["seed"]),
+            group_size=None if group_size is None else int(group_size),
+            status=str(metrics.get("status", "?")),
+            global_step=int(metrics.get("global_step") or 0),
+            total_timesteps=int(metrics.get("total_timesteps") or 0),
+            sps=float(metrics.get("sps") or 0.0),
+            series={
+                "eval": read_series(metrics, "eval", "mean_return"),
+                "train": read_series(metrics, "train", "episodic_return"),
+            },
+        )
     except KeyError as e:
         raise ValueError(f"no {e.args[0]!r} field")
     except (TypeError, AttributeError) as e:
@@ -104,7 +118,10 @@ def load_runs(runs_dir: Path) -> list[Run]:
             continue
         key = (run.env, run.exp, run.seed)
         if key in runs:
-            warn(f"{run.path} and {runs[key].path} are the same run ({run.env}, {run.exp}, seed {run.seed}); using the one with more steps")
+            warn(
+                f"{run.path} and {runs[key].path} are the same run ({run.env}, {run.exp}, seed {run.seed}); "
+                "using the one with more steps"
+            )
             if run.global_step <= runs[key].global_step:
                 continue
         runs[key] = run
@@ -127,6 +144,7 @@ def read_timings(run_dir: Path) -> list[dict]:
 
 
 # ---- statistics ----
+
 
 def smooth(steps, values, window):
     """Trailing mean over the points in (step - window, step]."""
@@ -175,7 +193,7 @@ def iqm(scores, axis=None):
     scores = np.sort(np.asarray(scores, dtype=float).reshape(-1) if axis is None else np.asarray(scores, dtype=float), axis=-1)
     n = scores.shape[-1]
     cut = int(0.25 * n)
-    return scores[..., cut:n - cut].mean(axis=-1)
+    return scores[..., cut : n - cut].mean(axis=-1)
 
 
 def stratified_bootstrap_ci(strata, reps=BOOTSTRAP_REPS, confidence=0.95, seed=0):
@@ -190,6 +208,7 @@ def stratified_bootstrap_ci(strata, reps=BOOTSTRAP_REPS, confidence=0.95, seed=0
 
 # ---- the table ----
 
+
 def exp_order(runs):
     """Algorithms in a stable order: by script, then GRPO group size."""
     keys = {(r.algo, r.group_size or 0, r.exp) for r in runs}
@@ -202,10 +221,21 @@ def final_table(runs, metric, budgets):
         for exp in exp_order([r for r in runs if r.env == env]):
             group = [r for r in runs if r.env == env and r.exp == exp]
             finals = np.array([f for f in (final_return(r, metric, budgets[env]) for r in group) if f is not None])
-            row = {"env": env, "algorithm": exp, "group_size": group[0].group_size, "seeds": len(finals),
-                   "completed": sum(r.status == "completed" for r in group), "runs": len(group), "steps": budgets[env],
-                   "final_mean": None, "final_std": None, "iqm": None, "iqm_ci_low": None, "iqm_ci_high": None,
-                   "sps": float(np.mean([r.sps for r in group]))}
+            row = {
+                "env": env,
+                "algorithm": exp,
+                "group_size": group[0].group_size,
+                "seeds": len(finals),
+                "completed": sum(r.status == "completed" for r in group),
+                "runs": len(group),
+                "steps": budgets[env],
+                "final_mean": None,
+                "final_std": None,
+                "iqm": None,
+                "iqm_ci_low": None,
+                "iqm_ci_high": None,
+                "sps": float(np.mean([r.sps for r in group])),
+            }
             if len(finals):
                 row.update(final_mean=float(finals.mean()), final_std=float(finals.std()), iqm=float(iqm(finals)))
                 row["iqm_ci_low"], row["iqm_ci_high"] = stratified_bootstrap_ci([finals])
@@ -214,17 +244,26 @@ def final_table(runs, metric, budgets):
 
 
 def table_markdown(rows, metric):
-    what = "return of the last evaluation" if metric == "eval" else f"training return over the last {TRAIN_FINAL_FRACTION:.0%} of steps"
-    lines = [f"Final performance: {what} at or before `steps`, over seeds. IQM: interquartile mean with a 95% "
-             "stratified-bootstrap confidence interval (Agarwal et al., 2021). `completed`: finished runs / runs (a run "
-             "still running or diverged counts with its latest value).", "",
-             "| env | algorithm | steps | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    what = (
+        "return of the last evaluation"
+        if metric == "eval"
+        else f"training return over the last {TRAIN_FINAL_FRACTION:.0%} of steps"
+    )
+    lines = [
+        f"Final performance: {what} at or before `steps`, over seeds. IQM: interquartile mean with a 95% "
+        "stratified-bootstrap confidence interval (Agarwal et al., 2021). `completed`: finished runs / runs (a run "
+        "still running or diverged counts with its latest value).",
+        "",
+        "| env | algorithm | steps | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         final = f"{r['final_mean']:.1f} ± {r['final_std']:.1f}" if r["seeds"] else "–"
         ci = f"{r['iqm']:.1f} [{r['iqm_ci_low']:.1f}, {r['iqm_ci_high']:.1f}]" if r["seeds"] else "–"
-        lines.append(f"| {r['env']} | {r['algorithm']} | {r['steps']:,} | {r['seeds']} | {r['completed']}/{r['runs']} "
-                     f"| {final} | {ci} | {r['sps']:,.0f} |")
+        lines.append(
+            f"| {r['env']} | {r['algorithm']} | {r['steps']:,} | {r['seeds']} | {r['completed']}/{r['runs']} "
+            f"| {final} | {ci} | {r['sps']:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +276,7 @@ def table_csv(rows):
 
 
 # ---- figures ----
+
 
 def atomic_write(path: Path, data: bytes):
     tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
@@ -257,6 +297,7 @@ def save_figure(fig, path: Path):
 def steps_formatter():
     def label(x, _):
         return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"
+
     return matplotlib.ticker.FuncFormatter(label)
 
 
@@ -267,7 +308,9 @@ def plot_curves(ax, runs, metric, grid, window, label, color, min_max=True):
         return False
     mean, std, low, high = seed_bands(curves)
     few = np.isfinite(mean).sum() < 3  # a line needs points: mark them
-    ax.plot(grid, mean, color=color, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})", marker="o" if few else None)
+    ax.plot(
+        grid, mean, color=color, label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})", marker="o" if few else None
+    )
     ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
     if min_max:
         ax.fill_between(grid, low, high, color=color, alpha=0.08, linewidth=0)
@@ -288,9 +331,14 @@ def style_axis(ax, title, has_data, empty_text):
 def figure_learning_curves(env, runs, budget, window, colors):
     grid = np.linspace(0, budget, GRID_POINTS)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for ax, metric, title in ((axes[0], "eval", "evaluation return (deterministic policy)"),
-                              (axes[1], "train", f"training episodic return (trailing mean over {window:,.0f} steps)")):
-        drawn = [plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp]) for exp in exp_order(runs)]
+    for ax, metric, title in (
+        (axes[0], "eval", "evaluation return (deterministic policy)"),
+        (axes[1], "train", f"training episodic return (trailing mean over {window:,.0f} steps)"),
+    ):
+        drawn = [
+            plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp])
+            for exp in exp_order(runs)
+        ]
         style_axis(ax, title, any(drawn), f"no {metric} data in these runs")
         ax.set_ylabel("return")
     fig.suptitle(f"{env}: mean over seeds, ±1 std (dark band), min-max (light band)", fontsize=11)
@@ -306,16 +354,35 @@ def figure_group_sizes(env, runs, metric, budget, window, baselines):
         sizes = sorted({r.group_size for r in runs if r.algo == algo})
         cmap = plt.get_cmap("viridis")
         colors = {g: cmap(0.8 * i / max(1, len(sizes) - 1)) for i, g in enumerate(sizes)}
-        drawn = [plot_curves(ax_curves, [r for r in runs if r.algo == algo and r.group_size == g], metric, grid, window,
-                             f"G={g}", colors[g], min_max=False) for g in sizes]
-        style_axis(ax_curves, f"{algo}: {metric} return per group size G (mean ± std over seeds)", any(drawn), f"no {metric} data")
+        drawn = [
+            plot_curves(
+                ax_curves,
+                [r for r in runs if r.algo == algo and r.group_size == g],
+                metric,
+                grid,
+                window,
+                f"G={g}",
+                colors[g],
+                min_max=False,
+            )
+            for g in sizes
+        ]
+        style_axis(
+            ax_curves, f"{algo}: {metric} return per group size G (mean ± std over seeds)", any(drawn), f"no {metric} data"
+        )
         for i, g in enumerate(sizes):
-            finals = [f for f in (final_return(r, metric, budget) for r in runs if r.algo == algo and r.group_size == g) if f is not None]
+            finals = [
+                f
+                for f in (final_return(r, metric, budget) for r in runs if r.algo == algo and r.group_size == g)
+                if f is not None
+            ]
             if not finals:
                 continue
             center = iqm(finals)
             low, high = stratified_bootstrap_ci([finals])
-            ax_final.errorbar([g], [center], yerr=[[center - low], [high - center]], fmt="o", color=colors[g], capsize=5, markersize=8)
+            ax_final.errorbar(
+                [g], [center], yerr=[[center - low], [high - center]], fmt="o", color=colors[g], capsize=5, markersize=8
+            )
             jitter = g * 2 ** (np.linspace(-0.08, 0.08, len(finals)) if len(finals) > 1 else np.zeros(1))
             ax_final.scatter(jitter, finals, color=colors[g], alpha=0.4, s=15)
         for k, (name, value) in enumerate(baselines):
@@ -350,8 +417,10 @@ def figure_time_breakdown(runs):
         parts = np.array([total["env_step_s"], rest, total["update_s"], total["eval_s"], total["io_s"]])
         shares[exp] = 100 * parts / max(parts.sum(), 1e-12)
         envs = ", ".join(sorted({r.env for r in group}))
-        notes[exp] = (f"rollout {shares[exp][:2].sum():.0f}%, {np.mean([r.sps for r in group]):,.0f} SPS, "
-                      f"{duration(total['time_s'])} in all ({envs})")
+        notes[exp] = (
+            f"rollout {shares[exp][:2].sum():.0f}%, {np.mean([r.sps for r in group]):,.0f} SPS, "
+            f"{duration(total['time_s'])} in all ({envs})"
+        )
     if not shares:
         return None
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.55 * len(shares)))
@@ -375,24 +444,43 @@ def figure_time_breakdown(runs):
 
 # ---- main ----
 
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other bad input
         raise UsageError(f"{message} (see python plot.py --help)")
 
 
 def parse_args(argv):
-    parser = Parser(description="Figures and tables of the runs under RUNS_DIR (every metrics.json below it, grouped by "
-                    "env and exp_name): curves_ENV.png, group_size_ENV.png (GRPO runs), time_breakdown.png, "
-                    "final_performance.md (also printed) and final_performance.csv.")
-    parser.add_argument("runs_dir", metavar="RUNS_DIR", help="the directory the training scripts wrote their runs to (searched recursively)")
+    parser = Parser(
+        description="Figures and tables of the runs under RUNS_DIR (every metrics.json below it, grouped by "
+        "env and exp_name): curves_ENV.png, group_size_ENV.png (GRPO runs), time_breakdown.png, "
+        "final_performance.md (also printed) and final_performance.csv."
+    )
+    parser.add_argument(
+        "runs_dir", metavar="RUNS_DIR", help="the directory the training scripts wrote their runs to (searched recursively)"
+    )
     parser.add_argument("--output-dir", metavar="DIR", help="where the figures and tables go (default: RUNS_DIR/_plots)")
-    parser.add_argument("--total-steps", type=int, metavar="N", help="the x range and the step at which final returns are read "
-                        "(default: per env, the largest total_timesteps of its runs)")
-    parser.add_argument("--metric", choices=("eval", "train"), default="eval",
-                        help="what the table and the group-size analysis report: the last evaluation return (eval) or the "
-                             f"training return over the last {TRAIN_FINAL_FRACTION * 100:.0f}%% of steps (train); default eval")
-    parser.add_argument("--smooth", type=float, metavar="STEPS", help="trailing window, in env steps, averaged into each curve point "
-                        f"(default: {DEFAULT_SMOOTH_FRACTION * 100:.0f}%% of the x range; 0: none)")
+    parser.add_argument(
+        "--total-steps",
+        type=int,
+        metavar="N",
+        help="the x range and the step at which final returns are read "
+        "(default: per env, the largest total_timesteps of its runs)",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=("eval", "train"),
+        default="eval",
+        help="what the table and the group-size analysis report: the last evaluation return (eval) or the "
+        f"training return over the last {TRAIN_FINAL_FRACTION * 100:.0f}%% of steps (train); default eval",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        metavar="STEPS",
+        help="trailing window, in env steps, averaged into each curve point "
+        f"(default: {DEFAULT_SMOOTH_FRACTION * 100:.0f}%% of the x range; 0: none)",
+    )
     args = parser.parse_args(argv)
     if args.total_steps is not None and args.total_steps <= 0:
         raise UsageError("--total-steps must be positive")
@@ -411,11 +499,15 @@ def main(argv=None):
         raise UsageError(f"--output-dir {out} is a file (pass another --output-dir)")
     runs = load_runs(runs_dir)
     if not runs:
-        raise UsageError(f"no readable metrics.json under {runs_dir}: nothing to plot (run the training scripts or benchmark.sh first)")
+        raise UsageError(
+            f"no readable metrics.json under {runs_dir}: nothing to plot (run the training scripts or benchmark.sh first)"
+        )
     if args.metric == "eval" and not any(len(r.series["eval"][0]) for r in runs):
         warn("no run has an evaluation yet: the table is empty (try --metric train)")
     envs = sorted({r.env for r in runs})
-    budgets = {env: args.total_steps or max(max(r.total_timesteps, r.global_step) for r in runs if r.env == env) for env in envs}
+    budgets = {
+        env: args.total_steps or max(max(r.total_timesteps, r.global_step) for r in runs if r.env == env) for env in envs
+    }
     budgets = {env: max(budget, 1) for env, budget in budgets.items()}
     palette = plt.get_cmap("tab10")
     colors = {exp: palette(i % 10) for i, exp in enumerate(exp_order(runs))}
@@ -435,8 +527,11 @@ def main(argv=None):
         write(f"curves_{slug[env]}.png", figure_learning_curves(env, env_runs, budgets[env], window, colors))
         grpo = [r for r in env_runs if r.group_size is not None]
         if grpo:
-            baselines = [(row["algorithm"], row["iqm"]) for row in rows
-                         if row["env"] == env and row["group_size"] is None and row["iqm"] is not None]
+            baselines = [
+                (row["algorithm"], row["iqm"])
+                for row in rows
+                if row["env"] == env and row["group_size"] is None and row["iqm"] is not None
+            ]
             write(f"group_size_{slug[env]}.png", figure_group_sizes(env, grpo, args.metric, budgets[env], window, baselines))
     breakdown = figure_time_breakdown(runs)
     if breakdown is not None:
@@ -445,7 +540,9 @@ def main(argv=None):
     write("final_performance.md", markdown.encode())
     write("final_performance.csv", table_csv(rows).encode())
     print(markdown)
-    print(f"{len(runs)} run{'s' * (len(runs) > 1)}, {len(envs)} env{'s' * (len(envs) > 1)}; wrote to {out}: {', '.join(written)}")
+    print(
+        f"{len(runs)} run{'s' * (len(runs) > 1)}, {len(envs)} env{'s' * (len(envs) > 1)}; wrote to {out}: {', '.join(written)}"
+    )
 
 
 if __name__ == "__main__":

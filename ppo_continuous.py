@@ -496,7 +496,7 @@ def check_envpool_env(args, obs_space, act_space):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec = envpool.make_spec(args.env_id)
-    ep_obs, ep_act = spec.observation_space, spec.action_space
+        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
     same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
     if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
         raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")

@@ -115,7 +115,8 @@ def env_rate(script, argv, num_steps, seed=1):
     module = importlib.import_module(script)
     args = tyro.cli(module.Args, args=argv)
     module.check_args(args)
-    space, envs = module.check_env(args)[1], module.make_vector_env(args)
+    make = getattr(module, "make_vector_env", None) or (lambda args: module.make_carracing_envs(args, args.num_envs))
+    space, envs = module.check_env(args)[1], make(args)
     n = envs.num_envs
     try:
         envs.reset(seed=seed)

@@ -14,17 +14,71 @@ sys.path.insert(0, str(ROOT))
 SCRIPTS = ["ppo_continuous", "ppo_beta_continuous", "grpo_continuous", "ppo_cnn_carracing", "grpo_cnn_carracing"]
 # the smallest arguments that still exercise a script on Hopper-v4 (short episodes, tiny updates)
 TINY = {
-    "ppo_continuous": ["--env-id", "Hopper-v4", "--max-episode-steps", 50, "--num-steps", 128, "--num-minibatches", 4,
-                       "--update-epochs", 2],
-    "grpo_continuous": ["--env-id", "Hopper-v4", "--max-episode-steps", 50, "--num-groups", 2, "--group-size", 3,
-                        "--minibatch-size", 64, "--update-epochs", 2],
+    "ppo_continuous": [
+        "--env-id",
+        "Hopper-v4",
+        "--max-episode-steps",
+        50,
+        "--num-steps",
+        128,
+        "--num-minibatches",
+        4,
+        "--update-epochs",
+        2,
+    ],
+    "grpo_continuous": [
+        "--env-id",
+        "Hopper-v4",
+        "--max-episode-steps",
+        50,
+        "--num-groups",
+        2,
+        "--group-size",
+        3,
+        "--minibatch-size",
+        64,
+        "--update-epochs",
+        2,
+    ],
 }
 TINY["ppo_beta_continuous"] = TINY["ppo_continuous"]
 # CarRacing-v3 (pixels, ~110 frames/s here): 50 frames are 25 steps of 2 frames
-TINY["ppo_cnn_carracing"] = ["--env-id", "CarRacing-v3", "--max-episode-steps", 50, "--frame-skip", 2, "--num-envs", 2,
-                             "--num-steps", 16, "--num-minibatches", 2, "--update-epochs", 1, "--torch-threads", 1]
-TINY["grpo_cnn_carracing"] = ["--env-id", "CarRacing-v3", "--max-episode-steps", 50, "--frame-skip", 2, "--num-groups", 2,
-                              "--group-size", 2, "--minibatch-size", 32, "--update-epochs", 1, "--torch-threads", 1]
+TINY["ppo_cnn_carracing"] = [
+    "--env-id",
+    "CarRacing-v3",
+    "--max-episode-steps",
+    50,
+    "--frame-skip",
+    2,
+    "--num-envs",
+    2,
+    "--num-steps",
+    16,
+    "--num-minibatches",
+    2,
+    "--update-epochs",
+    1,
+    "--torch-threads",
+    1,
+]
+TINY["grpo_cnn_carracing"] = [
+    "--env-id",
+    "CarRacing-v3",
+    "--max-episode-steps",
+    50,
+    "--frame-skip",
+    2,
+    "--num-groups",
+    2,
+    "--group-size",
+    2,
+    "--minibatch-size",
+    32,
+    "--update-epochs",
+    1,
+    "--torch-threads",
+    1,
+]
 
 
 def existing_scripts():
@@ -34,8 +88,14 @@ def existing_scripts():
 def run_script(script, *args, timeout=600, **kwargs):
     """Run a training script as a user would; returns the CompletedProcess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(ROOT / f"{script}.py"), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=kwargs.get("cwd", ROOT))
+    return subprocess.run(
+        [sys.executable, str(ROOT / f"{script}.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=kwargs.get("cwd", ROOT),
+    )
 
 
 def read_run(run_dir):

@@ -18,8 +18,20 @@ from conftest import ROOT, SCRIPTS
 
 MLP_ENVS = ["Hopper-v4", "HalfCheetah-v4", "Walker2d-v4"]
 # ppo_continuous.py's tiny run (ppo_beta_continuous.py takes the same flags)
-TINY = ["--num-steps", "256", "--num-minibatches", "4", "--update-epochs", "1", "--eval-every", "1024", "--eval-episodes", "2",
-        "--no-capture-video", "--no-cuda"]
+TINY = [
+    "--num-steps",
+    "256",
+    "--num-minibatches",
+    "4",
+    "--update-epochs",
+    "1",
+    "--eval-every",
+    "1024",
+    "--eval-episodes",
+    "2",
+    "--no-capture-video",
+    "--no-cuda",
+]
 SLURM_TOOLS = ["sbatch", "squeue", "slurmctld", "slurmd", "munged", "mungekey"]
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
@@ -27,13 +39,20 @@ SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 def bench(*args, root=ROOT, cwd=None, **env):
     """bash benchmark.sh ARGS with the test's python, no BENCH_* from the caller's shell, and `env` on top."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-    return subprocess.run(["bash", str(root / "benchmark.sh"), *map(str, args)], capture_output=True, text=True, timeout=600,
-                          cwd=cwd or root, env={**base, "BENCH_PYTHON": sys.executable, "MPLBACKEND": "Agg", **env})
+    return subprocess.run(
+        ["bash", str(root / "benchmark.sh"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd or root,
+        env={**base, "BENCH_PYTHON": sys.executable, "MPLBACKEND": "Agg", **env},
+    )
 
 
 @pytest.fixture
 def fake_repo(tmp_path):
     """A copy of benchmark.sh beside empty training scripts: returns make(script names) -> the folder."""
+
     def make(*scripts):
         root = tmp_path / "repo"
         root.mkdir()
@@ -41,6 +60,7 @@ def fake_repo(tmp_path):
         for script in scripts:
             (root / f"{script}.py").write_text("")
         return root
+
     return make
 
 
@@ -63,14 +83,35 @@ def commands(result):
 
 def test_dry_run_lists_every_run_once_in_order(fake_repo, tmp_path):
     root, runs = fake_repo(*SCRIPTS), tmp_path / "runs"
-    result = bench("--dry-run", "--envs", "A-v0,B-v0", "--cnn-envs", "Pix-v0", "--seeds", "1 2", "--group-sizes", "4,8",
-                   "--total-timesteps", 5000, "--runs-dir", runs, "--", "--foo", "a b", root=root)
+    result = bench(
+        "--dry-run",
+        "--envs",
+        "A-v0,B-v0",
+        "--cnn-envs",
+        "Pix-v0",
+        "--seeds",
+        "1 2",
+        "--group-sizes",
+        "4,8",
+        "--total-timesteps",
+        5000,
+        "--runs-dir",
+        runs,
+        "--",
+        "--foo",
+        "a b",
+        root=root,
+    )
     expected = []
     for script in SCRIPTS:
         envs = ["Pix-v0"] if "_cnn_" in script else ["A-v0", "B-v0"]
         sizes = [4, 8] if script.startswith("grpo_") else [None]
-        expected += [expected_command(root, sys.executable, script, env, seed, runs, 5000, g, ["--foo", "a b"])
-                     for env in envs for g in sizes for seed in (1, 2)]
+        expected += [
+            expected_command(root, sys.executable, script, env, seed, runs, 5000, g, ["--foo", "a b"])
+            for env in envs
+            for g in sizes
+            for seed in (1, 2)
+        ]
     assert len(expected) == 22 and commands(result) == expected
     assert not runs.exists()  # a dry run writes nothing
 
@@ -83,49 +124,82 @@ def test_dry_run_defaults_environment_variables_and_slurm_options(fake_repo, tmp
     (venv / "bin" / "python").chmod(0o755)
     defaults = commands(bench("--dry-run", root=root, cwd=tmp_path, BENCH_PYTHON="", VIRTUAL_ENV=str(venv)))
     runs = tmp_path / "runs"  # relative to where it is started, written as an absolute path
-    expected = [expected_command(root, venv / "bin" / "python", "ppo_continuous", env, seed, runs) for env in MLP_ENVS for seed in (1, 2, 3)]
-    expected += [expected_command(root, venv / "bin" / "python", "grpo_continuous", env, seed, runs, group_size=g)
-                 for env in MLP_ENVS for g in (4, 8, 16) for seed in (1, 2, 3)]
+    expected = [
+        expected_command(root, venv / "bin" / "python", "ppo_continuous", env, seed, runs)
+        for env in MLP_ENVS
+        for seed in (1, 2, 3)
+    ]
+    expected += [
+        expected_command(root, venv / "bin" / "python", "grpo_continuous", env, seed, runs, group_size=g)
+        for env in MLP_ENVS
+        for g in (4, 8, 16)
+        for seed in (1, 2, 3)
+    ]
     assert defaults == expected
 
-    variables = {"BENCH_SCRIPTS": "grpo_continuous", "BENCH_ENVS": "X-v0", "BENCH_SEEDS": "7", "BENCH_GROUP_SIZES": "2",
-                 "BENCH_TOTAL_TIMESTEPS": "99", "BENCH_RUNS_DIR": str(tmp_path / "r"), "BENCH_EXTRA_ARGS": "--x 1"}
+    variables = {
+        "BENCH_SCRIPTS": "grpo_continuous",
+        "BENCH_ENVS": "X-v0",
+        "BENCH_SEEDS": "7",
+        "BENCH_GROUP_SIZES": "2",
+        "BENCH_TOTAL_TIMESTEPS": "99",
+        "BENCH_RUNS_DIR": str(tmp_path / "r"),
+        "BENCH_EXTRA_ARGS": "--x 1",
+    }
     line = expected_command(root, sys.executable, "grpo_continuous", "X-v0", 7, tmp_path / "r", 99, 2, ["--x", "1"])
     assert commands(bench("--dry-run", root=root, **variables)) == [line]
     assert commands(bench("--dry-run", "--seeds", 8, root=root, **variables))[0][6] == "8"  # a flag beats its variable
 
-    slurm = bench("--dry-run", "--slurm", "--partition", "gpu", "--time", "2:00:00", "--cpus", 4, "--gpus", 1,
-                  "--sbatch-args", "--mem=8G --qos=low", root=root)
+    slurm = bench(
+        "--dry-run",
+        "--slurm",
+        "--partition",
+        "gpu",
+        "--time",
+        "2:00:00",
+        "--cpus",
+        4,
+        "--gpus",
+        1,
+        "--sbatch-args",
+        "--mem=8G --qos=low",
+        root=root,
+    )
     assert len(commands(slurm)) == 36
     assert f"--array=1-36%{len(os.sched_getaffinity(0))} " in slurm.stderr  # default workers: nproc
     assert "--cpus-per-task=4 --partition=gpu --time=2:00:00 --gres=gpu:1 --mem=8G --qos=low --wrap" in slurm.stderr
 
 
-@pytest.mark.parametrize("args, env, expected", [
-    (["--workers", "0"], {}, "--workers must be an integer >= 1, got '0'"),
-    ([], {"BENCH_WORKERS": "-1"}, "--workers must be an integer >= 1, got '-1'"),
-    (["--total-timesteps", "1e6"], {}, "--total-timesteps must be an integer >= 1"),
-    (["--seeds", "1,x"], {}, "--seeds entry must be an integer >= 0, got 'x'"),
-    (["--group-sizes", "1"], {}, "--group-sizes entry must be an integer >= 2"),
-    (["--seeds", "1,2,1"], {}, "run Hopper-v4__ppo_continuous__seed1 is listed twice"),
-    (["--wait"], {}, "--wait goes with --slurm"),
-    (["--scripts", "sac_continuous"], {}, "unknown script 'sac_continuous' (choose from: ppo_continuous"),
-    (["--scripts", "grpo_continuous.py"], {}, "script grpo_continuous.py is not in"),
-    (["--runs-dir", "{file}"], {}, "is not a directory"),
-    (["--python", "/nonexistent/python"], {}, "--python /nonexistent/python is not an executable"),
-    (["--fast"], {}, "unknown argument '--fast'"),
-    (["--workers"], {}, "--workers needs a value"),
-    (["--", "--seed", "3"], {}, "--seed is set by benchmark.sh"),
-    (["--extra-args", "--exp-name=x"], {}, "--exp-name=x is set by benchmark.sh"),
-    (["--skip-plots"], {"BENCH_SLURM": "yes"}, "BENCH_SLURM must be 0 or 1"),
-])
+@pytest.mark.parametrize(
+    "args, env, expected",
+    [
+        (["--workers", "0"], {}, "--workers must be an integer >= 1, got '0'"),
+        ([], {"BENCH_WORKERS": "-1"}, "--workers must be an integer >= 1, got '-1'"),
+        (["--total-timesteps", "1e6"], {}, "--total-timesteps must be an integer >= 1"),
+        (["--seeds", "1,x"], {}, "--seeds entry must be an integer >= 0, got 'x'"),
+        (["--group-sizes", "1"], {}, "--group-sizes entry must be an integer >= 2"),
+        (["--seeds", "1,2,1"], {}, "run Hopper-v4__ppo_continuous__seed1 is listed twice"),
+        (["--wait"], {}, "--wait goes with --slurm"),
+        (["--scripts", "sac_continuous"], {}, "unknown script 'sac_continuous' (choose from: ppo_continuous"),
+        (["--scripts", "grpo_continuous.py"], {}, "script grpo_continuous.py is not in"),
+        (["--runs-dir", "{file}"], {}, "is not a directory"),
+        (["--python", "/nonexistent/python"], {}, "--python /nonexistent/python is not an executable"),
+        (["--fast"], {}, "unknown argument '--fast'"),
+        (["--workers"], {}, "--workers needs a value"),
+        (["--", "--seed", "3"], {}, "--seed is set by benchmark.sh"),
+        (["--extra-args", "--exp-name=x"], {}, "--exp-name=x is set by benchmark.sh"),
+        (["--skip-plots"], {"BENCH_SLURM": "yes"}, "BENCH_SLURM must be 0 or 1"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(fake_repo, tmp_path, args, env, expected):
     root = fake_repo("ppo_continuous")
     (tmp_path / "file").write_text("")
     args = [str(tmp_path / "file") if a == "{file}" else a for a in args]
     result = bench(*args, root=root, cwd=tmp_path, BENCH_RUNS_DIR=str(tmp_path / "runs"), **env)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+        result.stderr
+    )
     assert not (tmp_path / "runs").exists() and result.stdout == ""
 
 
@@ -133,7 +207,7 @@ def test_help_documents_every_flag_and_variable():
     result = bench("--help")
     assert result.returncode == 0 and result.stderr == ""
     source = (ROOT / "benchmark.sh").read_text()
-    parser = source[source.index("while (($#)); do"):source.index("\ndone\n")]  # the option parser
+    parser = source[source.index("while (($#)); do") : source.index("\ndone\n")]  # the option parser
     parsed = set(re.findall(r"--[a-z][a-z-]+", parser))
     assert {"--dry-run", "--skip-plots", "--slurm", "--workers", "--extra-args", "--sbatch-args"} <= parsed
     for flag in parsed:
@@ -148,7 +222,9 @@ seed=$(sed -E 's/.*--seed ([0-9]+).*/\1/' <<< "$*")
 touch "$MARKERS/started.$seed"
 echo "OMP_NUM_THREADS=$OMP_NUM_THREADS"
 case $seed in
-    1|2) for _ in $(seq 300); do [[ -e $MARKERS/started.1 && -e $MARKERS/started.2 ]] && echo together && exit 0; sleep 0.1; done
+    1|2) for _ in $(seq 300); do
+             [[ -e $MARKERS/started.1 && -e $MARKERS/started.2 ]] && echo together && exit 0; sleep 0.1
+         done
          echo alone ;;
     3) echo "error: broken" >&2; exit 3 ;;
     4) echo "runs/x is already complete (2,048 steps); nothing to do" ;;
@@ -160,8 +236,21 @@ def test_local_jobs_run_in_parallel_each_with_one_thread_and_its_log(fake_repo, 
     root, runs = fake_repo("ppo_continuous"), tmp_path / "runs"
     (tmp_path / "python").write_text(FAKE_PYTHON)
     (tmp_path / "python").chmod(0o755)
-    result = bench("--envs", "Toy-v0", "--seeds", "1,2,3,4", "--workers", 2, "--runs-dir", runs, "--skip-plots", root=root,
-                   BENCH_PYTHON=str(tmp_path / "python"), MARKERS=str(tmp_path), OMP_NUM_THREADS="4")
+    result = bench(
+        "--envs",
+        "Toy-v0",
+        "--seeds",
+        "1,2,3,4",
+        "--workers",
+        2,
+        "--runs-dir",
+        runs,
+        "--skip-plots",
+        root=root,
+        BENCH_PYTHON=str(tmp_path / "python"),
+        MARKERS=str(tmp_path),
+        OMP_NUM_THREADS="4",
+    )
     assert result.returncode == 1, result.stdout + result.stderr  # one run failed
     names = [run_name("ppo_continuous", "Toy-v0", seed) for seed in (1, 2, 3, 4)]
     logs = [(runs / "_benchmark" / "logs" / f"{name}.log").read_text() for name in names]
@@ -221,18 +310,37 @@ def wait_for_jobs(jobs, env, deadline_s=300):
     pytest.fail(f"Slurm jobs {jobs} still queued after {deadline_s} s")
 
 
-@pytest.mark.skipif(any(shutil.which(t, path=SBIN_PATH) is None for t in SLURM_TOOLS),
-                    reason="Slurm is not installed here (.ci/run installs Debian's slurm-wlm and munge)")
+@pytest.mark.skipif(
+    any(shutil.which(t, path=SBIN_PATH) is None for t in SLURM_TOOLS),
+    reason="Slurm is not installed here (.ci/run installs Debian's slurm-wlm and munge)",
+)
 @pytest.mark.skipif(os.geteuid() != 0, reason="the localhost Slurm of tests/slurm_local.sh runs its daemons as root")
 def test_slurm_array_job_runs_the_same_command_list(tmp_path):
     slurm_dir = tempfile.mkdtemp(prefix="slurm", dir="/tmp")  # short: munge's socket path must fit in 108 bytes
     env = {"SLURM_CONF": f"{slurm_dir}/slurm.conf", "PATH": SBIN_PATH, "BENCH_PYTHON": ""}
     runs, scripts = tmp_path / "runs", real_scripts()[:1]
-    args = ["--scripts", scripts[0], "--envs", "InvertedPendulum-v4", "--seeds", "1,2", "--total-timesteps", 2048,
-            "--workers", 2, "--runs-dir", runs]
+    args = [
+        "--scripts",
+        scripts[0],
+        "--envs",
+        "InvertedPendulum-v4",
+        "--seeds",
+        "1,2",
+        "--total-timesteps",
+        2048,
+        "--workers",
+        2,
+        "--runs-dir",
+        runs,
+    ]
     try:
-        start = subprocess.run(["bash", str(ROOT / "tests" / "slurm_local.sh"), "start", slurm_dir], capture_output=True,
-                               text=True, env={**os.environ, **env}, timeout=120)
+        start = subprocess.run(
+            ["bash", str(ROOT / "tests" / "slurm_local.sh"), "start", slurm_dir],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=120,
+        )
         assert start.returncode == 0, start.stdout + start.stderr
         print(start.stdout)
         first = bench("--slurm", *args, "--", *TINY, **env)  # submits and returns; a dependent job plots
@@ -242,18 +350,28 @@ def test_slurm_array_job_runs_the_same_command_list(tmp_path):
         assert len(jobs) == 2
         wait_for_jobs(jobs, {**os.environ, **env})
         for seed in (1, 2):
-            assert json.loads((runs / run_name(scripts[0], "InvertedPendulum-v4", seed) / "metrics.json").read_text())["completed"]
+            assert json.loads((runs / run_name(scripts[0], "InvertedPendulum-v4", seed) / "metrics.json").read_text())[
+                "completed"
+            ]
         (state,) = [p for p in (runs / "_benchmark").iterdir() if p.name != "logs"]
         dry = bench("--dry-run", *args, "--", *TINY, **env)
         assert (state / "commands.txt").read_text() == dry.stdout  # the same lines as locally
-        venv_python = Path(os.environ["VIRTUAL_ENV"]) / "bin" / "python" if os.environ.get("VIRTUAL_ENV") else ROOT / ".venv" / "bin" / "python"
+        venv_python = (
+            Path(os.environ["VIRTUAL_ENV"]) / "bin" / "python"
+            if os.environ.get("VIRTUAL_ENV")
+            else ROOT / ".venv" / "bin" / "python"
+        )
         assert all(words[1] == str(venv_python) for words in commands(dry))
         assert sorted(p.name for p in state.glob("slurm-*.out")) == [f"slurm-{jobs[0]}_{i}.out" for i in (1, 2)]
         assert (runs / "_plots" / "curves_InvertedPendulum-v4.png").exists()  # by the dependent job
 
         again = bench("--slurm", "--wait", "--poll", 1, "--skip-plots", *args, "--", *TINY, **env)
         print(again.stdout, again.stderr)
-        assert again.returncode == 0 and "done 0, skipped 2 (already complete), failed 0" in again.stdout, again.stdout + again.stderr
+        assert again.returncode == 0 and "done 0, skipped 2 (already complete), failed 0" in again.stdout, (
+            again.stdout + again.stderr
+        )
     finally:
-        subprocess.run(["bash", str(ROOT / "tests" / "slurm_local.sh"), "stop", slurm_dir], env={**os.environ, **env}, timeout=60)
+        subprocess.run(
+            ["bash", str(ROOT / "tests" / "slurm_local.sh"), "stop", slurm_dir], env={**os.environ, **env}, timeout=60
+        )
         shutil.rmtree(slurm_dir, ignore_errors=True)

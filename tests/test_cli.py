@@ -60,8 +60,12 @@ def bad_input(script):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_documents_every_field(script):
-    result = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), "--help"], capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": "300"})
+    result = subprocess.run(
+        [sys.executable, str(ROOT / f"{script}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+    )
     assert result.returncode == 0
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.stdout).split())
     args_fields = {f.name for f in fields(importlib.import_module(script).Args)}
@@ -84,8 +88,9 @@ def run_cli(monkeypatch, capsys, script, *args):
     return SimpleNamespace(returncode=exit_info.value.code, stdout=out, stderr=err)
 
 
-@pytest.mark.parametrize("script, args, expected", [
-    (script, args, expected) for script in SCRIPTS for args, expected in bad_input(script)])
+@pytest.mark.parametrize(
+    "script, args, expected", [(script, args, expected) for script in SCRIPTS for args, expected in bad_input(script)]
+)
 def test_bad_input_is_one_line_and_writes_nothing(monkeypatch, capsys, runs_dir, script, args, expected):
     assert_clean_error(run_cli(monkeypatch, capsys, script, *args, "--runs-dir", runs_dir), expected)
     assert not runs_dir.exists()
@@ -93,7 +98,9 @@ def test_bad_input_is_one_line_and_writes_nothing(monkeypatch, capsys, runs_dir,
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_input_from_a_real_shell_is_one_line_too(runs_dir, script):
-    assert_clean_error(run_script(script, "--total-timesteps", "0", "--runs-dir", runs_dir), "--total-timesteps must be positive")
+    assert_clean_error(
+        run_script(script, "--total-timesteps", "0", "--runs-dir", runs_dir), "--total-timesteps must be positive"
+    )
     assert not runs_dir.exists()
 
 
@@ -108,8 +115,19 @@ def test_existing_run_and_bad_resume_are_refused_and_nothing_is_touched(runs_dir
     assert_clean_error(run_script(script, "--runs-dir", runs_dir, "--resume"), "cannot read checkpoint")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
-    run_x = [*TINY[script], "--total-timesteps", 256, "--eval-every", 0, "--no-cuda", "--runs-dir", runs_dir, "--exp-name", "x",
-             "--resume"]
+    run_x = [
+        *TINY[script],
+        "--total-timesteps",
+        256,
+        "--eval-every",
+        0,
+        "--no-cuda",
+        "--runs-dir",
+        runs_dir,
+        "--exp-name",
+        "x",
+        "--resume",
+    ]
     fresh = run_script(script, *run_x)  # --resume without a checkpoint starts afresh
     assert fresh.returncode == 0 and read_run(runs_dir / f"{defaults.env_id}__x__seed1")[0]["completed"]
     other_lr = run_script(script, *run_x, "--learning-rate", "0.1")
@@ -147,8 +165,11 @@ def test_a_checkpoint_that_is_not_ours_is_refused_and_never_run(tmp_path, conten
     run_dir = tmp_path / "Hopper-v4__ppo_continuous__seed1"
     (run_dir / "checkpoints").mkdir(parents=True)
     latest = run_dir / "checkpoints" / "latest.pt"
-    obj = {"pickle that runs code": {"args": RunsCode()}, "older format": {"args": {}, "metrics": {}},
-           "another script's": {"algo": "grpo_continuous", "format": 2, "args": {}, "metrics": {}}}[content]  # fmt: skip
+    obj = {
+        "pickle that runs code": {"args": RunsCode()},
+        "older format": {"args": {}, "metrics": {}},
+        "another script's": {"algo": "grpo_continuous", "format": 2, "args": {}, "metrics": {}},
+    }[content]
     torch.save(obj, latest)
     result = run_script("ppo_continuous", "--runs-dir", tmp_path, "--resume", cwd=tmp_path)
     assert_clean_error(result, "checkpoint" if content == "pickle that runs code" else "is not a checkpoint of this version")

@@ -1,5 +1,5 @@
-"""ppo_cnn_carracing.py and grpo_cnn_carracing.py piece by piece: the CNN's shapes, the preprocessing
-wrappers (frame skip, stack order, uint8 frames, resize, early end), and the same-track groups."""
+"""ppo_cnn_carracing.py and grpo_cnn_carracing.py piece by piece: the CNN's shapes, the preprocessing wrappers (frame
+skip, stack order, uint8 frames, resize, early end), EnvPool's batched pipeline and autoreset, same-track groups."""
 
 import gymnasium as gym
 import numpy as np
@@ -10,53 +10,87 @@ import grpo_cnn_carracing as grpo
 import ppo_cnn_carracing as ppo
 
 BRAKE = np.array([0.0, 0.0, 1.0], np.float32)  # a car that never moves: every frame costs 0.1
+LOW, HIGH = np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
 
 
 def carracing(module=ppo, **kwargs):
-    return module.make_env(module.Args(**{"max_episode_steps": 50, **kwargs}))()
+    return module.make_carracing_env(module.Args(**{"max_episode_steps": 50, **kwargs}))
+
+
+def rollout(envs, T, seed):
+    """ppo's collect_rollout of a fresh agent for T steps; returns (buf, first obs, final, episodes)."""
+    next_obs = envs.reset(seed=seed)[0].copy()
+    (N, *obs_shape) = next_obs.shape
+    agent = ppo.Agent(obs_shape, 3, ppo.Args())
+    buf = {"obs": np.zeros((T, N, *obs_shape), np.uint8), "actions": np.zeros((T, N, 3), np.float32)}
+    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
+    episodes, ended, raw_rewards = np.zeros((2, N)), [], ppo.RewardScaler(N, 0.99, 10.0, enabled=False)
+
+    def on_episode(episodic_return, length, t):
+        ended.append((t, episodic_return, length))
+
+    with torch.inference_mode():
+        _, final, _ = ppo.collect_rollout(envs, next_obs, agent.sample, raw_rewards, buf, LOW, HIGH, episodes, on_episode)
+    envs.close()
+    return buf, next_obs, final, ended
+
+
+SMALL_CNN = dict(
+    cnn_channels=(16, 32), cnn_kernel_sizes=(8, 4), cnn_strides=(4, 2), cnn_feature_size=128, hidden_sizes=(64, 64)
+)
+CONFIGS = [
+    ({}, (4, 64, 64, 1)),  # the defaults: 4 stacked 64x64 grayscale frames, the Nature-DQN trunk
+    ({"grayscale": False, "resize": None, "frame_stack": 2}, (2, 96, 96, 3)),  # colour frames: 6 input channels
+    ({"resize": (84, 48), "frame_stack": 1, **SMALL_CNN, "shared_trunk": False}, (1, 84, 48, 1)),
+]
 
 
 @pytest.mark.parametrize("module", [ppo, grpo])
-@pytest.mark.parametrize("config", [
-    {},  # the defaults: 4 stacked 64x64 grayscale frames, the Nature-DQN trunk
-    {"grayscale": False, "resize": None, "frame_stack": 2},  # 96x96 colour frames: 6 input channels
-    {"resize": (84, 48), "frame_stack": 1, "cnn_channels": (16, 32), "cnn_kernel_sizes": (8, 4), "cnn_strides": (4, 2),
-     "cnn_feature_size": 128, "hidden_sizes": (64, 64), "shared_trunk": False},
-])
-def test_cnn_output_shapes_across_configurations(module, config):
+@pytest.mark.parametrize("config, shape", CONFIGS)
+def test_cnn_output_shapes_across_configurations(module, config, shape):
     if module is grpo:
         config = {k: v for k, v in config.items() if k != "shared_trunk"}  # GRPO has no critic to share with
     args = module.Args(**config)
     obs_shape, act_space = module.check_env(args)
-    env = module.make_env(args)()
-    assert env.observation_space.shape == obs_shape and env.observation_space.dtype == np.uint8  # check_env's arithmetic
+    env = module.make_carracing_env(args)
+    frames = env.reset(seed=0)[0]
+    assert obs_shape == env.observation_space.shape == frames.shape == shape and frames.dtype == np.uint8
     env.close()
     agent = module.Agent(obs_shape, act_space.shape[0], args)
     obs = torch.randint(0, 256, (5, *obs_shape), dtype=torch.uint8)
     features = agent.actor_trunk(obs)
     assert features.shape == (5, args.cnn_feature_size) and (features >= 0).all()
-    assert agent.get_actor_params(obs).shape == (5, 6)  # alpha and beta of steer, gas, brake
+    dist = agent.dist(obs)  # a Beta per action: steer, gas, brake
+    assert dist.mean.shape == (5, 3) and (dist.concentration1 > 1).all() and (dist.concentration0 > 1).all()
+    assert agent.sample(obs).shape == (5, 3)
     # frames are scaled to [0, 1] inside the network: a white frame is the float frame of ones
     trunk = agent.actor_trunk
     ones = torch.ones(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])
     assert torch.allclose(trunk(torch.full((1, *obs_shape), 255, dtype=torch.uint8)), trunk.fc(trunk.convs(ones)))
     if module is ppo:
-        assert agent.get_value(obs).shape == (5, 1)
-        actor_features, critic_features = agent.features(obs)
-        assert (actor_features is critic_features) == args.shared_trunk
+        calls = []
+        trunk.register_forward_hook(lambda *_: calls.append(1))
+        _, value = agent.dist_and_value(obs)
+        assert value.shape == (5, 1) and len(calls) == 1  # one pass of the actor's trunk, shared or not
         assert (agent.critic_trunk is None) == args.shared_trunk
-    else:
-        assert agent.log_prob(obs, torch.full((5, 3), 0.5)).shape == (5,)
 
 
 def test_resize_is_area_averaging():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
-    half = ppo.resize_frame(frame, ppo.area_weights(96, 48), ppo.area_weights(96, 48))
+    half = ppo.preprocess(ppo.Args(grayscale=False, resize=(48, 48)), frame[None])[0]
     blocks = frame.reshape(48, 2, 48, 2, 3).astype(np.float64).mean((1, 3))
     assert half.dtype == np.uint8 and np.abs(half.astype(np.float64) - blocks).max() <= 0.5 + 1e-3
-    flat = np.full((96, 96, 1), 77, np.uint8)  # any size: a flat image stays flat
-    assert (ppo.resize_frame(flat, ppo.area_weights(96, 64), ppo.area_weights(96, 50)) == 77).all()
+    flat = np.full((1, 96, 96, 3), 77, np.uint8)  # any size: a flat image stays flat
+    assert (ppo.preprocess(ppo.Args(resize=(64, 50)), flat) == 77).all()
+
+
+def test_grayscale_is_gymnasiums_to_the_bit():
+    gray = gym.wrappers.GrayscaleObservation(gym.make("CarRacing-v3"), keep_dim=True)
+    frames = np.random.default_rng(0).integers(0, 256, (16, 96, 96, 3), dtype=np.uint8)
+    expected = np.stack([gray.func(frame) for frame in frames])
+    assert np.array_equal(ppo.preprocess(ppo.Args(resize=None), frames), expected)
+    gray.close()
 
 
 def test_frames_are_stacked_oldest_first_as_uint8():
@@ -97,29 +131,44 @@ def test_max_negative_steps_truncates_after_that_many_negative_steps():
         _, reward, terminated, truncated, _ = env.step(BRAKE)
         negative, length, done = negative + 1 if reward < 0 else 0, length + 1, terminated or truncated
     assert truncated and not terminated and negative == 6 and length < 50
-    assert ppo.Args().max_negative_steps is None  # off by default
+    assert ppo.Args().max_negative_steps is None and grpo.Args().max_negative_steps is None  # off by default
 
 
 def test_rollout_buffer_holds_the_env_frames_as_uint8():
-    args = ppo.Args(num_envs=2, vector_mode="sync", max_episode_steps=50, num_steps=6)
-    envs = ppo.make_vector_env(args)
-    next_obs, _ = envs.reset(seed=[1, 2])
-    first = next_obs.copy()
-    obs_shape, act_space = ppo.check_env(args)
-    agent = ppo.Agent(obs_shape, 3, args)
-    rollout = ppo.Rollout(6, 2, obs_shape, 3)
-    low, high = act_space.low, act_space.high
-    ppo.collect_rollout(envs, next_obs, agent, ppo.RolloutActor(agent, "cpu"), np.random.default_rng(0),
-                        ppo.RewardScaler(2, 0.99, 10.0), rollout, low, high, 0, lambda *a: None)
-    envs.close()
-    assert rollout.obs.dtype == np.uint8 and rollout.obs.shape == (6, 2, 4, 64, 64, 1)
-    assert (rollout.obs[0] == first).all() and not (rollout.obs[-1] == first).all()
+    args = ppo.Args(max_episode_steps=50)
+    buf, first, _, _ = rollout(ppo.make_carracing_envs(args, 2), 6, [1, 2])
+    assert buf["obs"].dtype == np.uint8 and buf["obs"].shape == (6, 2, 4, 64, 64, 1)
+    assert (buf["obs"][0] == first).all() and not (buf["obs"][-1] == first).all()
+    assert ((buf["actions"] > 0) & (buf["actions"] < 1)).all()  # Beta samples x, not env actions
+
+
+def test_make_batch_in_chunks_is_the_batch_at_once_and_bootstraps_only_truncations():
+    torch.manual_seed(0)
+    T, N, obs_shape, args = 6, 2, (4, 64, 64, 1), ppo.Args(**SMALL_CNN)
+    agent, rng = ppo.Agent(obs_shape, 3, args), np.random.default_rng(0)
+    frames = rng.integers(0, 256, (T + 3, N, *obs_shape), np.uint8)  # the rollout, next_obs, two final observations
+    buf = {"obs": frames[:T], "actions": rng.uniform(0.1, 0.9, (T, N, 3)).astype(np.float32)}
+    buf |= {k: np.zeros((T, N), np.float32) for k in ("dones", "terminations")} | {"rewards": np.ones((T, N), np.float32)}
+    buf["dones"][2, 0] = buf["dones"][4, 1] = buf["terminations"][4, 1] = 1.0  # a truncation, a termination
+    final = [(2, 0, frames[T + 1, 0]), (4, 1, frames[T + 2, 1])]
+    whole, chunked = (ppo.make_batch(agent, buf, frames[T], final, args, "cpu", chunk=c) for c in (10**6, 5))
+    for key in whole:
+        torch.testing.assert_close(chunked[key], whole[key])
+    assert whole["obs"].dtype == torch.uint8
+
+    def value(frame):
+        with torch.no_grad():
+            return agent.dist_and_value(torch.from_numpy(frame[None]))[1].item()
+
+    advantages = whole["advantages"].view(T, N)  # where an episode ends, GAE carries nothing: the TD error
+    assert advantages[2, 0].item() == pytest.approx(1.0 + args.gamma * value(frames[T + 1, 0]) - value(frames[2, 0]), abs=1e-5)
+    assert advantages[4, 1].item() == pytest.approx(1.0 - value(frames[4, 1]), abs=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
 def test_members_reset_with_one_seed_drive_the_same_track(backend):
-    """CarRacing generates its track from the reset seed: a group's members race on one track. EnvPool
-    cannot reset with a seed: each member gets a pool made with its group's seed."""
+    """CarRacing generates its track from the reset seed: a group's members race on one track. EnvPool's reset takes no
+    seed: its pool is made with each member's group seed."""
     if backend == "envpool":
         pytest.importorskip("envpool")
     tracks = []
@@ -131,95 +180,100 @@ def test_members_reset_with_one_seed_drive_the_same_track(backend):
     assert np.array_equal(tracks[0], tracks[1])
     assert tracks[0].shape != tracks[2].shape or not np.allclose(tracks[0], tracks[2])
 
-    # in the training loop: 2 groups of 2 members, stepped by 2 worker processes
-    args = grpo.Args(max_episode_steps=20, num_groups=2, group_size=2, env_workers=2, env_backend=backend)
-    pool = grpo.make_member_pool(args, 4)
-    assert isinstance(pool, grpo.EnvPoolMembers if backend == "envpool" else grpo.MemberPool)
+    args = grpo.Args(max_episode_steps=20, num_groups=2, group_size=2, env_backend=backend)  # in the training loop
     obs_shape, act_space = grpo.check_env(args)
-    agent = grpo.Agent(obs_shape, 3, args)
-    episodes = []
-    rollout, _, _ = grpo.collect_group_rollouts(pool, agent, grpo.RolloutActor(agent, "cpu"), np.random.default_rng(0), [11, 12], 2,
-                                                act_space.low, act_space.high, 0, lambda *e: episodes.append(e))
-    pool.close()
-    first = rollout.obs[0]
-    assert rollout.obs.dtype == np.uint8 and rollout.obs.shape == (5, 4, *obs_shape)  # 20 frames = 5 steps of 4
-    assert (first[0] == first[1]).all() and (first[2] == first[3]).all() and not (first[0] == first[2]).all()
-    assert not (rollout.obs[-1][0] == rollout.obs[-1][1]).all()  # sampled actions drive the members apart
-    assert len(episodes) == 4 and rollout.mask.all()
+    members, agent, episodes = grpo.make_carracing_members(args), grpo.Agent(obs_shape, 3, args), []
+    with torch.inference_mode():
+        rollout, _ = grpo.collect_rollout(members, agent.sample, [11, 12], 2, LOW, HIGH, lambda *e: episodes.append(e), 10**6)
+    members.close()
+    obs = rollout["obs"].numpy()
+    assert obs.dtype == np.uint8 and obs.shape == (5, 4, *obs_shape)  # 20 frames = 5 steps of 4
+    assert (obs[0, 0] == obs[0, 1]).all() and (obs[0, 2] == obs[0, 3]).all() and not (obs[0, 0] == obs[0, 2]).all()
+    assert not (obs[-1, 0] == obs[-1, 1]).all()  # sampled actions drive the members apart
+    assert len(episodes) == 4 and rollout["mask"].all()
 
 
-# ---- --env-backend envpool: the same observations, SAME_STEP autoreset, same-track groups ----
+# ---- --env-backend envpool: the same observations, SAME_STEP autoreset ----
 
-@pytest.mark.parametrize("module", [ppo, grpo])
+
+class GymnasiumPool:
+    """EnvPool's calls served by gymnasium's CarRacing: CarRacingEnvPool's own code on gymnasium's frames."""
+
+    def __init__(self, seeds, max_episode_steps):
+        self.envs, self.seeds = [gym.make("CarRacing-v3", max_episode_steps=max_episode_steps) for _ in seeds], seeds
+
+    def reset(self, ids=None):  # EnvPool seeds its envs when it makes them; gymnasium's autoreset passes no seed either
+        seeded, ids = ids is None, np.arange(len(self.envs)) if ids is None else ids
+        return np.stack([self.envs[i].reset(seed=self.seeds[i] if seeded else None)[0] for i in ids]), {"env_id": ids}
+
+    def step(self, actions, ids):
+        raw, reward, terminated, truncated = zip(*(self.envs[i].step(a)[:4] for i, a in zip(ids, actions)))
+        return np.stack(raw), np.array(reward), np.array(terminated), np.array(truncated), {"env_id": ids}
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
 @pytest.mark.parametrize("config", [{}, {"grayscale": False, "resize": (84, 48), "frame_stack": 2}])
-def test_envpool_pipeline_gives_the_gymnasium_wrappers_bytes_on_the_same_frames(module, config):
-    """EnvPool's frames go through FramePipeline (numpy, on the batch); gymnasium's through make_env's
-    wrappers. Fed the same frames, both must give the network identical arrays."""
-    wrapped = carracing(module, frame_skip=1, **config)
-    raw = gym.make("CarRacing-v3", max_episode_steps=50)
-    pipeline = module.FramePipeline(module.Args(**config), 2, (96, 96, 3))
-    obs, _ = wrapped.reset(seed=3)
-    frame, _ = raw.reset(seed=3)
-    pipeline.reset(np.array([1]), frame[None])
-    assert (pipeline.stack[1] == obs).all()
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        action = np.array([rng.uniform(-1, 1), 1.0, 0.0], np.float32)
-        obs, frame = wrapped.step(action)[0], raw.step(action)[0]
-        pipeline.push(np.array([1]), frame[None])
-        assert pipeline.stack[1].dtype == np.uint8 and (pipeline.stack[1] == obs).all()
-    assert not (pipeline.stack[1][0] == pipeline.stack[1][-1]).all() and not pipeline.stack[0].any()  # env 0 untouched
-
-
-def test_envpool_vector_env_autoresets_as_gymnasium_same_step():
-    """10-frame episodes at frame skip 4 last 3 agent steps (4 + 4 + 2 frames): the third reports the
-    truncation with the episode's final observation, and already returns the next episode's first; the
-    step after it is a real step of the new episode, never EnvPool's reset step (reward 0, action ignored)."""
+def test_envpool_pipeline_gives_the_gymnasium_wrappers_bytes_on_the_same_frames(config):
+    """CarRacingEnvPool does the frame skip, early end, preprocessing, frame stack and SAME_STEP autoreset on the batch;
+    gymnasium's vector env runs make_carracing_env's wrappers. Fed gymnasium's frames, the batch code must give the
+    network, the rewards and the bootstrap the same bytes: here through two episode ends of each env (env 0 brakes and is
+    cut by --max-negative-steps after 5 steps, env 1 drives until the 12-frame time limit after 6)."""
     pytest.importorskip("envpool")
-    args = ppo.Args(env_backend="envpool", num_envs=2, max_episode_steps=10, frame_skip=4, num_steps=7)
-    envs = ppo.make_vector_env(args)
-    next_obs, _ = envs.reset(seed=[1, 2])
-    obs_shape, act_space = ppo.check_env(args)
-    agent = ppo.Agent(obs_shape, 3, args)
-    rollout, episodes = ppo.Rollout(7, 2, obs_shape, 3), []
-    ppo.collect_rollout(envs, next_obs, agent, ppo.RolloutActor(agent, "cpu"), np.random.default_rng(0),
-                        ppo.RewardScaler(2, 0.99, 10.0, enabled=False), rollout, act_space.low, act_space.high, 0,
-                        lambda *e: episodes.append(e))
-    envs.close()
-    assert rollout.truncations[:, 0].tolist() == rollout.truncations[:, 1].tolist() == [0, 0, 1, 0, 0, 1, 0]
-    assert not rollout.terminations.any() and [(t, i) for t, i in rollout.final_obs_at] == [(2, 0), (2, 1), (5, 0), (5, 1)]
-    rewards = rollout.rewards
-    assert [(step, length) for step, _, length in episodes] == [(6, 3), (6, 3), (12, 3), (12, 3)]
-    assert [ret for _, ret, _ in episodes] == pytest.approx([rewards[:3, 0].sum(), rewards[:3, 1].sum(),
-                                                            rewards[3:6, 0].sum(), rewards[3:6, 1].sum()], abs=1e-5)
+    args = ppo.Args(frame_skip=2, max_episode_steps=12, max_negative_steps=4, **config)
+    gymnasium = ppo.make_carracing_envs(args, 2)
+    batched = ppo.make_carracing_envs(ppo.Args(**{**vars(args), "env_backend": "envpool"}), 2)
+    batched.make = lambda seeds: GymnasiumPool(seeds, args.max_episode_steps)
+    expected, got = gymnasium.reset(seed=[3, 4])[0], batched.reset(seed=[3, 4])[0]
+    assert expected.dtype == got.dtype == np.uint8 and np.array_equal(expected, got)
+    rng, ends = np.random.default_rng(0), []
+    for _ in range(13):
+        action = np.stack([BRAKE, [rng.uniform(-1, 1), 1.0, 0.0]]).astype(np.float32)
+        (*expected, expected_info), (*got, info) = gymnasium.step(action), batched.step(action)
+        assert all(np.array_equal(e, g) for e, g in zip(expected, got))
+        done = np.flatnonzero(got[2] | got[3])
+        assert all(np.array_equal(expected_info["final_obs"][i], info["final_obs"][i]) for i in done)
+        ends += [(i, bool(got[3][i])) for i in done]
+    gymnasium.close()
+    batched.close()
+    assert ends == [(0, True), (1, True), (0, True), (1, True)]  # both truncations, 5 and 6 steps long
+
+
+def test_envpool_autoresets_as_gymnasium_same_step():
+    """10-frame episodes at frame skip 4 last 3 agent steps (4 + 4 + 2 frames): the third reports the truncation with the
+    episode's final observation, and already returns the next episode's first; the step after it is a real step of the
+    new episode, never EnvPool's reset step (reward 0, action ignored)."""
+    pytest.importorskip("envpool")
+    args = ppo.Args(env_backend="envpool", max_episode_steps=10, frame_skip=4)
+    buf, _, final, ended = rollout(ppo.make_carracing_envs(args, 2), 7, [1, 2])
+    assert buf["dones"][:, 0].tolist() == buf["dones"][:, 1].tolist() == [0, 0, 1, 0, 0, 1, 0]
+    assert not buf["terminations"].any() and [(t, i) for t, i, _ in final] == [(2, 0), (2, 1), (5, 0), (5, 1)]
+    rewards = buf["rewards"]
+    assert [(t, length) for t, _, length in ended] == [(2, 3), (2, 3), (5, 3), (5, 3)]
+    assert [ret for _, ret, _ in ended] == pytest.approx(
+        [rewards[:3, 0].sum(), rewards[:3, 1].sum(), rewards[3:6, 0].sum(), rewards[3:6, 1].sum()], abs=1e-5
+    )
     for t in (3, 6):  # a new episode starts from its first frame repeated, and its first step is real (the first tile)
-        assert all((rollout.obs[t, i] == rollout.obs[t, i, :1]).all() for i in range(2)) and (rewards[t] > 1).all()
-    final_obs = dict(zip(rollout.final_obs_at, rollout.final_obs))
-    assert not (final_obs[(2, 0)] == rollout.obs[3, 0]).all()  # the bootstrap sees the ended episode's last frames
-    assert (final_obs[(2, 0)][:-1] == rollout.obs[2, 0][1:]).all()  # ... stacked after the step's frames
+        assert all((buf["obs"][t, i] == buf["obs"][t, i, :1]).all() for i in range(2)) and (rewards[t] > 1).all()
+    final_obs = {(t, i): o for t, i, o in final}
+    assert not (final_obs[(2, 0)] == buf["obs"][3, 0]).all()  # the bootstrap sees the ended episode's last frames ...
+    assert (final_obs[(2, 0)][:-1] == buf["obs"][2, 0][1:]).all()  # ... stacked after the step's frames
 
 
 def test_envpool_carracing_is_gymnasiums_task():
-    """EnvPool's CarRacing-v3: 1000-frame time limit (250 agent steps at frame skip 4, truncated), the
-    reward scale (-0.1 a frame, +1000/N a tile: a braking car scores about -100 + one tile), and
-    --max-negative-steps truncating after that many negative steps."""
+    """EnvPool's CarRacing-v3: 1000-frame time limit (250 agent steps at frame skip 4, truncated), the reward scale (-0.1 a
+    frame, +1000/N a tile: a braking car scores about -100 + one tile), --max-negative-steps truncating."""
     pytest.importorskip("envpool")
-    envs = ppo.make_vector_env(ppo.Args(env_backend="envpool", num_envs=1))
-    envs.reset(seed=[4])
+    envs = ppo.make_carracing_envs(ppo.Args(env_backend="envpool"), 1)
+    envs.reset(seed=4)
     rewards = [envs.step(BRAKE[None])[1:4] for _ in range(250)]
     assert [bool(r[2][0]) for r in rewards] == [False] * 249 + [True] and not any(r[1][0] for r in rewards)
     assert -100 < sum(r[0][0] for r in rewards) < -90
     envs.close()
-    envs = ppo.make_vector_env(ppo.Args(env_backend="envpool", num_envs=1, frame_skip=2, max_negative_steps=6))
-    envs.reset(seed=[4])
+    envs = ppo.make_carracing_envs(ppo.Args(env_backend="envpool", frame_skip=2, max_negative_steps=6), 1)
+    envs.reset(seed=4)
     steps = [envs.step(BRAKE[None])[1:4] for _ in range(7)]
     assert [bool(s[2][0]) for s in steps] == [False] * 6 + [True] and (np.array([s[0][0] for s in steps[1:]]) < 0).all()
     envs.close()
-
-
-@pytest.mark.parametrize("module", [ppo, grpo])
-def test_batch_grayscale_is_gymnasiums_to_the_bit(module):
-    gray = gym.wrappers.GrayscaleObservation(gym.make("CarRacing-v3"), keep_dim=True)
-    frames = np.random.default_rng(0).integers(0, 256, (16, 96, 96, 3), dtype=np.uint8)
-    assert np.array_equal(module.grayscale_frames(frames), np.stack([gray.func(frame) for frame in frames]))
-    gray.close()

@@ -25,7 +25,9 @@ def test_rollouts_end_episodes_the_same_way_on_both_backends(module, backend):
     if backend == "envpool":
         pytest.importorskip("envpool")
     T, N, limit = 60, 3, 7
-    args = SimpleNamespace(env_id="InvertedPendulum-v4", max_episode_steps=limit, num_envs=N, vector_mode="sync", env_backend=backend)
+    args = SimpleNamespace(
+        env_id="InvertedPendulum-v4", max_episode_steps=limit, num_envs=N, vector_mode="sync", env_backend=backend
+    )
     envs = module.make_vector_env(args)
     next_obs, _ = envs.reset(seed=10)
     agent, norm = module.Agent(4, 1, (8,)), module.ObsNormalizer((4,), 10.0, enabled=False)
@@ -33,8 +35,18 @@ def test_rollouts_end_episodes_the_same_way_on_both_backends(module, backend):
     buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
     scaler, episodes = module.RewardScaler(N, 0.99, 10.0, enabled=False), []
     with torch.inference_mode():
-        next_obs, final, _ = module.collect_rollout(envs, next_obs, agent.sample, norm, scaler, buf, np.float32(-3), np.float32(3),
-                                                    np.zeros((2, N)), lambda *e: episodes.append(e))  # fmt: skip
+        next_obs, final, _ = module.collect_rollout(
+            envs,
+            next_obs,
+            agent.sample,
+            norm,
+            scaler,
+            buf,
+            np.float32(-3),
+            np.float32(3),
+            np.zeros((2, N)),
+            lambda *e: episodes.append(e),
+        )
     envs.close()
     assert np.all(buf["rewards"] == 1.0)
     final = {(t, i): o[0] for t, i, o in final}
@@ -78,9 +90,23 @@ def test_envpool_is_refused_for_an_env_it_does_not_have(module):
 
 def test_speed_benchmark_measures_the_raw_env_and_the_training_run_and_their_ratio(tmp_path):
     out = tmp_path / "speed.md"
-    result = subprocess.run([sys.executable, str(ROOT / "speed.py"), "--scripts", "ppo_continuous", "ppo_beta_continuous",
-                             "--mlp-timesteps", "1024", "--extra-args=--num-steps 512 --num-minibatches 8", "--output", str(out)],
-                            capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "speed.py"),
+            "--scripts",
+            "ppo_continuous",
+            "ppo_beta_continuous",
+            "--mlp-timesteps",
+            "1024",
+            "--extra-args=--num-steps 512 --num-minibatches 8",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.with_suffix(".json").read_text())
     assert [(r["script"], r["argv"]) for r in rows] == [("ppo_continuous", ""), ("ppo_beta_continuous", "")]
@@ -92,7 +118,8 @@ def test_speed_benchmark_measures_the_raw_env_and_the_training_run_and_their_rat
 
 def test_speed_benchmark_rejects_bad_input_in_one_line(tmp_path):
     for argv in (["--scripts", "ppo_nonexistent"], ["--rounds", "0"], ["--mlp-timesteps", "0"], ["--cleanrl-python", "/no"]):
-        result = subprocess.run([sys.executable, str(ROOT / "speed.py"), *argv, "--output", str(tmp_path / "s.md")],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "speed.py"), *argv, "--output", str(tmp_path / "s.md")], capture_output=True, text=True
+        )
         assert_clean_error(result, "")
     assert not list(tmp_path.iterdir())

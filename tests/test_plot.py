@@ -18,22 +18,58 @@ from conftest import ROOT
 FINALS = [0.0, 100.0, 200.0, 1000.0]  # final eval returns of algo_a's 4 seeds: mean 325, IQM 150
 
 
-def write_run(runs_dir, env, exp, seed, eval_returns=(), train_returns=(), step=1000, group_size=None,
-              status="completed", sps=1000.0, timings=True):
+def write_run(
+    runs_dir,
+    env,
+    exp,
+    seed,
+    eval_returns=(),
+    train_returns=(),
+    step=1000,
+    group_size=None,
+    status="completed",
+    sps=1000.0,
+    timings=True,
+):
     """A run directory as the training scripts write it; evals and episodes evenly spaced up to `step`."""
     run_dir = runs_dir / f"{env}__{exp}__seed{seed}"
     run_dir.mkdir(parents=True)
     eval_steps = [round(step * (i + 1) / len(eval_returns)) for i in range(len(eval_returns))]
     train_steps = [round(step * (i + 1) / len(train_returns)) for i in range(len(train_returns))]
-    metrics = {"env_id": env, "algo": exp.split("_g")[0], "exp_name": exp, "seed": seed, "group_size": group_size,
-               "args": {}, "status": status, "completed": status == "completed", "global_step": step,
-               "total_timesteps": 1000, "sps": sps, "wall_time_s": 1.0, "best_eval_return": None,
-               "train": {"global_step": train_steps, "episodic_return": list(train_returns), "episodic_length": [1] * len(train_returns)},
-               "eval": {"global_step": eval_steps, "mean_return": list(eval_returns), "std_return": [0.0] * len(eval_returns)}}
+    metrics = {
+        "env_id": env,
+        "algo": exp.split("_g")[0],
+        "exp_name": exp,
+        "seed": seed,
+        "group_size": group_size,
+        "args": {},
+        "status": status,
+        "completed": status == "completed",
+        "global_step": step,
+        "total_timesteps": 1000,
+        "sps": sps,
+        "wall_time_s": 1.0,
+        "best_eval_return": None,
+        "train": {
+            "global_step": train_steps,
+            "episodic_return": list(train_returns),
+            "episodic_length": [1] * len(train_returns),
+        },
+        "eval": {"global_step": eval_steps, "mean_return": list(eval_returns), "std_return": [0.0] * len(eval_returns)},
+    }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     if timings:  # per iteration: env step 2, other rollout 2, update 3, eval 2, io 1 (seconds)
-        row = {"iteration": 1, "global_step": step, "time_s": 10.0, "rollout_s": 4.0, "env_step_s": 2.0,
-               "update_s": 3.0, "eval_s": 2.0, "io_s": 1.0, "sps": sps}
+        row = {
+            "iteration": 1,
+            "global_step": step,
+            "time_s": 10.0,
+            "rollout_s": 4.0,
+            "env_step_s": 2.0,
+            "update_s": 3.0,
+            "eval_s": 2.0,
+            "io_s": 1.0,
+            "sps": sps,
+        }
         (run_dir / "timings.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "iteration": 2}) + "\n")
     return run_dir
 
@@ -43,18 +79,32 @@ def synthetic(runs_dir):
     """Toy-v0: algo_a (4 seeds, known finals), algo_b (1 seed, still running), GRPO at G=4 and 8;
     Other-v0: algo_a without any evaluation."""
     for seed, final in enumerate(FINALS, 1):
-        write_run(runs_dir, "Toy-v0", "algo_a", seed, eval_returns=[final / 2, final],
-                  train_returns=[0.0] * 9 + [final], sps=1000.0 * seed)
+        write_run(
+            runs_dir,
+            "Toy-v0",
+            "algo_a",
+            seed,
+            eval_returns=[final / 2, final],
+            train_returns=[0.0] * 9 + [final],
+            sps=1000.0 * seed,
+        )
     write_run(runs_dir, "Toy-v0", "algo_b", 1, eval_returns=[50.0], train_returns=[5.0, 7.0], step=500, status="running")
     for g, seed in itertools.product((4, 8), (1, 2, 3)):
-        write_run(runs_dir, "Toy-v0", f"grpo_g{g}", seed, eval_returns=[g, g * 10.0 + seed], train_returns=[1.0, 2.0], group_size=g)
+        write_run(
+            runs_dir, "Toy-v0", f"grpo_g{g}", seed, eval_returns=[g, g * 10.0 + seed], train_returns=[1.0, 2.0], group_size=g
+        )
     write_run(runs_dir, "Other-v0", "algo_a", 1, train_returns=[3.0, 4.0], timings=False)
     return runs_dir
 
 
 def run_plot(*args):
-    return subprocess.run([sys.executable, str(ROOT / "plot.py"), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "MPLBACKEND": "Agg"}, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "plot.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+        timeout=300,
+    )
 
 
 def read_csv(path):
@@ -64,14 +114,16 @@ def read_csv(path):
 def slow_iqm(values):
     values = sorted(values)
     cut = int(len(values) / 4)  # scipy.stats.trim_mean(values, 0.25) drops this many at each end
-    middle = values[cut:len(values) - cut]
+    middle = values[cut : len(values) - cut]
     return sum(middle) / len(middle)
 
 
 def exact_bootstrap_ci(strata, confidence=0.95):
     """The percentile CI of the IQM over every equally likely stratified resample, enumerated."""
-    stats = [slow_iqm([x for part in resample for x in part])
-             for resample in itertools.product(*[itertools.product(s, repeat=len(s)) for s in strata])]
+    stats = [
+        slow_iqm([x for part in resample for x in part])
+        for resample in itertools.product(*[itertools.product(s, repeat=len(s)) for s in strata])
+    ]
     tail = 100 * (1 - confidence) / 2
     return np.percentile(stats, [tail, 100 - tail])
 
@@ -80,8 +132,14 @@ def test_table_numbers_and_files(synthetic):
     result = run_plot(synthetic)
     assert result.returncode == 0, result.stderr
     out = synthetic / "_plots"
-    assert sorted(p.name for p in out.iterdir()) == ["curves_Other-v0.png", "curves_Toy-v0.png", "final_performance.csv",
-                                                     "final_performance.md", "group_size_Toy-v0.png", "time_breakdown.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curves_Other-v0.png",
+        "curves_Toy-v0.png",
+        "final_performance.csv",
+        "final_performance.md",
+        "group_size_Toy-v0.png",
+        "time_breakdown.png",
+    ]
     rows = read_csv(out / "final_performance.csv")
     a = rows[("Toy-v0", "algo_a")]
     assert (int(a["seeds"]), int(a["completed"]), int(a["steps"])) == (4, 4, 1000)
@@ -98,7 +156,10 @@ def test_table_numbers_and_files(synthetic):
     assert other["seeds"] == "0" and other["final_mean"] == other["iqm"] == ""
     markdown = (out / "final_performance.md").read_text()
     assert markdown in result.stdout  # printed and saved
-    assert f"| Toy-v0 | algo_a | 1,000 | 4 | 4/4 | 325.0 ± {np.std(FINALS):.1f} | 150.0 [{float(a['iqm_ci_low']):.1f}, " in markdown
+    assert (
+        f"| Toy-v0 | algo_a | 1,000 | 4 | 4/4 | 325.0 ± {np.std(FINALS):.1f} | 150.0 [{float(a['iqm_ci_low']):.1f}, "
+        in markdown
+    )
     assert "| Toy-v0 | algo_b | 1,000 | 1 | 0/1 | 50.0 ± 0.0 | 50.0 [50.0, 50.0] |" in markdown
     assert "| Other-v0 | algo_a | 1,000 | 0 | 1/1 | – | – |" in markdown
     assert not list(out.glob(".tmp*"))  # atomic writes leave no temp files
@@ -169,9 +230,13 @@ def test_figures_are_real_images(synthetic):
 def test_corrupt_and_partial_runs_are_skipped_with_a_warning(runs_dir):
     good = write_run(runs_dir, "Toy-v0", "algo_a", 1, eval_returns=[1.0, 2.0], train_returns=[1.0])
     (good / "timings.jsonl").write_text('{"iteration": 1, "time_s": 1, "rollout_s"\n')  # cut by kill -9
-    bad = {"empty": "", "truncated": '{"env_id": "Toy-v0", "exp', "a list": "[1, 2]",
-           "no seed": json.dumps({"env_id": "Toy-v0", "exp_name": "x", "train": {}, "eval": {}}),
-           "lengths": json.loads((good / "metrics.json").read_text()) | {"eval": {"global_step": [1, 2], "mean_return": [1.0]}}}
+    bad = {
+        "empty": "",
+        "truncated": '{"env_id": "Toy-v0", "exp',
+        "a list": "[1, 2]",
+        "no seed": json.dumps({"env_id": "Toy-v0", "exp_name": "x", "train": {}, "eval": {}}),
+        "lengths": json.loads((good / "metrics.json").read_text()) | {"eval": {"global_step": [1, 2], "mean_return": [1.0]}},
+    }
     for name, content in bad.items():
         (runs_dir / name).mkdir()
         (runs_dir / name / "metrics.json").write_text(content if isinstance(content, str) else json.dumps(content))
@@ -195,17 +260,22 @@ def test_help_lists_every_flag():
 
 def assert_one_line_error(result, expected):
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+        result.stderr
+    )
 
 
-@pytest.mark.parametrize("args, expected", [
-    ([], "no readable metrics.json under"),
-    (["--metric", "best"], "invalid choice: 'best'"),
-    (["--total-steps", "0"], "--total-steps must be positive"),
-    (["--total-steps", "1e6"], "invalid int value"),
-    (["--smooth", "-1"], "--smooth must be"),
-    (["--colour"], "unrecognized arguments: --colour"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], "no readable metrics.json under"),
+        (["--metric", "best"], "invalid choice: 'best'"),
+        (["--total-steps", "0"], "--total-steps must be positive"),
+        (["--total-steps", "1e6"], "invalid int value"),
+        (["--smooth", "-1"], "--smooth must be"),
+        (["--colour"], "unrecognized arguments: --colour"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(runs_dir, args, expected):
     runs_dir.mkdir()
     assert_one_line_error(run_plot(runs_dir, *args), expected)

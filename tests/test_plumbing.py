@@ -9,10 +9,18 @@ from conftest import ROOT, existing_scripts
 BEGIN, END = "# ==== plumbing: begin", "# ==== plumbing: end ===="
 # top-level names that differ between scripts by design: the algorithm and what it runs on
 DIFFER_BY_DESIGN = {
-    "Args", "main", "Agent", "check_env", "check_args", "collect_rollout", "make_batch", "LOSS_STATS",
+    "Args",
+    "main",
+    "Agent",
+    "check_env",
+    "check_args",
+    "collect_rollout",
+    "make_batch",
+    "LOSS_STATS",
     "env_action",  # Gaussian: clip to the bounds; Beta: map (0, 1) onto them
-    "make_env", "make_vector_env",  # the MLP scripts' and the CNN scripts' differ, each pair sharing one text (below)
-}  # fmt: skip
+    "make_env",
+    "make_vector_env",  # the MLP scripts' and the CNN scripts' differ, each pair sharing one text (below)
+}
 SAME_WITHIN = [("ppo_continuous", "ppo_beta_continuous", "grpo_continuous"), ("ppo_cnn_carracing", "grpo_cnn_carracing")]
 
 

@@ -65,7 +65,9 @@ def test_gae_bootstraps_a_truncation_with_the_final_observation_value_and_a_term
     final_values = np.full((1, 2), 10.0, np.float32)
     truncations = np.array([[1, 0]], np.float32)
     terminations = np.array([[0, 1]], np.float32)
-    advantages, _ = script_gae(rewards, values, np.full(2, 99.0, np.float32), terminations, truncations, final_values, 0.5, 1.0)
+    advantages, _ = script_gae(
+        rewards, values, np.full(2, 99.0, np.float32), terminations, truncations, final_values, 0.5, 1.0
+    )
     assert advantages.tolist() == [[1.0 + 0.5 * 10.0, 1.0]]  # never the next episode's 99
 
 
@@ -132,7 +134,7 @@ def reference_update(agent, optimizer, batch, args):
     for epoch in range(args.update_epochs):
         b_inds = torch.randperm(args.batch_size)
         for start in range(0, args.batch_size, args.minibatch_size):
-            mb = b_inds[start:start + args.minibatch_size]
+            mb = b_inds[start : start + args.minibatch_size]
             mean = agent.actor_mean(batch["obs"][mb])
             dist = torch.distributions.Normal(mean, agent.actor_logstd.expand_as(mean).exp())
             newlogprob, entropy = dist.log_prob(batch["actions"][mb]).sum(1), dist.entropy().sum(1)
@@ -161,8 +163,18 @@ def ppo_batch(agent, B=256, obs_dim=5, act_dim=2):
     return {**batch, "advantages": torch.randn(B), "returns": torch.randn(B), "values": torch.randn(B)}
 
 
-UPDATE_ARGS = dict(update_epochs=3, minibatch_size=32, norm_adv=True, clip_coef=0.2, clip_vloss=True, ent_coef=0.01, vf_coef=0.5,
-                   max_grad_norm=0.5, target_kl=None, compile=False)  # fmt: skip
+UPDATE_ARGS = dict(
+    update_epochs=3,
+    minibatch_size=32,
+    norm_adv=True,
+    clip_coef=0.2,
+    clip_vloss=True,
+    ent_coef=0.01,
+    vf_coef=0.5,
+    max_grad_norm=0.5,
+    target_kl=None,
+    compile=False,
+)
 
 
 def run_update(agent, batch, **overrides):
@@ -183,7 +195,9 @@ def test_ppo_update_equals_the_plain_cleanrl_update():
     for p, q in zip(agent.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert set(stats) == set(ppo.LOSS_STATS) and 0.0 < stats["losses/clipfrac"] < 1.0  # the policy moved enough to clip
-    assert stats["losses/approx_kl"] > 0 and stats["losses/entropy"] == pytest.approx(2 * (0.5 + 0.5 * np.log(2 * np.pi)), 0.05)
+    assert stats["losses/approx_kl"] > 0 and stats["losses/entropy"] == pytest.approx(
+        2 * (0.5 + 0.5 * np.log(2 * np.pi)), 0.05
+    )
 
 
 def test_target_kl_stops_the_epochs_early():
@@ -226,7 +240,9 @@ def test_rollout_never_crosses_an_episode_boundary(module):
     T, N = 23, 2
     if "CounterTest-v0" not in gym.registry:
         gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
-    args = SimpleNamespace(env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync", env_backend="gymnasium")
+    args = SimpleNamespace(
+        env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync", env_backend="gymnasium"
+    )
     envs = module.make_vector_env(args)
     next_obs, _ = envs.reset(seed=0)
     agent, norm = module.Agent(2, 1, (8,)), module.ObsNormalizer((2,), 10.0, enabled=False)
@@ -235,8 +251,18 @@ def test_rollout_never_crosses_an_episode_boundary(module):
     episodes, ended = np.zeros((2, N)), []
     scaler = module.RewardScaler(N, 0.99, 10.0, enabled=False)
     with torch.inference_mode():
-        next_obs, final, _ = module.collect_rollout(envs, next_obs, agent.sample, norm, scaler, buf, np.float32(-1), np.float32(1),
-                                                    episodes, lambda *e: ended.append(e))  # fmt: skip
+        next_obs, final, _ = module.collect_rollout(
+            envs,
+            next_obs,
+            agent.sample,
+            norm,
+            scaler,
+            buf,
+            np.float32(-1),
+            np.float32(1),
+            episodes,
+            lambda *e: ended.append(e),
+        )
     final = {(t, i): o[0] for t, i, o in final}
     obs = np.concatenate([buf["obs"], next_obs[None].astype(np.float32)])
     for i in range(N):
@@ -271,5 +297,7 @@ def test_make_batch_bootstraps_truncations_from_the_final_observation():
     torch.testing.assert_close(batch["advantages"], torch.tensor([1 + 0.5 * 2 - 1, 1 + 0.5 * 7 - 2, 1 + 0.5 * 4 - 0]))
     torch.testing.assert_close(batch["values"], torch.tensor([1.0, 2.0, 0.0]))
     with torch.no_grad():
-        torch.testing.assert_close(batch["logprobs"], agent.dist(torch.from_numpy(buf["obs"][:, 0])).log_prob(torch.zeros(3, 1))[:, 0])
+        torch.testing.assert_close(
+            batch["logprobs"], agent.dist(torch.from_numpy(buf["obs"][:, 0])).log_prob(torch.zeros(3, 1))[:, 0]
+        )
     assert list(batch) == ["obs", "actions", "logprobs", "advantages", "returns", "values"]  # ppo_loss's argument order

@@ -13,20 +13,52 @@ import torch
 from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, tb_scalars
 
 PPO_SCRIPTS = ["ppo_continuous", "ppo_beta_continuous"]
-TB_TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate", "losses/value_loss",
-           "losses/policy_loss", "losses/entropy", "losses/old_approx_kl", "losses/approx_kl", "losses/clipfrac",
-           "losses/explained_variance", "eval/mean_return", "eval/std_return"]
+TB_TAGS = [
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/learning_rate",
+    "losses/value_loss",
+    "losses/policy_loss",
+    "losses/entropy",
+    "losses/old_approx_kl",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "losses/explained_variance",
+    "eval/mean_return",
+    "eval/std_return",
+]
 
 
 @pytest.mark.parametrize("script", PPO_SCRIPTS)
 def test_smoke_writes_the_whole_run_layout(runs_dir, script):
-    result = run_script(script, *TINY[script], "--num-envs", 2, "--total-timesteps", 1024, "--eval-every", 512,
-                        "--eval-episodes", 2, "--checkpoint-every", 256, "--runs-dir", runs_dir)
+    result = run_script(
+        script,
+        *TINY[script],
+        "--num-envs",
+        2,
+        "--total-timesteps",
+        1024,
+        "--eval-every",
+        512,
+        "--eval-episodes",
+        2,
+        "--checkpoint-every",
+        256,
+        "--runs-dir",
+        runs_dir,
+    )
     assert result.returncode == 0, result.stderr
     run_dir = runs_dir / f"Hopper-v4__{script}__seed1"
     metrics, timings = assert_run_layout(run_dir, script, eval_steps=[512, 1024])
     assert {k: metrics[k] for k in ("env_id", "exp_name", "seed", "group_size", "global_step", "total_timesteps")} == {
-        "env_id": "Hopper-v4", "exp_name": script, "seed": 1, "group_size": None, "global_step": 1024, "total_timesteps": 1024}
+        "env_id": "Hopper-v4",
+        "exp_name": script,
+        "seed": 1,
+        "group_size": None,
+        "global_step": 1024,
+        "total_timesteps": 1024,
+    }
     assert metrics["args"]["batch_size"] == 256 and len(timings) == 4
     assert {"obs_norm", "reward_scaler"} <= set(torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True))
     steps = tb_scalars(run_dir)
@@ -48,11 +80,32 @@ def test_sync_and_async_vector_envs_give_the_same_run(runs_dir, script):
 def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script, backend):
     if backend == "envpool":
         pytest.importorskip("envpool")
-    args = [*TINY[script], "--num-steps", 256, "--total-timesteps", 6144, "--eval-every", 1024, "--eval-episodes", 2,
-            "--checkpoint-every", 256, "--no-capture-video", "--no-cuda", "--env-backend", backend, "--runs-dir", runs_dir]
+    args = [
+        *TINY[script],
+        "--num-steps",
+        256,
+        "--total-timesteps",
+        6144,
+        "--eval-every",
+        1024,
+        "--eval-episodes",
+        2,
+        "--checkpoint-every",
+        256,
+        "--no-capture-video",
+        "--no-cuda",
+        "--env-backend",
+        backend,
+        "--runs-dir",
+        runs_dir,
+    ]
     run_dir = runs_dir / f"Hopper-v4__{script}__seed1"
-    proc = subprocess.Popen([sys.executable, str(ROOT / f"{script}.py"), *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / f"{script}.py"), *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     killed_at = kill_when(proc, run_dir, 2560)
     assert 0 < killed_at < 6144
     (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
@@ -80,8 +133,16 @@ def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch, script):
     module = importlib.import_module(script)
     poison_update(monkeypatch, module)
-    args = module.Args(env_id="InvertedPendulum-v4", num_steps=128, num_minibatches=4, update_epochs=1, total_timesteps=1280,
-                       eval_every=0, checkpoint_every=128, runs_dir=str(runs_dir))
+    args = module.Args(
+        env_id="InvertedPendulum-v4",
+        num_steps=128,
+        num_minibatches=4,
+        update_epochs=1,
+        total_timesteps=1280,
+        eval_every=0,
+        checkpoint_every=128,
+        runs_dir=str(runs_dir),
+    )
     with pytest.raises(module.Diverged, match="diverged"):
         module.main(args)
     run_dir = runs_dir / f"InvertedPendulum-v4__{script}__seed1"
@@ -93,8 +154,21 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypa
 @pytest.mark.parametrize("script", PPO_SCRIPTS)
 def test_learns_inverted_pendulum(runs_dir, script):
     """CleanRL's training return averages ~910 between 20k and 30k steps here, 1000 after 30k."""
-    result = run_script(script, "--env-id", "InvertedPendulum-v4", "--total-timesteps", 40960, "--eval-every", 10240,
-                        "--eval-episodes", 5, "--no-capture-video", "--no-cuda", "--runs-dir", runs_dir)
+    result = run_script(
+        script,
+        "--env-id",
+        "InvertedPendulum-v4",
+        "--total-timesteps",
+        40960,
+        "--eval-every",
+        10240,
+        "--eval-episodes",
+        5,
+        "--no-capture-video",
+        "--no-cuda",
+        "--runs-dir",
+        runs_dir,
+    )
     assert result.returncode == 0, result.stderr
     metrics, _ = read_run(runs_dir / f"InvertedPendulum-v4__{script}__seed1")
     train = metrics["train"]
