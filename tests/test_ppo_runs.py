@@ -68,12 +68,15 @@ def test_smoke_writes_the_whole_run_layout(runs_dir, script):
 
 @pytest.mark.parametrize("script", PPO_SCRIPTS)
 def test_sync_and_async_vector_envs_give_the_same_run(runs_dir, script):
-    common = [*TINY[script], "--num-envs", 2, "--total-timesteps", 512, "--eval-every", 0, "--runs-dir", runs_dir, "--no-cuda"]
-    for mode in ("sync", "async"):
-        assert run_script(script, *common, "--vector-mode", mode, "--exp-name", mode).returncode == 0
+    """... and --cuda on a machine without CUDA trains the same run on the CPU, saying so."""
+    common = [*TINY[script], "--num-envs", 2, "--total-timesteps", 512, "--eval-every", 0, "--runs-dir", runs_dir]
+    for mode, device in (("sync", "--no-cuda"), ("async", "--cuda")):
+        assert run_script(script, *common, "--vector-mode", mode, device, "--exp-name", mode).returncode == 0
     sync, _ = read_run(runs_dir / "Hopper-v4__sync__seed1")
     asyn, _ = read_run(runs_dir / "Hopper-v4__async__seed1")
     assert sync["train"] == asyn["train"] and len(sync["train"]["episodic_return"]) > 4
+    log = (runs_dir / "Hopper-v4__async__seed1" / "logs" / "train.log").read_text()
+    assert torch.cuda.is_available() or "--cuda is on but CUDA is not available: training on CPU" in log
 
 
 @pytest.mark.parametrize("script,backend", [(script, "gymnasium") for script in PPO_SCRIPTS] + [("ppo_continuous", "envpool")])
