@@ -767,8 +767,10 @@ def update(update_step, batch, args):
     argument order). Returns each of LOSS_STATS averaged over the minibatches."""
     first, stats = next(iter(batch.values())), []
     for _ in range(args.update_epochs):
-        for mb in torch.randperm(len(first), device=first.device).split(args.minibatch_size):
-            stats.append(update_step(*(v[mb] for v in batch.values())))
+        perm = torch.randperm(len(first), device=first.device)
+        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
+        for start in range(0, len(first), args.minibatch_size):
+            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
         if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
             break
     return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))

@@ -536,11 +536,11 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
 
     def update(self, x):
-        n = x.shape[0]
-        batch_mean = x.sum(0) / n  # sums, not x.mean()/x.var(): their wrappers cost more than the math on a few rows
-        delta, total = batch_mean - self.mean, self.count + n
-        m2 = self.var * self.count + ((x - batch_mean) ** 2).sum(0) + delta**2 * self.count * n / total
-        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
+        batch_mean = add(x, 0) / n
+        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
+        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
+        self.mean, self.var, self.count = self.mean + delta * (n / total), m2 / total, total
 
     def state_dict(self):  # tensors, which a weights_only checkpoint can hold
         return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
@@ -577,7 +577,7 @@ class RewardScaler:
         self.returns = self.returns * self.gamma + rewards
         self.rms.update(self.returns)
         self.returns[dones] = 0.0
-        return np.clip(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip, self.clip).astype(np.float32)
+        return np.minimum(np.maximum(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip), self.clip).astype(np.float32)
 
     def state_dict(self):
         return {"rms": self.rms.state_dict(), "returns": torch.as_tensor(self.returns)}
@@ -689,8 +689,10 @@ def update(update_step, batch, args):
     argument order). Returns each of LOSS_STATS averaged over the minibatches."""
     first, stats = next(iter(batch.values())), []
     for _ in range(args.update_epochs):
-        for mb in torch.randperm(len(first), device=first.device).split(args.minibatch_size):
-            stats.append(update_step(*(v[mb] for v in batch.values())))
+        perm = torch.randperm(len(first), device=first.device)
+        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
+        for start in range(0, len(first), args.minibatch_size):
+            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
         if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
             break
     return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))

@@ -179,6 +179,8 @@ def table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.output:  # before the measurements, not after them: a bad --output must not cost a run's minutes
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
     configs = [(s, [] if b == "gymnasium" else ["--env-backend", b]) for s in args.scripts for b in args.backends]
     configs += [(s, [*flags, "--compile"]) for s, flags in configs] if args.compile else []
