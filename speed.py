@@ -169,11 +169,18 @@ def cleanrl(python, script, env_id, budget, workdir):
 
 
 def table(rows):
-    lines = ["| script | flags | raw env steps/s | train SPS | steady SPS | 1st iteration extra s | train / raw |"]
-    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    head = "| round | script | flags | raw env steps/s | train SPS | steady SPS | 1st iteration extra s | train / raw |"
+    lines = [head + " SPS / CleanRL's |"]
+    lines.append("|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        cells = (r["script"], r["argv"] or "(defaults)", f"{r['raw']:,.0f}", f"{r['sps']:,.0f}", f"{r['steady_sps']:,.0f}")
-        lines.append("| " + " | ".join(cells) + f" | {r['first_iteration_extra_s']:.1f} | **{r['ratio']:.2f}** |")
+        cells = (str(r["round"]), r["script"], r["argv"] or "(defaults)", f"{r['raw']:,.0f}", f"{r['sps']:,.0f}")
+        cells += (
+            f"{r['steady_sps']:,.0f}",
+            f"{r['first_iteration_extra_s']:.1f}",
+            f"**{r['ratio']:.2f}**",
+            f"{r['vs_cleanrl']:.2f}",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines).replace("nan", "-")
 
 
@@ -189,7 +196,7 @@ def main(argv=None):
         configs = side_by_side + [c for c in configs if c not in side_by_side]
     rows, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="speed-") as workdir:
-        for _ in range(args.rounds):
+        for round in range(1, args.rounds + 1):
             for script, flags in configs:
                 budget = args.cnn_timesteps if script in CNN_SCRIPTS else args.mlp_timesteps
                 raw_steps = args.raw_steps or max(budget // 10, 256)
@@ -201,13 +208,23 @@ def main(argv=None):
                 else:
                     result = train(script, [*flags, *args.extra_args.split()], budget, workdir)
                 raw = (raw_before + env_rate(env_script, env_argv, raw_steps)) / 2
-                row = {"script": script, "argv": " ".join(flags), "raw": raw, **result, "ratio": result["sps"] / raw}
+                row = {
+                    "round": round,
+                    "script": script,
+                    "argv": " ".join(flags),
+                    "raw": raw,
+                    **result,
+                    "ratio": result["sps"] / raw,
+                }
                 rows.append(row)
                 print(
                     f"{script} {row['argv']}: raw {raw:,.0f}/s, train {row['sps']:,.0f} SPS "
                     f"(steady {row['steady_sps']:,.0f}), ratio {row['ratio']:.2f}",
                     flush=True,
                 )
+    for row in rows:  # against CleanRL's run of the same round, measured minutes apart
+        cleanrl_sps = [r["sps"] for r in rows if r["script"] == "cleanrl" and r["round"] == row["round"]]
+        row["vs_cleanrl"] = row["sps"] / cleanrl_sps[0] if cleanrl_sps else float("nan")
     text = table(rows)
     print(f"\n{text}\n\n({len(rows)} measurements in {time.time() - started:.0f}s; raw = the training envs, random actions)")
     if args.output:

@@ -112,6 +112,7 @@ def test_speed_benchmark_measures_the_raw_env_and_the_training_run_and_their_rat
     assert [(r["script"], r["argv"]) for r in rows] == [("ppo_continuous", ""), ("ppo_beta_continuous", "")]
     for r in rows:
         assert r["raw"] > 0 and r["sps"] > 0 and r["steady_sps"] > 0 and r["ratio"] == pytest.approx(r["sps"] / r["raw"])
+        assert r["round"] == 1 and r["vs_cleanrl"] != r["vs_cleanrl"]  # NaN: no CleanRL run to compare with
         assert f"| {r['sps']:,.0f} | {r['steady_sps']:,.0f} |" in out.read_text() and f"**{r['ratio']:.2f}**" in result.stdout
     assert list(tmp_path.iterdir()) == [out, out.with_suffix(".json")]  # the training runs went to a temporary directory
 
