@@ -99,6 +99,7 @@ def parse_args(argv):
     parser.add_argument(
         "--output", metavar="FILE", help="also write the table to FILE (markdown) and the numbers to FILE.json"
     )
+    parser.add_argument("--from-json", metavar="FILE", help="measure nothing: make the table again from an earlier FILE.json")
     args = parser.parse_args(argv)
     if args.mlp_timesteps <= 0 or args.cnn_timesteps <= 0 or args.raw_steps < 0 or args.rounds <= 0:
         raise UsageError("--mlp-timesteps, --cnn-timesteps and --rounds must be positive and --raw-steps >= 0")
@@ -194,9 +195,9 @@ def main(argv=None):
     if args.cleanrl_python:  # CleanRL between ours eager and ours --compile: the three side by side in every round
         side_by_side = [("ppo_continuous", []), ("cleanrl", []), ("ppo_continuous", ["--compile"])]
         configs = side_by_side + [c for c in configs if c not in side_by_side]
-    rows, started = [], time.time()
+    rows, started = json.loads(Path(args.from_json).read_text()) if args.from_json else [], time.time()
     with tempfile.TemporaryDirectory(prefix="speed-") as workdir:
-        for round in range(1, args.rounds + 1):
+        for round in range(1, 0 if args.from_json else args.rounds + 1):
             for script, flags in configs:
                 budget = args.cnn_timesteps if script in CNN_SCRIPTS else args.mlp_timesteps
                 raw_steps = args.raw_steps or max(budget // 10, 256)
@@ -222,9 +223,10 @@ def main(argv=None):
                     f"(steady {row['steady_sps']:,.0f}), ratio {row['ratio']:.2f}",
                     flush=True,
                 )
-    for row in rows:  # against CleanRL's run of the same round, measured minutes apart
+    for row in rows:  # against CleanRL's run of the same round, measured minutes apart, on the same env (Hopper-v4)
         cleanrl_sps = [r["sps"] for r in rows if r["script"] == "cleanrl" and r["round"] == row["round"]]
-        row["vs_cleanrl"] = row["sps"] / cleanrl_sps[0] if cleanrl_sps else float("nan")
+        same_env = row["script"] not in CNN_SCRIPTS and "--env-id" not in row["argv"]
+        row["vs_cleanrl"] = row["sps"] / cleanrl_sps[0] if cleanrl_sps and same_env else float("nan")
     text = table(rows)
     print(f"\n{text}\n\n({len(rows)} measurements in {time.time() - started:.0f}s; raw = the training envs, random actions)")
     if args.output:

@@ -115,6 +115,11 @@ def test_speed_benchmark_measures_the_raw_env_and_the_training_run_and_their_rat
         assert r["round"] == 1 and r["vs_cleanrl"] != r["vs_cleanrl"]  # NaN: no CleanRL run to compare with
         assert f"| {r['sps']:,.0f} | {r['steady_sps']:,.0f} |" in out.read_text() and f"**{r['ratio']:.2f}**" in result.stdout
     assert list(tmp_path.iterdir()) == [out, out.with_suffix(".json")]  # the training runs went to a temporary directory
+    again = tmp_path / "again.md"  # the table again from the numbers, measuring nothing
+    subprocess.run(
+        [sys.executable, str(ROOT / "speed.py"), "--from-json", str(out.with_suffix(".json")), "--output", str(again)]
+    )
+    assert again.read_text() == out.read_text()
 
 
 def test_speed_benchmark_rejects_bad_input_in_one_line(tmp_path):

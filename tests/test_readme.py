@@ -25,7 +25,7 @@ def test_every_table_row_and_picture_in_the_generated_sections_comes_from_a_file
                 assert any(line in text for text in docs.values()), f"README results:{name}: {line!r} is in no docs/*.md"
             for path in re.findall(r"\]\((docs/[^)]+)\)", line):
                 assert (ROOT / path).exists(), path
-        source = re.search(r"from\s+\[?`?(docs/[^\s`\]]+)", section)
+        source = re.search(r"(?i)from\s+\[?`?(docs/[^\s`\]]+)", section)
         assert source and (ROOT / source.group(1)).exists(), f"README results:{name} must name the file it comes from"
 
 
