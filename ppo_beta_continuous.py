@@ -723,18 +723,18 @@ def collect_rollout(envs, next_obs, policy, obs_norm, reward_scaler, buf, low, h
 
 
 def make_batch(agent, buf, next_obs, final, args, device):
-    """Values and log-probs of the whole rollout in one batched call each (the policy did not change during it), then
-    GAE. Returns the flat training batch in ppo_loss's argument order."""
+    """Values and log-probs of the rollout in one batched call each (the policy did not change during it), then GAE."""
     T, N = buf["rewards"].shape
     rollout = {k: torch.from_numpy(v) for k, v in buf.items()}
-    obs, actions = rollout["obs"].view(T * N, -1), rollout["actions"].view(T * N, -1)
+    obs, actions = (rollout[k].view(T * N, -1).to(device) for k in ("obs", "actions"))
     with torch.no_grad():
-        logprobs = agent.dist(obs.to(device)).log_prob(actions.to(device)).sum(-1)
-        all_obs = torch.from_numpy(np.concatenate([buf["obs"].reshape(T * N, -1), next_obs, *(o for *_, o in final)]))
-        all_values = agent.get_value(all_obs.to(device)).view(-1).cpu()
-    values, next_values = all_values[: T * N].view(T, N), all_values[N : T * N + N].view(T, N).clone()
+        logprobs = agent.dist(obs).log_prob(actions).sum(-1)
+        values = agent.get_value(obs).view(T, N).cpu()
+        bootstrap = torch.from_numpy(np.concatenate([next_obs, *(o for *_, o in final)]))  # next_obs, then final obs
+        bootstrap = agent.get_value(bootstrap.to(device)).view(-1).cpu()
+    next_values = torch.cat([values[1:], bootstrap[None, :N]])
     for k, (t, i, _) in enumerate(final):  # the env reset after step t: the next state is the final observation
-        next_values[t, i] = all_values[T * N + N + k]
+        next_values[t, i] = bootstrap[N + k]
     next_values *= 1.0 - rollout["terminations"]
     advantages, returns = compute_gae(rollout["rewards"], values, next_values, rollout["dones"], args.gamma, args.gae_lambda)
     batch = {"obs": obs, "actions": actions, "logprobs": logprobs}  # in ppo_loss's argument order

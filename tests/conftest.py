@@ -5,7 +5,9 @@ import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,6 +209,27 @@ def poison_update(monkeypatch, module, at_call=3):
 
     monkeypatch.setattr(module, "make_update_step", make_update_step)
     monkeypatch.setattr(module, "update", update)
+
+
+def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", seed=0, bound=1.0):
+    """T steps of module.collect_rollout (a PPO script's) with an untrained agent, statistics off. Returns the buffer,
+    the obs after the last step (float32), the final observations as {(t, env): obs} and the ended episodes."""
+    args = SimpleNamespace(
+        env_id=env_id, max_episode_steps=max_episode_steps, num_envs=N, vector_mode="sync", env_backend=backend
+    )
+    envs = module.make_vector_env(args)
+    next_obs, _ = envs.reset(seed=seed)
+    obs_dim, act_dim = next_obs.shape[1], module.check_env(args)[1].shape[0]
+    agent, norm = module.Agent(obs_dim, act_dim, (8,)), module.ObsNormalizer((obs_dim,), 10.0, enabled=False)
+    buf = {"obs": np.zeros((T, N, obs_dim), np.float32), "actions": np.zeros((T, N, act_dim), np.float32)}
+    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
+    scaler, ended, low, high = module.RewardScaler(N, 0.99, 10.0, enabled=False), [], np.float32(-bound), np.float32(bound)
+    with torch.inference_mode():
+        next_obs, final, _ = module.collect_rollout(
+            envs, next_obs, agent.sample, norm, scaler, buf, low, high, np.zeros((2, N)), lambda *e: ended.append(e)
+        )
+    envs.close()
+    return buf, next_obs.astype(np.float32), {(t, i): o[0] for t, i, o in final}, ended
 
 
 @pytest.fixture

@@ -4,17 +4,15 @@ statistics as the gymnasium path; and speed.py, which measures both."""
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import grpo_continuous as grpo
 import ppo_beta_continuous as ppo_beta
 import ppo_continuous as ppo
-from conftest import ROOT, assert_clean_error
+from conftest import ROOT, assert_clean_error, rollout
 
 
 @pytest.mark.parametrize("module", [ppo, ppo_beta])
@@ -25,32 +23,9 @@ def test_rollouts_end_episodes_the_same_way_on_both_backends(module, backend):
     if backend == "envpool":
         pytest.importorskip("envpool")
     T, N, limit = 60, 3, 7
-    args = SimpleNamespace(
-        env_id="InvertedPendulum-v4", max_episode_steps=limit, num_envs=N, vector_mode="sync", env_backend=backend
-    )
-    envs = module.make_vector_env(args)
-    next_obs, _ = envs.reset(seed=10)
-    agent, norm = module.Agent(4, 1, (8,)), module.ObsNormalizer((4,), 10.0, enabled=False)
-    buf = {"obs": np.zeros((T, N, 4), np.float32), "actions": np.zeros((T, N, 1), np.float32)}
-    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
-    scaler, episodes = module.RewardScaler(N, 0.99, 10.0, enabled=False), []
-    with torch.inference_mode():
-        next_obs, final, _ = module.collect_rollout(
-            envs,
-            next_obs,
-            agent.sample,
-            norm,
-            scaler,
-            buf,
-            np.float32(-3),
-            np.float32(3),
-            np.zeros((2, N)),
-            lambda *e: episodes.append(e),
-        )
-    envs.close()
+    buf, next_obs, final, episodes = rollout(module, T, N, "InvertedPendulum-v4", limit, backend, seed=10, bound=3.0)
     assert np.all(buf["rewards"] == 1.0)
-    final = {(t, i): o[0] for t, i, o in final}
-    obs = np.concatenate([buf["obs"], next_obs[None].astype(np.float32)])
+    obs = np.concatenate([buf["obs"], next_obs[None]])
     assert np.all(np.abs(obs[0]) <= 0.01)  # InvertedPendulum starts within 0.01 of upright and still
     lengths = []
     for i in range(N):

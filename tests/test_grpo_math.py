@@ -161,6 +161,8 @@ def test_compiled_update_gives_the_same_parameters_as_eager():
     batch, compiled = grpo_batch(agent), copy.deepcopy(agent)
     eager_stats, _ = run_update(agent, batch, update_epochs=1, minibatch_size=64)
     compiled_stats, _ = run_update(compiled, batch, update_epochs=1, minibatch_size=64, compile=True)
+    args = SimpleNamespace(**{**UPDATE_ARGS, "compile": True})
+    assert hasattr(grpo.make_update_step(agent, None, grpo.grpo_loss, args), "_torchdynamo_orig_callable")  # compiled
     for p, q in zip(agent.parameters(), compiled.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
     assert compiled_stats == pytest.approx(eager_stats, rel=1e-4, abs=1e-5)

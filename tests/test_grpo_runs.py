@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import grpo_continuous as grpo
-from conftest import ROOT, TINY, assert_run_layout, kill_when, read_run, run_script, tb_scalars
+from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, tb_scalars
 
 CHARTS = "episodic_return episodic_length SPS learning_rate group_return_mean group_return_std batch_steps"
 LOSSES = "policy_loss kl_ref entropy approx_kl old_approx_kl clipfrac advantage_mean advantage_std advantage_abs_max"
@@ -68,22 +68,7 @@ def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, bac
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch):
     """The update fills the agent's first parameter with NaN on its 3rd call: iteration 3 must not be checkpointed."""
-    real_make, real_update, agents, calls = grpo.make_update_step, grpo.update, [], []
-
-    def make_update_step(agent, *a):
-        agents.append(agent)
-        return real_make(agent, *a)
-
-    def update(*a):
-        stats = real_update(*a)
-        calls.append(1)
-        if len(calls) == 3:
-            with torch.no_grad():
-                next(agents[-1].parameters()).fill_(float("nan"))
-        return stats
-
-    monkeypatch.setattr(grpo, "make_update_step", make_update_step)
-    monkeypatch.setattr(grpo, "update", update)
+    poison_update(monkeypatch, grpo)
     args = grpo.Args(env_id="InvertedPendulum-v4", num_groups=2, group_size=2, update_epochs=1, total_timesteps=5000)
     args.eval_every, args.checkpoint_every, args.runs_dir = 0, 1, str(runs_dir)
     with pytest.raises(grpo.Diverged, match="diverged"):

@@ -11,6 +11,7 @@ import torch
 
 import ppo_beta_continuous as ppo_beta
 import ppo_continuous as ppo
+from conftest import rollout
 
 
 def gae_reference(rewards, values, last_value, terminations, truncations, final_values, gamma, lam):
@@ -211,6 +212,8 @@ def test_compiled_update_gives_the_same_parameters_as_eager():
     batch, compiled = ppo_batch(agent), copy.deepcopy(agent)
     eager_stats, _ = run_update(agent, batch, update_epochs=1)
     compiled_stats, _ = run_update(compiled, batch, update_epochs=1, compile=True)
+    args = SimpleNamespace(**{**UPDATE_ARGS, "compile": True})
+    assert hasattr(ppo.make_update_step(agent, None, ppo.ppo_loss, args), "_torchdynamo_orig_callable")  # compiled
     for p, q in zip(agent.parameters(), compiled.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
     assert compiled_stats == pytest.approx(eager_stats, rel=1e-4, abs=1e-5)
@@ -240,31 +243,8 @@ def test_rollout_never_crosses_an_episode_boundary(module):
     T, N = 23, 2
     if "CounterTest-v0" not in gym.registry:
         gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
-    args = SimpleNamespace(
-        env_id="CounterTest-v0", max_episode_steps=None, num_envs=N, vector_mode="sync", env_backend="gymnasium"
-    )
-    envs = module.make_vector_env(args)
-    next_obs, _ = envs.reset(seed=0)
-    agent, norm = module.Agent(2, 1, (8,)), module.ObsNormalizer((2,), 10.0, enabled=False)
-    buf = {"obs": np.zeros((T, N, 2), np.float32), "actions": np.zeros((T, N, 1), np.float32)}
-    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
-    episodes, ended = np.zeros((2, N)), []
-    scaler = module.RewardScaler(N, 0.99, 10.0, enabled=False)
-    with torch.inference_mode():
-        next_obs, final, _ = module.collect_rollout(
-            envs,
-            next_obs,
-            agent.sample,
-            norm,
-            scaler,
-            buf,
-            np.float32(-1),
-            np.float32(1),
-            episodes,
-            lambda *e: ended.append(e),
-        )
-    final = {(t, i): o[0] for t, i, o in final}
-    obs = np.concatenate([buf["obs"], next_obs[None].astype(np.float32)])
+    buf, next_obs, final, ended = rollout(module, T, N, "CounterTest-v0")
+    obs = np.concatenate([buf["obs"], next_obs[None]])
     for i in range(N):
         for t in range(T):
             (steps, episode), terminated = obs[t, i], buf["terminations"][t, i]
