@@ -4,8 +4,6 @@ grpo_continuous.py (Group Relative Policy Optimization, Shao et al., DeepSeekMat
 from one start state, advantages relative to the group by `--adv-mode`, PPO's clipped surrogate plus a k3 KL penalty to a
 reference policy; a resumed run replays the uninterrupted one) with ppo_cnn_carracing.py's frames, CNN and Beta policy.
 CarRacing generates its track from the reset seed, so the members of a group, reset with one seed, drive the same track.
-
-Run:  python grpo_cnn_carracing.py --env-id CarRacing-v3 --group-size 8
 """
 
 import contextlib
@@ -20,7 +18,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -41,7 +39,7 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
-    """if toggled, train on CUDA when it is available (falls back to CPU with a warning)"""
+    """if toggled, train on CUDA when it is available (else on CPU: the log's first line says which)"""
     compile: bool = False
     """if toggled, compile the update step and the policy call with `torch.compile` (a one-off cost of ~30-60 s)"""
     torch_threads: int = 1
@@ -51,7 +49,6 @@ class Args:
     resume: bool = False
     """continue the run in the run directory from checkpoints/latest.pt (starts fresh if there is none)"""
 
-    # Environment
     env_id: str = "CarRacing-v3"
     """the id of the gymnasium environment (continuous actions with finite bounds, RGB image observations)"""
     env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
@@ -114,8 +111,6 @@ class Args:
     """size of the trunk's output features (a linear layer and ReLU after the convolutions)"""
     hidden_sizes: tuple[int, ...] = (256,)
     """hidden layer sizes of the actor head MLP (tanh) on the trunk's features"""
-
-    # Evaluation, checkpoints
     eval_every: int = 50_000
     """env steps between evaluations of the deterministic policy (0 disables evaluation)"""
     eval_episodes: int = 10
@@ -124,21 +119,28 @@ class Args:
     """film the best episode of each evaluation to videos/*.mp4"""
     checkpoint_every: int = 25_000
     """env steps between checkpoints/latest.pt (0: only the final one, which is always written)"""
+    eval_checkpoint: Optional[str] = None
+    """evaluate this checkpoint (latest.pt, best.pt) for --eval-episodes episodes, then exit; the run's arguments apply"""
+    video_path: Optional[str] = None
+    """with --eval-checkpoint: where the best episode's video goes (default: next to the checkpoint, as .mp4)"""
+    track: bool = False
+    """if toggled, send the TensorBoard scalars, the arguments and the eval videos to Weights & Biases"""
+    wandb_project_name: str = "cleanrl"
+    """the W&B project"""
+    wandb_entity: Optional[str] = None
+    """the W&B entity (team); None: your default"""
 
 
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
 # arguments that change how a run computes, not what: a resume may change them
-RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video")
+RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video", "track")
+EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes")  # --eval-checkpoint takes these from the command line
 
 
 class UsageError(Exception):
     """A mistake the user can fix; reported as one line, exit status 2, nothing written."""
-
-
-class Diverged(Exception):
-    """NaN/inf in the losses or parameters; the last good checkpoint is kept."""
 
 
 def atomic_write(path, write):
@@ -153,14 +155,17 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, foreign, or a pickle that would run code
-        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it to start the run afresh")
+        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}); with --resume, delete it to start afresh")
     if not isinstance(ckpt, dict) or ckpt.get("algo") != ALGO or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{path} is not a checkpoint of this version of {ALGO}.py; delete it or pick a new --exp-name")
+        found = f"{ckpt.get('algo')}.py's, format {ckpt.get('format')}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UsageError(f"{path} ({found}) is not a checkpoint of this version of {ALGO}.py: use the script that wrote it")
     return ckpt
 
 
 def open_run(args):
-    """Decide, before anything is written, whether this is a fresh run or a resume. Returns (run_dir, checkpoint or None)."""
+    """Fresh run, resume or evaluation, decided before anything is written. Returns (run_dir, checkpoint or None)."""
+    if args.eval_checkpoint:
+        return Path(args.eval_checkpoint).parent, load_checkpoint(args.eval_checkpoint)
     run_dir = Path(args.runs_dir) / f"{args.env_id.replace('/', '-')}__{args.exp_name}__seed{args.seed}"
     latest = run_dir / "checkpoints" / "latest.pt"
     if not args.resume and run_dir.exists():
@@ -177,13 +182,15 @@ def open_run(args):
     ]
     if changed:
         raise UsageError(f"--resume with other arguments ({'; '.join(changed)}); use the original ones or a new --exp-name")
+    if ckpt["metrics"]["completed"]:  # said on stdout: benchmark.sh counts the run as skipped
+        print(f"{run_dir} is already complete ({ckpt['metrics']['global_step']:,} steps); nothing to do")
+        sys.exit(0)
     return run_dir, ckpt
 
 
 class Run:
     """Everything a run writes: metrics.json, timings.jsonl, logs/train.log, TensorBoard, checkpoints, videos. A resume
-    rewinds all of them to the checkpoint, so curves have no gap and no duplicate. `state` holds the objects (with
-    state_dict/load_state_dict) that a checkpoint saves and a resume restores."""
+    rewinds all of them to the checkpoint, so curves have no gap and no duplicate."""
 
     def __init__(self, args, run_dir, ckpt, total_steps, group_size=None):
         from torch.utils.tensorboard import SummaryWriter
@@ -195,7 +202,18 @@ class Run:
         curves = {"train": {"global_step": [], "episodic_return": [], "episodic_length": []}, "eval": {}}
         curves["eval"] = {"global_step": [], "mean_return": [], "std_return": []}
         new = {**run, "args": asdict(args), **progress, "sps": 0.0, "wall_time_s": 0.0, "best_eval_return": None, **curves}
-        self.metrics = ckpt["metrics"] if ckpt else new
+        self.metrics, self.wandb = ckpt["metrics"] if ckpt else new, None
+        self.global_step = self.last_ckpt_step = self.steps_at_start = self.metrics["global_step"]
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+        self.log = logging.getLogger(f"{ALGO}.{run_dir}")
+        if args.eval_checkpoint:  # an evaluation writes nothing in the run directory
+            return
         for sub in ("logs", "checkpoints", "videos"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
         for stale in run_dir.rglob("*.tmp*"):  # left by a kill -9 in the middle of an atomic write
@@ -208,37 +226,40 @@ class Run:
             old.unlink()
         atomic_write(timings, lambda tmp: Path(tmp).write_text("".join(kept)))
         self.timings = open(timings, "a")
-        self.log = logging.getLogger(f"{ALGO}.{run_dir}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
         for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "logs" / "train.log")):
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
             self.log.addHandler(handler)
+        if args.track:  # before the SummaryWriter, whose scalars wandb mirrors; a resume continues the same W&B run
+            import wandb
+
+            self.wandb, wandb_id = wandb, self.metrics.setdefault("wandb_id", os.urandom(4).hex())
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                id=wandb_id,
+                resume="allow",
+                name=run_dir.name,
+                dir=run_dir,
+                config=asdict(args),
+                sync_tensorboard=True,
+            )
         self.writer = SummaryWriter(str(run_dir), purge_step=self.metrics["global_step"] + 1 if ckpt else None)
-        if not ckpt:
-            table = "\n".join(f"|{k}|{v}|" for k, v in self.metrics["args"].items())
-            self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        self.global_step = self.last_ckpt_step = self.steps_at_start = self.metrics["global_step"]
         self.last_eval_step = (self.metrics["eval"]["global_step"] or [0])[-1]
         self.t_start, self.wall_time_before = time.perf_counter(), self.metrics["wall_time_s"]
         self.flush()
-        random.seed(args.seed)
-        np.random.seed(args.seed)
-        torch.manual_seed(args.seed)
-        torch.backends.cudnn.deterministic = args.torch_deterministic
-        if args.torch_threads:
-            torch.set_num_threads(args.torch_threads)
-        if args.cuda and not torch.cuda.is_available():
-            self.log.warning("--cuda is on but CUDA is not available: training on CPU")
-        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
 
     def restore(self, **state):
-        """Keeps `state` for the checkpoints and, on a resume, loads it and the RNGs from the checkpoint."""
+        """Keeps `state` (objects with state_dict/load_state_dict) for the checkpoints; loads it from one if there is one."""
         self.state = state
         if not self.ckpt:
             return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps on {self.device}")
-        for k, v in state.items():
-            v.load_state_dict(self.ckpt[k])
+        try:
+            for k, v in state.items():
+                v.load_state_dict(self.ckpt[k])
+        except RuntimeError:  # a size mismatch: the networks of another env's spaces or other arguments
+            raise UsageError(f"a checkpoint of {self.ckpt['args']['env_id']} does not fit {self.args.env_id} as configured")
         torch.set_rng_state(self.ckpt["rng"]["torch"])
         if self.ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.ckpt["rng"]["cuda"])
@@ -258,8 +279,7 @@ class Run:
         self.writer.add_scalar("charts/episodic_length", episodic_length, global_step)
 
     def end_iteration(self, iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act):
-        """After an update: the NaN stop, then evaluation and checkpoints when due, metrics.json, TensorBoard, the log
-        and timings.jsonl. `act` is the deterministic policy (a batch of observations -> a batch of actions)."""
+        """The NaN stop, evaluation and checkpoint when due, metrics.json, TensorBoard, the log, timings.jsonl."""
         steps, self.iteration, self.global_step = global_step - self.global_step, iteration, global_step
         t_update, args = time.perf_counter(), self.args
         params = torch.cat([p.detach().reshape(-1) for p in self.state["agent"].parameters()])
@@ -267,7 +287,7 @@ class Run:
             self.metrics["status"] = "diverged"
             self.log.error(f"NaN/inf in the losses or parameters at step {global_step:,}; stopped")
             self.close()
-            raise Diverged(
+            raise FloatingPointError(
                 f"training diverged (NaN/inf) at step {global_step:,}; {self.dir}/checkpoints/latest.pt holds "
                 f"step {self.last_ckpt_step:,}: lower --learning-rate or --max-grad-norm"
             )
@@ -304,32 +324,33 @@ class Run:
             + (f" | eval {eval_return:,.1f}" if eval_return is not None else "")
             + f" | ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s"
         )
-        if final:
-            self.log.info(f"done: {global_step:,} steps in {m['wall_time_s']:,.0f}s; best eval return {m['best_eval_return']}")
 
     def evaluate(self, make_eval_env, act):
-        """Evaluates on fixed seeds, keeps the best policy (best.pt) and films the best episode. Returns the mean return."""
-        seeds = [1_000_000 * (1 + self.args.seed) + k for k in range(self.args.eval_episodes)]
-        env = make_eval_env(None)
-        try:
+        """Deterministic episodes on fixed seeds; keeps the best policy (best.pt) and films the best episode."""
+        args, seeds = self.args, [1_000_000 * (1 + self.args.seed) + k for k in range(self.args.eval_episodes)]
+        with make_eval_env(None) as env:
             returns = np.array([run_episode(env, act, seed)[0] for seed in seeds])
-        finally:
-            env.close()
-        ev, mean = self.metrics["eval"], float(returns.mean())
-        for key, value in zip(ev, (self.global_step, mean, float(returns.std()))):
-            ev[key].append(value)
-        self.writer.add_scalar("eval/mean_return", mean, self.global_step)
-        self.writer.add_scalar("eval/std_return", ev["std_return"][-1], self.global_step)
-        if self.metrics["best_eval_return"] is None or mean > self.metrics["best_eval_return"]:
-            self.metrics["best_eval_return"] = mean
-            self.save("best.pt")
-        if self.args.capture_video:
+        mean, std = float(returns.mean()), float(returns.std())
+        if args.eval_checkpoint:  # print, film next to the checkpoint (or to --video-path), nothing else
+            print(f"{args.eval_checkpoint} on {args.env_id}: return {mean:.2f} +- {std:.2f} over {len(seeds)} episodes")
+            video = Path(args.video_path or Path(args.eval_checkpoint).with_suffix(".mp4"))
+        else:
+            video = self.dir / "videos" / f"eval-step{self.global_step:09d}.mp4"
+            for key, value in zip(self.metrics["eval"], (self.global_step, mean, std)):
+                self.metrics["eval"][key].append(value)
+            self.writer.add_scalar("eval/mean_return", mean, self.global_step)
+            self.writer.add_scalar("eval/std_return", std, self.global_step)
+            if self.metrics["best_eval_return"] is None or mean > self.metrics["best_eval_return"]:
+                self.metrics["best_eval_return"] = mean
+                self.save("best.pt")
+        if args.capture_video:
             try:
-                path = self.dir / "videos" / f"eval-step{self.global_step:09d}.mp4"
-                record_video(make_eval_env, act, seeds[int(returns.argmax())], path)
+                record_video(make_eval_env, act, seeds[int(returns.argmax())], video)
+                if self.wandb:
+                    self.wandb.log({"videos/eval": self.wandb.Video(str(video))})
             except Exception as e:  # no renderer here: keep training, say why once
                 self.log.warning(f"video capture failed ({type(e).__name__}: {e}); continuing without videos")
-                self.args.capture_video = False
+                args.capture_video = False
         return mean
 
     def flush(self):
@@ -340,14 +361,15 @@ class Run:
         self.flush()
         self.writer.close()
         self.timings.close()
+        if self.wandb:
+            self.wandb.finish()
         for handler in list(self.log.handlers):
             handler.close()
             self.log.removeHandler(handler)
 
 
 def run_episode(env, act, seed, on_frame=None, frame_every=1):
-    """One episode of the deterministic policy `act` from `env.reset(seed=seed)`; returns (return, length). `on_frame`
-    gets every `frame_every`-th rendered frame."""
+    """One episode of `act` from `env.reset(seed=seed)`: (return, length). `on_frame` gets every frame_every-th frame."""
     obs, _ = env.reset(seed=seed)
     episodic_return, length, done = 0.0, 0, False
     while not done:
@@ -359,21 +381,20 @@ def run_episode(env, act, seed, on_frame=None, frame_every=1):
 
 
 def record_video(make_eval_env, act, seed, path: Path):
-    """Film one episode by re-running it from its seed (the policy and env are deterministic), so no evaluation holds
-    frames in memory. Frames are thinned to at most ~30 per second of simulated time: rendering is the slow part."""
+    """Film an episode by re-running it from its seed (all is deterministic), at most ~30 frames per simulated second."""
     import imageio
 
-    env = make_eval_env("rgb_array")
     tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    try:
+    path.parent.mkdir(parents=True, exist_ok=True)  # --video-path may name a new directory
+    with make_eval_env("rgb_array") as env:
         env_fps = env.metadata.get("render_fps") or 30
         frame_every = max(1, round(env_fps / 30))
-        with imageio.get_writer(tmp, fps=env_fps / frame_every, macro_block_size=1) as writer:
-            run_episode(env, act, seed, on_frame=writer.append_data, frame_every=frame_every)
-        os.replace(tmp, path)
-    finally:
-        env.close()
-        tmp.unlink(missing_ok=True)
+        try:
+            with imageio.get_writer(tmp, fps=env_fps / frame_every, macro_block_size=1) as writer:
+                run_episode(env, act, seed, on_frame=writer.append_data, frame_every=frame_every)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def cli(main_fn, args_type):
@@ -389,13 +410,14 @@ def cli(main_fn, args_type):
         raise
     sys.stderr.write(captured.getvalue())
     try:
+        if args.eval_checkpoint:  # the run's own arguments, except RESUME_MAY_DIFFER, EVAL_OWN and the ones given here
+            saved, default = load_checkpoint(args.eval_checkpoint)["args"], {f.name: f.default for f in fields(args)}
+            keep = set(RESUME_MAY_DIFFER + EVAL_OWN) | {k for k in default if getattr(args, k) != default[k]}
+            args = replace(args, **{k: v for k, v in saved.items() if k in default and k not in keep})
         main_fn(args)
-    except (UsageError, Diverged, OSError) as e:  # OSError: e.g. a --runs-dir that cannot be written
+    except (UsageError, FloatingPointError, OSError) as e:  # training diverged; a --runs-dir that cannot be written
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, UsageError) else 1)
-    except KeyboardInterrupt:
-        print("interrupted; continue with the same command and --resume", file=sys.stderr)
-        sys.exit(130)
 
 
 # ==== plumbing: end ====
@@ -468,9 +490,7 @@ class CarRacingEnvPool:
         """Env i starts from seed + i, or seed[i] for a list, as in gymnasium: EnvPool seeds its envs when it makes a pool."""
         seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
         self.close()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.pool = self.make([s & 0x7FFFFFFF for s in seeds])  # EnvPool's seeds are int32
+        self.pool = self.make([s & 0x7FFFFFFF for s in seeds])  # EnvPool's seeds are int32
         self.raw = self.pool.reset()[0]  # the latest frame of each env (EnvPool answers in the order of the env ids asked)
         self.stack = np.repeat(preprocess(self.args, self.raw)[:, None], self.args.frame_stack, axis=1)  # as gymnasium's
         self.negative_steps = np.zeros(self.num_envs)  # consecutive steps of negative reward, as FrameSkip counts them
@@ -539,14 +559,11 @@ def make_carracing_members(args):
 
 def check_env(args):
     """Make one env to check its spaces, and the CNN on its frames, before anything is written; (obs shape, act space)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
         try:
             env = gym.make(args.env_id)
         except Exception as e:  # unknown id, a missing dependency, a broken env
-            raise UsageError(
-                f"cannot make env {args.env_id!r}: {str(e).splitlines()[0]} (pass a registered id such as CarRacing-v3)"
-            )
+            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
     obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
     env.close()
     if not isinstance(act_space, gym.spaces.Box):
@@ -576,8 +593,7 @@ def check_envpool_env(args, obs_space, act_space):
         raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
     if args.env_id not in envpool.list_all_envs():
         raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(action="ignore"):
         spec = envpool.make_spec(args.env_id)
         ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
     same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
@@ -603,10 +619,7 @@ def check_common_args(args):
         raise UsageError(f"--resize needs a positive height and width, got {args.resize}")
     cnn = (args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides)
     if not args.cnn_channels or len(set(map(len, cnn))) != 1 or min(min(c) for c in cnn) <= 0:
-        raise UsageError(
-            "--cnn-channels, --cnn-kernel-sizes and --cnn-strides need one positive entry per convolution each, got "
-            f"{args.cnn_channels}, {args.cnn_kernel_sizes}, {args.cnn_strides}"
-        )
+        raise UsageError(f"--cnn-channels/-kernel-sizes/-strides need one positive entry per convolution each, got {cnn}")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
 
@@ -653,8 +666,7 @@ class CNNFeatureExtractor(nn.Module):
             last = out
         # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW
         self.convs = nn.Sequential(*layers, nn.Flatten()).to(memory_format=torch.channels_last)
-        with torch.no_grad():
-            flat = self.convs(torch.zeros(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])).shape[1]
+        flat = self.convs(torch.zeros(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])).shape[1]
         self.fc = nn.Sequential(layer_init(nn.Linear(flat, feature_size)), nn.ReLU())
 
     def forward(self, obs):
@@ -763,8 +775,7 @@ def make_update_step(agent, optimizer, loss_fn, args):
 
 
 def update(update_step, batch, args):
-    """`update_epochs` passes of minibatch SGD over the batch (a dict of tensors with one row per step, in update_step's
-    argument order). Returns each of LOSS_STATS averaged over the minibatches."""
+    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
     first, stats = next(iter(batch.values())), []
     for _ in range(args.update_epochs):
         perm = torch.randperm(len(first), device=first.device)
@@ -823,8 +834,6 @@ def main(args: Args):
     check_args(args)
     obs_shape, act_space = check_env(args)
     run_dir, ckpt = open_run(args)
-    if ckpt is not None and ckpt["metrics"]["completed"]:
-        return print(f"{run_dir} is already complete ({ckpt['metrics']['global_step']:,} steps); nothing to do")
     # -- nothing has been written before this line --
     run = Run(args, run_dir, ckpt, total_steps=args.total_timesteps, group_size=args.group_size)
     device, act_dim = run.device, act_space.shape[0]
@@ -847,6 +856,9 @@ def main(args: Args):
 
     def on_episode(steps, episodic_return, length):  # an episode ended `steps` env steps into the rollout
         run.episode(global_step + steps, episodic_return, length)
+
+    if args.eval_checkpoint:  # evaluate the saved policy; no training
+        return run.evaluate(make_eval_env, act_deterministic)
 
     policy = torch.compile(sample) if args.compile else sample
     update_step = make_update_step(agent, optimizer, grpo_loss, args)

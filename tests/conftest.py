@@ -100,6 +100,27 @@ def run_script(script, *args, timeout=600, **kwargs):
     )
 
 
+def start_killable(script, *args):
+    """Start a training script in the background, to be killed by kill_when."""
+    command = [sys.executable, str(ROOT / f"{script}.py"), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def run_cli(monkeypatch, capsys, script, *args):
+    """The script's command line in this process (a subprocess per case would spend seconds importing torch):
+    returns (exit status, stdout, stderr)."""
+    module = importlib.import_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *map(str, args)])
+    try:
+        module.cli(module.main, module.Args)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
 def read_run(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     timings = [json.loads(line) for line in (run_dir / "timings.jsonl").read_text().splitlines()]
@@ -176,7 +197,7 @@ def assert_run_layout(run_dir, script, eval_steps):
     assert_timings_add_up(timings)
 
     log = (run_dir / "logs" / "train.log").read_text()
-    assert f"step {metrics['global_step']:,}/{metrics['total_timesteps']:,} (100%)" in log and "done:" in log
+    assert f"step {metrics['global_step']:,}/{metrics['total_timesteps']:,} (100%)" in log
     for name in ("latest.pt", "best.pt"):  # plain tensors and containers: loadable without running any code
         ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         assert {"agent", "optimizer", "rng", "iteration", "global_step", "metrics", "args"} <= set(ckpt)
@@ -188,7 +209,21 @@ def assert_run_layout(run_dir, script, eval_steps):
     frames = iio.imread(videos[-1])
     assert frames.ndim == 4 and frames.shape[0] >= 2 and frames.std() > 1  # a real, non-blank film
     assert not list(run_dir.rglob("*.tmp*"))  # atomic writes leave no temp files
+    assert_eval_checkpoint(run_dir, script, metrics)
     return metrics, timings
+
+
+def assert_eval_checkpoint(run_dir, script, metrics):
+    """--eval-checkpoint best.pt replays the run's best evaluation (the same episodes: the run's seed, env and arguments
+    come from the checkpoint), films its best episode next to it, and writes nothing else."""
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    best = run_dir / "checkpoints" / "best.pt"
+    result = run_script(script, "--eval-checkpoint", best, "--eval-episodes", metrics["args"]["eval_episodes"])
+    assert result.returncode == 0, result.stderr
+    mean = float(result.stdout.split(": return ")[1].split(" +- ")[0])
+    assert abs(mean - metrics["best_eval_return"]) < 0.01, (mean, metrics["best_eval_return"])
+    assert {p for p in run_dir.rglob("*") if p.is_file() and p not in before} == {run_dir / "checkpoints" / "best.mp4"}
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
 
 
 def poison_update(monkeypatch, module, at_call=3):

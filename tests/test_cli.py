@@ -7,12 +7,11 @@ import re
 import subprocess
 import sys
 from dataclasses import asdict, fields
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, existing_scripts, read_run, run_script
+from conftest import ROOT, TINY, assert_clean_error, existing_scripts, read_run, run_cli, run_script
 
 SCRIPTS = existing_scripts()
 COMMON_BAD_INPUT = [
@@ -75,17 +74,6 @@ def test_help_documents_every_field(script):
     assert {name for name, _ in docs} == args_fields  # every field has a docstring ...
     for name, doc in docs:
         assert " ".join(doc.split()[:5]) in text, name  # ... and --help shows it
-
-
-def run_cli(monkeypatch, capsys, script, *args):
-    """The script's command line in this process (a subprocess per case would spend seconds importing torch):
-    returns (exit status, stdout, stderr)."""
-    module = importlib.import_module(script)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        module.cli(module.main, module.Args)
-    out, err = capsys.readouterr()
-    return SimpleNamespace(returncode=exit_info.value.code, stdout=out, stderr=err)
 
 
 @pytest.mark.parametrize(

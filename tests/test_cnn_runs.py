@@ -20,6 +20,7 @@ from conftest import (
     poison_update,
     read_run,
     run_script,
+    start_killable,
     tb_scalars,
 )
 
@@ -32,15 +33,6 @@ CHARTS = (
     "charts/episodic_return charts/episodic_length charts/SPS charts/learning_rate eval/mean_return eval/std_return".split()
 )
 QUIET = ["--no-capture-video", "--no-cuda"]
-
-
-def start_killable(script, args):
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / f"{script}.py"), *map(str, args)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
 
 
 def needs(backend):
@@ -75,7 +67,7 @@ def test_ppo_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, ba
     flags = "--total-timesteps 320 --eval-every 160 --eval-episodes 1 --checkpoint-every 32".split()
     args = [*TINY["ppo_cnn_carracing"], *flags, *QUIET, "--runs-dir", runs_dir, "--env-backend", backend]
     run_dir = runs_dir / RUN_DIR["ppo_cnn_carracing"]
-    assert 0 < kill_when(start_killable("ppo_cnn_carracing", args), run_dir, 96) < 320
+    assert 0 < kill_when(start_killable("ppo_cnn_carracing", *args), run_dir, 96) < 320
     (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
 
     result = run_script("ppo_cnn_carracing", *args, "--resume")
@@ -104,7 +96,7 @@ def test_grpo_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir
     assert run_script("grpo_cnn_carracing", *args, "--exp-name", "whole").returncode == 0
     run_dir = runs_dir / "CarRacing-v3__killed__seed1"
     killed = [*args, "--exp-name", "killed", "--vector-mode", "async"]
-    assert 0 < kill_when(start_killable("grpo_cnn_carracing", killed), run_dir, 100) < 300
+    assert 0 < kill_when(start_killable("grpo_cnn_carracing", *killed), run_dir, 100) < 300
     result = run_script("grpo_cnn_carracing", *killed, "--resume")
     assert result.returncode == 0, result.stderr
     assert "resuming" in (run_dir / "logs" / "train.log").read_text()

@@ -1,16 +1,12 @@
 """grpo_continuous.py end to end: the run layout, an exact resume after kill -9, the NaN stop, learning. The command line
 and bad input are in test_cli.py."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 import grpo_continuous as grpo
-from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, tb_scalars
+from conftest import TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, start_killable, tb_scalars
 
 CHARTS = "episodic_return episodic_length SPS learning_rate group_return_mean group_return_std batch_steps"
 LOSSES = "policy_loss kl_ref entropy approx_kl old_approx_kl clipfrac advantage_mean advantage_std advantage_abs_max"
@@ -46,10 +42,7 @@ def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, bac
     args += ["--checkpoint-every", 200, "--no-capture-video", "--env-backend", backend, "--runs-dir", runs_dir]
     assert run_script("grpo_continuous", *args, "--exp-name", "whole").returncode == 0
     whole_dir, run_dir = runs_dir / "Hopper-v4__whole__seed1", runs_dir / "Hopper-v4__killed__seed1"
-    command = [sys.executable, str(ROOT / "grpo_continuous.py"), *map(str, args), "--exp-name", "killed"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    assert 0 < kill_when(proc, run_dir, 1200) < 3000
+    assert 0 < kill_when(start_killable("grpo_continuous", *args, "--exp-name", "killed"), run_dir, 1200) < 3000
     (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
     result = run_script("grpo_continuous", *args, "--exp-name", "killed", "--resume")
     assert result.returncode == 0, result.stderr

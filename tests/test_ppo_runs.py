@@ -2,15 +2,12 @@
 NaN stop, learning. The command line and bad input of every script are in test_cli.py."""
 
 import importlib
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, tb_scalars
+from conftest import TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, start_killable, tb_scalars
 
 PPO_SCRIPTS = ["ppo_continuous", "ppo_beta_continuous"]
 TB_TAGS = [
@@ -59,7 +56,7 @@ def test_smoke_writes_the_whole_run_layout(runs_dir, script):
         "global_step": 1024,
         "total_timesteps": 1024,
     }
-    assert metrics["args"]["batch_size"] == 256 and len(timings) == 4
+    assert len(timings) == 4  # 1,024 steps in batches of 2 envs x 128 steps
     assert {"obs_norm", "reward_scaler"} <= set(torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True))
     steps = tb_scalars(run_dir)
     assert set(TB_TAGS) <= set(steps), set(TB_TAGS) - set(steps)
@@ -103,13 +100,7 @@ def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script
         runs_dir,
     ]
     run_dir = runs_dir / f"Hopper-v4__{script}__seed1"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / f"{script}.py"), *map(str, args)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    killed_at = kill_when(proc, run_dir, 2560)
+    killed_at = kill_when(start_killable(script, *args), run_dir, 2560)
     assert 0 < killed_at < 6144
     (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
 

@@ -1,0 +1,80 @@
+"""--eval-checkpoint's refusals, and --track (Weights & Biases, in its offline mode). The evaluation of a saved policy
+itself is checked on every script's smoke run (conftest.assert_eval_checkpoint); the code is plumbing, one text."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, assert_clean_error, kill_when, run_cli, run_script, start_killable
+
+TINY_RUN = [*TINY["ppo_continuous"], "--total-timesteps", 256]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """latest.pt of a tiny ppo_continuous.py run on Hopper-v4."""
+    runs = tmp_path_factory.mktemp("runs")
+    result = run_script("ppo_continuous", *TINY_RUN, "--eval-every", 0, "--no-capture-video", "--runs-dir", runs)
+    assert result.returncode == 0, result.stderr
+    return runs / "Hopper-v4__ppo_continuous__seed1" / "checkpoints" / "latest.pt"
+
+
+def files(directory):
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "script, args, expected",
+    [
+        ("ppo_continuous", ["--env-id", "Walker2d-v4"], "a checkpoint of Hopper-v4 does not fit Walker2d-v4"),
+        ("ppo_continuous", ["--hidden-sizes", "32"], "does not fit Hopper-v4 as configured"),
+        ("ppo_beta_continuous", [], "(ppo_continuous.py's, format 2) is not a checkpoint of this version of ppo_beta"),
+        ("grpo_cnn_carracing", [], "is not a checkpoint of this version of grpo_cnn_carracing.py"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line(monkeypatch, capsys, checkpoint, script, args, expected):
+    before = files(checkpoint.parent.parent)
+    assert_clean_error(run_cli(monkeypatch, capsys, script, "--eval-checkpoint", checkpoint, *args), expected)
+    assert files(checkpoint.parent.parent) == before
+
+
+def test_a_damaged_or_missing_checkpoint_is_refused_in_one_line(monkeypatch, capsys, checkpoint, tmp_path):
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(checkpoint.read_bytes()[:1000])
+    for path in (damaged, tmp_path / "missing.pt"):
+        result = run_cli(monkeypatch, capsys, "ppo_continuous", "--eval-checkpoint", path)
+        assert_clean_error(result, f"cannot read checkpoint {path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt"]
+
+
+def test_eval_checkpoint_writes_its_video_to_video_path(monkeypatch, capsys, checkpoint, tmp_path):
+    video = tmp_path / "new" / "hopper.mp4"
+    result = run_cli(monkeypatch, capsys, "ppo_continuous", "--eval-checkpoint", checkpoint, "--video-path", video)
+    assert result.returncode == 0 and "on Hopper-v4: return " in result.stdout and " over 10 episodes" in result.stdout
+    assert video.stat().st_size > 0 and not checkpoint.with_suffix(".mp4").exists()
+
+
+def test_track_sends_scalars_args_and_videos_to_wandb_and_a_resume_continues_the_run(monkeypatch, runs_dir):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [*TINY["ppo_continuous"], "--total-timesteps", 2048, "--eval-every", 1024, "--eval-episodes", 1]
+    args += ["--checkpoint-every", 256, "--track", "--runs-dir", runs_dir]
+    run_dir = runs_dir / "Hopper-v4__ppo_continuous__seed1"
+    assert 0 < kill_when(start_killable("ppo_continuous", *args), run_dir, 768) < 2048
+    result = run_script("ppo_continuous", *args, "--resume")
+    assert result.returncode == 0, result.stderr
+    wandb_id = json.loads((run_dir / "metrics.json").read_text())["wandb_id"]
+    offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(run.name.endswith(f"-{wandb_id}") for run in offline_runs)  # one W&B run
+    record = (offline_runs[-1] / f"run-{wandb_id}.wandb").read_bytes()
+    for key in ("charts/episodic_return", "losses/value_loss", "eval/mean_return", "videos/eval", "learning_rate"):
+        assert key.encode() in record, key  # TensorBoard's scalars, the eval video, the args (W&B's config)
+    assert list((offline_runs[-1] / "files" / "media").rglob("*.mp4"))
+
+
+def test_without_track_wandb_is_not_imported(runs_dir):
+    argv = ["ppo_continuous.py", *map(str, TINY_RUN), "--eval-every", "0", "--runs-dir", str(runs_dir)]
+    code = f"import sys; sys.argv = {argv!r}; import ppo_continuous as m; m.cli(m.main, m.Args); print('wandb' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "False", result.stderr
