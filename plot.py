@@ -128,6 +128,27 @@ def load_runs(runs_dir: Path) -> list[Run]:
     return list(runs.values())
 
 
+def load_references(path: Path) -> list[dict]:
+    """External figures to compare with (e.g. another library's published results): a CSV with the columns env,
+    metric (eval or train), name, mean and, optionally, std."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"cannot read --reference {path} ({e})")
+    refs = []
+    for i, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            ref = {"env": row["env"], "metric": row["metric"], "name": row["name"], "mean": float(row["mean"])}
+            ref["std"] = float(row["std"]) if row.get("std") else None
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"--reference {path}, line {i}: needs env, metric, name, a numeric mean (and std)")
+        if ref["metric"] not in ("eval", "train") or not (ref["env"] and ref["name"]):
+            raise UsageError(f"--reference {path}, line {i}: metric must be eval or train, env and name non-empty")
+        refs.append(ref)
+    return refs
+
+
 def read_timings(run_dir: Path) -> list[dict]:
     rows = []
     try:
@@ -243,7 +264,17 @@ def final_table(runs, metric, budgets):
     return rows
 
 
-def table_markdown(rows, metric):
+def with_references(rows, refs):
+    """Each row gets, per reference name, the reference's mean and std for the row's env (None where it has none)."""
+    names = list(dict.fromkeys(ref["name"] for ref in refs))
+    for row in rows:
+        for name in names:
+            match = [ref for ref in refs if ref["name"] == name and ref["env"] == row["env"]]
+            row[f"{name} mean"], row[f"{name} std"] = (match[0]["mean"], match[0]["std"]) if match else (None, None)
+    return names
+
+
+def table_markdown(rows, metric, ref_names=()):
     what = (
         "return of the last evaluation"
         if metric == "eval"
@@ -254,15 +285,18 @@ def table_markdown(rows, metric):
         "stratified-bootstrap confidence interval (Agarwal et al., 2021). `completed`: finished runs / runs (a run "
         "still running or diverged counts with its latest value).",
         "",
-        "| env | algorithm | steps | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| env | algorithm | steps | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |"
+        + "".join(f" {name} |" for name in ref_names),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ref_names),
     ]
     for r in rows:
         final = f"{r['final_mean']:.1f} ± {r['final_std']:.1f}" if r["seeds"] else "–"
         ci = f"{r['iqm']:.1f} [{r['iqm_ci_low']:.1f}, {r['iqm_ci_high']:.1f}]" if r["seeds"] else "–"
+        refs = [(r[f"{name} mean"], r[f"{name} std"]) for name in ref_names]
+        refs = ["–" if m is None else f"{m:.0f}" if s is None else f"{m:.0f} ± {s:.0f}" for m, s in refs]
         lines.append(
             f"| {r['env']} | {r['algorithm']} | {r['steps']:,} | {r['seeds']} | {r['completed']}/{r['runs']} "
-            f"| {final} | {ci} | {r['sps']:,.0f} |"
+            f"| {final} | {ci} | {r['sps']:,.0f} |" + "".join(f" {ref} |" for ref in refs)
         )
     return "\n".join(lines) + "\n"
 
@@ -317,6 +351,17 @@ def plot_curves(ax, runs, metric, grid, window, label, color, min_max=True):
     return True
 
 
+def draw_references(ax, refs):
+    """A reference's final figure as a dashed line (and its std as a faint band) across the axis."""
+    for k, ref in enumerate(refs):
+        color = plt.get_cmap("Dark2")(k % 8)
+        std = f" ± {ref['std']:.0f}" if ref["std"] is not None else ""
+        ax.axhline(ref["mean"], color=color, linestyle="--", linewidth=1.5, label=f"{ref['name']}: {ref['mean']:.0f}{std}")
+        if ref["std"] is not None:
+            ax.axhspan(ref["mean"] - ref["std"], ref["mean"] + ref["std"], color=color, alpha=0.07, linewidth=0)
+    return bool(refs)
+
+
 def style_axis(ax, title, has_data, empty_text):
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("env steps")
@@ -328,7 +373,7 @@ def style_axis(ax, title, has_data, empty_text):
         ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
-def figure_learning_curves(env, runs, budget, window, colors):
+def figure_learning_curves(env, runs, budget, window, colors, refs=()):
     grid = np.linspace(0, budget, GRID_POINTS)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, metric, title in (
@@ -339,9 +384,32 @@ def figure_learning_curves(env, runs, budget, window, colors):
             plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp])
             for exp in exp_order(runs)
         ]
+        drawn.append(draw_references(ax, [ref for ref in refs if ref["env"] == env and ref["metric"] == metric]))
         style_axis(ax, title, any(drawn), f"no {metric} data in these runs")
         ax.set_ylabel("return")
     fig.suptitle(f"{env}: mean over seeds, ±1 std (dark band), min-max (light band)", fontsize=11)
+    return fig
+
+
+def figure_env_grid(runs, metric, budgets, windows, colors, refs=()):
+    """Every env in one figure: the `metric` curves of every algorithm, with the references."""
+    envs = sorted(budgets)
+    cols = min(len(envs), 3)
+    rows = math.ceil(len(envs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax, env in zip(axes.flat, envs):
+        grid, env_runs = np.linspace(0, budgets[env], GRID_POINTS), [r for r in runs if r.env == env]
+        drawn = [
+            plot_curves(ax, [r for r in env_runs if r.exp == exp], metric, grid, windows[env], exp, colors[exp])
+            for exp in exp_order(env_runs)
+        ]
+        drawn.append(draw_references(ax, [ref for ref in refs if ref["env"] == env and ref["metric"] == metric]))
+        style_axis(ax, env, any(drawn), f"no {metric} data")
+    for ax in axes.flat[len(envs) :]:
+        ax.axis("off")
+    what = "evaluation return" if metric == "eval" else "training episodic return"
+    fig.suptitle(f"{what}: mean over seeds, ±1 std (dark band), min-max (light band)", fontsize=11)
+    fig.tight_layout()
     return fig
 
 
@@ -453,7 +521,8 @@ class Parser(argparse.ArgumentParser):
 def parse_args(argv):
     parser = Parser(
         description="Figures and tables of the runs under RUNS_DIR (every metrics.json below it, grouped by "
-        "env and exp_name): curves_ENV.png, group_size_ENV.png (GRPO runs), time_breakdown.png, "
+        "env and exp_name): curves_ENV.png, curves_all_envs.png (with more than one env), group_size_ENV.png (GRPO "
+        "runs), time_breakdown.png, "
         "final_performance.md (also printed) and final_performance.csv."
     )
     parser.add_argument(
@@ -473,6 +542,12 @@ def parse_args(argv):
         default="eval",
         help="what the table and the group-size analysis report: the last evaluation return (eval) or the "
         f"training return over the last {TRAIN_FINAL_FRACTION * 100:.0f}%% of steps (train); default eval",
+    )
+    parser.add_argument(
+        "--reference",
+        metavar="CSV",
+        help="external figures to compare with, a CSV with the columns env, metric (eval or train), name, mean and "
+        "std: a column per name in the table (the rows of --metric), a dashed line in the curves",
     )
     parser.add_argument(
         "--smooth",
@@ -497,6 +572,7 @@ def main(argv=None):
     out = Path(args.output_dir) if args.output_dir else runs_dir / "_plots"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {out} is a file (pass another --output-dir)")
+    refs = load_references(Path(args.reference)) if args.reference else []
     runs = load_runs(runs_dir)
     if not runs:
         raise UsageError(
@@ -512,6 +588,8 @@ def main(argv=None):
     palette = plt.get_cmap("tab10")
     colors = {exp: palette(i % 10) for i, exp in enumerate(exp_order(runs))}
     rows = final_table(runs, args.metric, budgets)
+    ref_names = with_references(rows, [ref for ref in refs if ref["metric"] == args.metric])
+    windows = {env: DEFAULT_SMOOTH_FRACTION * budgets[env] if args.smooth is None else args.smooth for env in envs}
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -523,8 +601,8 @@ def main(argv=None):
     slug = {env: env.replace("/", "-") for env in envs}
     for env in envs:
         env_runs = [r for r in runs if r.env == env]
-        window = DEFAULT_SMOOTH_FRACTION * budgets[env] if args.smooth is None else args.smooth
-        write(f"curves_{slug[env]}.png", figure_learning_curves(env, env_runs, budgets[env], window, colors))
+        window = windows[env]
+        write(f"curves_{slug[env]}.png", figure_learning_curves(env, env_runs, budgets[env], window, colors, refs))
         grpo = [r for r in env_runs if r.group_size is not None]
         if grpo:
             baselines = [
@@ -533,10 +611,12 @@ def main(argv=None):
                 if row["env"] == env and row["group_size"] is None and row["iqm"] is not None
             ]
             write(f"group_size_{slug[env]}.png", figure_group_sizes(env, grpo, args.metric, budgets[env], window, baselines))
+    if len(envs) > 1:
+        write("curves_all_envs.png", figure_env_grid(runs, args.metric, budgets, windows, colors, refs))
     breakdown = figure_time_breakdown(runs)
     if breakdown is not None:
         write("time_breakdown.png", breakdown)
-    markdown = table_markdown(rows, args.metric)
+    markdown = table_markdown(rows, args.metric, ref_names)
     write("final_performance.md", markdown.encode())
     write("final_performance.csv", table_csv(rows).encode())
     print(markdown)

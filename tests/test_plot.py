@@ -135,6 +135,7 @@ def test_table_numbers_and_files(synthetic):
     assert sorted(p.name for p in out.iterdir()) == [
         "curves_Other-v0.png",
         "curves_Toy-v0.png",
+        "curves_all_envs.png",
         "final_performance.csv",
         "final_performance.md",
         "group_size_Toy-v0.png",
@@ -179,6 +180,25 @@ def test_total_steps_and_train_metric(synthetic, tmp_path):
     assert float(rows[("Toy-v0", "algo_a")]["final_mean"]) == pytest.approx(325.0)
     assert float(rows[("Other-v0", "algo_a")]["final_mean"]) == pytest.approx(4.0)
     assert "training return over the last 10% of steps" in (tmp_path / "train" / "final_performance.md").read_text()
+
+
+def test_reference_figures_get_a_column_and_a_line_and_every_env_is_in_one_figure(synthetic, tmp_path):
+    reference = tmp_path / "reference.csv"
+    reference.write_text("env,metric,name,mean,std\nToy-v0,eval,Lib (published),123,4\nOther-v0,train,Lib (published),7,\n")
+    for metric, toy, other in (("eval", "123 ± 4", "–"), ("train", "–", "7")):
+        out = tmp_path / metric
+        result = run_plot(synthetic, "--reference", reference, "--metric", metric, "--output-dir", out)
+        assert result.returncode == 0, result.stderr
+        lines = (out / "final_performance.md").read_text().splitlines()
+        assert lines[2].endswith("| SPS | Lib (published) |") and lines[3].endswith("---:|" * 6)
+        assert all(line.endswith(f"| {toy} |") for line in lines if line.startswith("| Toy-v0 "))
+        assert all(line.endswith(f"| {other} |") for line in lines if line.startswith("| Other-v0 "))
+        row = read_csv(out / "final_performance.csv")[("Toy-v0", "algo_a")]
+        assert row["Lib (published) mean"] == ("123.0" if metric == "eval" else "")
+        grid = matplotlib.image.imread(out / "curves_all_envs.png")[..., :3]  # Toy-v0 and Other-v0 side by side
+        assert grid.shape[1] > 1.8 * grid.shape[0] and len(np.unique(grid.reshape(-1, 3), axis=0)) > 200
+        dashed = np.array(matplotlib.colormaps["Dark2"](0)[:3])  # the reference's line
+        assert (np.abs(grid - dashed).max(axis=-1) < 0.05).sum() > 100
 
 
 @pytest.mark.parametrize("n", range(1, 13))
@@ -254,7 +274,7 @@ def test_corrupt_and_partial_runs_are_skipped_with_a_warning(runs_dir):
 def test_help_lists_every_flag():
     result = run_plot("--help")
     assert result.returncode == 0
-    for flag in ("RUNS_DIR", "--output-dir", "--total-steps", "--metric {eval,train}", "--smooth"):
+    for flag in ("RUNS_DIR", "--output-dir", "--total-steps", "--metric {eval,train}", "--reference CSV", "--smooth"):
         assert flag in result.stdout
 
 
@@ -274,6 +294,7 @@ def assert_one_line_error(result, expected):
         (["--total-steps", "1e6"], "invalid int value"),
         (["--smooth", "-1"], "--smooth must be"),
         (["--colour"], "unrecognized arguments: --colour"),
+        (["--reference", "/nowhere.csv"], "cannot read --reference /nowhere.csv"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(runs_dir, args, expected):
@@ -288,4 +309,9 @@ def test_bad_paths_are_one_line(runs_dir, tmp_path):
     (tmp_path / "file").write_text("x")
     assert_one_line_error(run_plot(tmp_path / "file"), "is not a directory")
     assert_one_line_error(run_plot(runs_dir, "--output-dir", tmp_path / "file"), "--output-dir")
+    for content, expected in (("env,metric,name,mean\nToy-v0,eval,x,abc\n", "line 2: needs"), ("a,b\n1,2\n", "needs env")):
+        (tmp_path / "ref.csv").write_text(content)
+        assert_one_line_error(run_plot(runs_dir, "--reference", tmp_path / "ref.csv"), expected)
+    (tmp_path / "ref.csv").write_text("env,metric,name,mean\nToy-v0,best,x,1\n")
+    assert_one_line_error(run_plot(runs_dir, "--reference", tmp_path / "ref.csv"), "metric must be eval or train")
     assert not (runs_dir / "_plots").exists()
