@@ -29,6 +29,12 @@ GRID_POINTS = 201  # the common step grid on which seeds are averaged
 DEFAULT_SMOOTH_FRACTION = 0.02  # default trailing smoothing window, as a fraction of the x range
 TRAIN_FINAL_FRACTION = 0.1  # a run's final training return: mean over its last 10% of steps
 BOOTSTRAP_REPS = 10_000
+# arguments that say how or where a run ran, or are derived, not what it computes: never a difference between configs
+SETUP_ARGS = {
+    *("env_id", "seed", "exp_name", "runs_dir", "resume", "cuda", "compile", "torch_threads", "torch_deterministic"),
+    *("vector_mode", "capture_video", "checkpoint_every", "eval_every", "eval_episodes", "eval_checkpoint", "video_path"),
+    *("track", "wandb_project_name", "wandb_entity", "total_timesteps", "batch_size", "minibatch_size", "num_iterations"),
+}
 TIME_PARTS = [  # (label, color): the disjoint parts of an iteration's time_s
     ("env step", "#1f77b4"),
     ("rest of rollout (policy, normalization, bookkeeping)", "#c6dbef"),
@@ -59,6 +65,29 @@ class Run:
     total_timesteps: int
     sps: float
     series: dict  # "eval" / "train" -> (steps, returns), float arrays sorted by step
+    args: dict  # the run's arguments, as metrics.json has them
+
+
+def hashable(value):
+    """An argument's value as a dict key: JSON lists (tuples in Args) become tuples."""
+    return tuple(hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def differing_args(runs):
+    """The arguments, apart from SETUP_ARGS, whose values differ between the runs (a missing one counts as None)."""
+    keys = sorted({k for r in runs for k in r.args} - SETUP_ARGS)
+    return [k for k in keys if len({hashable(r.args.get(k)) for r in runs}) > 1]
+
+
+def label_configs(runs):
+    """Runs with one exp_name but other arguments (e.g. `--adv-mode step` runs next to `episode` ones) are different
+    algorithms: their exp gets the arguments that differ, as `exp (adv_mode=step)`."""
+    for exp in {r.exp for r in runs}:
+        group = [r for r in runs if r.exp == exp]
+        keys = differing_args(group)
+        for r in group if keys else []:
+            r.exp = f"{exp} ({', '.join(f'{k}={hashable(r.args.get(k))}' for k in keys)})"
+    return runs
 
 
 # ---- reading ----
@@ -99,6 +128,7 @@ def load_run(path: Path) -> Run:
                 "eval": read_series(metrics, "eval", "mean_return"),
                 "train": read_series(metrics, "train", "episodic_return"),
             },
+            args={**({"group_size": group_size} if group_size is not None else {}), **(metrics.get("args") or {})},
         )
     except KeyError as e:
         raise ValueError(f"no {e.args[0]!r} field")
@@ -108,7 +138,7 @@ def load_run(path: Path) -> Run:
 
 def load_runs(runs_dir: Path) -> list[Run]:
     """Every readable metrics.json under runs_dir (bad ones are skipped with a warning); of two runs
-    with the same env, exp_name and seed (copies in two folders) the one with more steps is kept."""
+    with the same env, exp_name, seed and arguments (copies in two folders) the one with more steps is kept."""
     runs = {}
     for path in sorted(runs_dir.rglob("metrics.json")):
         try:
@@ -116,7 +146,8 @@ def load_runs(runs_dir: Path) -> list[Run]:
         except (OSError, ValueError) as e:
             warn(f"skipping {path}: {e}")
             continue
-        key = (run.env, run.exp, run.seed)
+        config = tuple(sorted((k, hashable(v)) for k, v in run.args.items() if k not in SETUP_ARGS))
+        key = (run.env, run.exp, run.seed, config)
         if key in runs:
             warn(
                 f"{run.path} and {runs[key].path} are the same run ({run.env}, {run.exp}, seed {run.seed}); "
@@ -125,7 +156,7 @@ def load_runs(runs_dir: Path) -> list[Run]:
             if run.global_step <= runs[key].global_step:
                 continue
         runs[key] = run
-    return list(runs.values())
+    return label_configs(list(runs.values()))
 
 
 def load_references(path: Path) -> list[dict]:
@@ -225,6 +256,27 @@ def stratified_bootstrap_ci(strata, reps=BOOTSTRAP_REPS, confidence=0.95, seed=0
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(iqm(resampled, axis=-1), [tail, 100 - tail])
     return float(low), float(high)
+
+
+def sort_key(value):
+    """Numbers first, ascending; then anything else by its text."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if number else (1, 0, str(value))
+
+
+def sweep_points(runs, arg, metric, budget):
+    """Final returns against the value of `arg`: {config: [(value, [final return of each seed])]}, values in order. A
+    config is the script and every other argument that differs between its runs here."""
+    configs = {}
+    for algo in sorted({r.algo for r in runs}):
+        family = sorted((r for r in runs if r.algo == algo), key=lambda r: r.seed)
+        others = [k for k in differing_args(family) if k != arg]
+        for r in family:
+            final = final_return(r, metric, budget)
+            if final is not None:
+                label = " ".join([algo, *(f"{k}={hashable(r.args.get(k))}" for k in others)])
+                configs.setdefault(label, {}).setdefault(hashable(r.args.get(arg)), []).append(final)
+    return {label: sorted(points.items(), key=lambda p: sort_key(p[0])) for label, points in configs.items()}
 
 
 # ---- the table ----
@@ -413,57 +465,63 @@ def figure_env_grid(runs, metric, budgets, windows, colors, refs=()):
     return fig
 
 
+def sweep_panel(ax, runs, arg, metric, budget, baselines=()):
+    """Final return against the value of `arg`: a line per config (sweep_points), its IQM with the 95% bootstrap CI at
+    each value, each seed a dot; a log2 axis for positive numbers spanning 8x or more; baselines as dashed lines."""
+    points = sweep_points(runs, arg, metric, budget)
+    values = sorted({v for pts in points.values() for v, _ in pts}, key=sort_key)
+    numeric = all(sort_key(v)[0] == 0 for v in values)
+    log = numeric and bool(values) and min(values) > 0 and max(values) >= 8 * min(values)
+    x_of = {v: v if numeric else i for i, v in enumerate(values)}
+    spread = (max(values) - min(values) or 1) if numeric and values else 1
+    for k, (label, pts) in enumerate(points.items()):
+        color = plt.get_cmap("tab10")(k % 10)
+        xs, centers = [x_of[v] for v, _ in pts], np.array([iqm(finals) for _, finals in pts])
+        cis = np.array([stratified_bootstrap_ci([finals]) for _, finals in pts]).reshape(-1, 2)
+        errors = [centers - cis[:, 0], cis[:, 1] - centers]
+        ax.errorbar(xs, centers, yerr=errors, fmt="o-", color=color, capsize=4, markersize=7, label=label)
+        for x, (_, finals) in zip(xs, pts):
+            offsets = np.linspace(-0.06, 0.06, len(finals)) if len(finals) > 1 else np.zeros(1)
+            ax.scatter(x * 2**offsets if log else x + offsets * spread, finals, color=color, alpha=0.4, s=15)
+    for k, (name, value) in enumerate(baselines):
+        ax.axhline(value, color=plt.get_cmap("Dark2")(k % 8), linestyle="--", linewidth=1.5, label=f"{name} (IQM)")
+    if log:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks([x_of[v] for v in values], [str(v) for v in values])
+    ax.minorticks_off()
+    ax.set_xlabel(arg)
+    ax.set_ylabel(f"final {metric} return")
+    ax.set_title(f"final {metric} return vs {arg} (IQM, 95% bootstrap CI; dots: seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if points or baselines:
+        ax.legend(fontsize=8)
+    return bool(points)
+
+
+def figure_sweep(env, runs, arg, metric, budget):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if not sweep_panel(ax, runs, arg, metric, budget):
+        ax.text(0.5, 0.5, f"no {metric} data", ha="center", va="center", transform=ax.transAxes, color="gray")
+    fig.suptitle(f"{env}: sensitivity to {arg}", fontsize=11)
+    return fig
+
+
 def figure_group_sizes(env, runs, metric, budget, window, baselines):
-    """GRPO at each group size G: curves per G, and the final return vs G with its IQM CI."""
+    """GRPO at each group size G: the curves of each config, and the final return vs G (sweep_panel)."""
     families = sorted({r.algo for r in runs})
     fig, axes = plt.subplots(len(families), 2, figsize=(13, 4.5 * len(families)), squeeze=False)
     grid = np.linspace(0, budget, GRID_POINTS)
     for (ax_curves, ax_final), algo in zip(axes, families):
-        sizes = sorted({r.group_size for r in runs if r.algo == algo})
-        cmap = plt.get_cmap("viridis")
-        colors = {g: cmap(0.8 * i / max(1, len(sizes) - 1)) for i, g in enumerate(sizes)}
+        family = [r for r in runs if r.algo == algo]
+        exps = sorted({r.exp for r in family}, key=lambda e: (min(r.group_size for r in family if r.exp == e), e))
+        colors = plt.get_cmap("viridis")(np.linspace(0, 0.8, len(exps)))
         drawn = [
-            plot_curves(
-                ax_curves,
-                [r for r in runs if r.algo == algo and r.group_size == g],
-                metric,
-                grid,
-                window,
-                f"G={g}",
-                colors[g],
-                min_max=False,
-            )
-            for g in sizes
+            plot_curves(ax_curves, [r for r in family if r.exp == e], metric, grid, window, e, c, min_max=False)
+            for e, c in zip(exps, colors)
         ]
-        style_axis(
-            ax_curves, f"{algo}: {metric} return per group size G (mean ± std over seeds)", any(drawn), f"no {metric} data"
-        )
-        for i, g in enumerate(sizes):
-            finals = [
-                f
-                for f in (final_return(r, metric, budget) for r in runs if r.algo == algo and r.group_size == g)
-                if f is not None
-            ]
-            if not finals:
-                continue
-            center = iqm(finals)
-            low, high = stratified_bootstrap_ci([finals])
-            ax_final.errorbar(
-                [g], [center], yerr=[[center - low], [high - center]], fmt="o", color=colors[g], capsize=5, markersize=8
-            )
-            jitter = g * 2 ** (np.linspace(-0.08, 0.08, len(finals)) if len(finals) > 1 else np.zeros(1))
-            ax_final.scatter(jitter, finals, color=colors[g], alpha=0.4, s=15)
-        for k, (name, value) in enumerate(baselines):
-            ax_final.axhline(value, color=plt.get_cmap("Dark2")(k), linestyle="--", linewidth=1, label=f"{name} (IQM)")
-        ax_final.set_xscale("log", base=2)
-        ax_final.set_xticks(sizes, [str(g) for g in sizes])
-        ax_final.minorticks_off()
+        style_axis(ax_curves, f"{algo}: {metric} return (mean ± std over seeds)", any(drawn), f"no {metric} data")
+        sweep_panel(ax_final, family, "group_size", metric, budget, baselines)
         ax_final.set_xlabel("group size G")
-        ax_final.set_ylabel(f"final {metric} return")
-        ax_final.set_title(f"{algo}: final {metric} return vs G (IQM, 95% bootstrap CI; dots: seeds)", fontsize=10)
-        ax_final.grid(alpha=0.3)
-        if baselines:
-            ax_final.legend(fontsize=8)
     fig.suptitle(f"{env}: GRPO group sizes", fontsize=11)
     return fig
 
@@ -550,6 +608,15 @@ def parse_args(argv):
         "std: a column per name in the table (the rows of --metric), a dashed line in the curves",
     )
     parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="a sensitivity figure per env, sensitivity_ARG_ENV.png: the final return (--metric) against each run's "
+        "value of the argument ARG (a name in metrics.json's args, e.g. learning_rate), a line per config: the script "
+        "and every other argument that differs; repeat for more arguments",
+    )
+    parser.add_argument(
         "--smooth",
         type=float,
         metavar="STEPS",
@@ -578,6 +645,10 @@ def main(argv=None):
         raise UsageError(
             f"no readable metrics.json under {runs_dir}: nothing to plot (run the training scripts or benchmark.sh first)"
         )
+    args.sweep = [name.replace("-", "_") for name in args.sweep]
+    for name in args.sweep:
+        if not any(name in r.args for r in runs):
+            raise UsageError(f"--sweep {name}: no run has that argument (see metrics.json's args, e.g. learning_rate)")
     if args.metric == "eval" and not any(len(r.series["eval"][0]) for r in runs):
         warn("no run has an evaluation yet: the table is empty (try --metric train)")
     envs = sorted({r.env for r in runs})
@@ -611,6 +682,10 @@ def main(argv=None):
                 if row["env"] == env and row["group_size"] is None and row["iqm"] is not None
             ]
             write(f"group_size_{slug[env]}.png", figure_group_sizes(env, grpo, args.metric, budgets[env], window, baselines))
+        for name in args.sweep:
+            swept = [r for r in env_runs if name in r.args]
+            if swept:
+                write(f"sensitivity_{name}_{slug[env]}.png", figure_sweep(env, swept, name, args.metric, budgets[env]))
     if len(envs) > 1:
         write("curves_all_envs.png", figure_env_grid(runs, args.metric, budgets, windows, colors, refs))
     breakdown = figure_time_breakdown(runs)

@@ -30,6 +30,7 @@ def write_run(
     status="completed",
     sps=1000.0,
     timings=True,
+    args=None,
 ):
     """A run directory as the training scripts write it; evals and episodes evenly spaced up to `step`."""
     run_dir = runs_dir / f"{env}__{exp}__seed{seed}"
@@ -42,7 +43,7 @@ def write_run(
         "exp_name": exp,
         "seed": seed,
         "group_size": group_size,
-        "args": {},
+        "args": args or {},
         "status": status,
         "completed": status == "completed",
         "global_step": step,
@@ -201,6 +202,40 @@ def test_reference_figures_get_a_column_and_a_line_and_every_env_is_in_one_figur
         assert (np.abs(grid - dashed).max(axis=-1) < 0.05).sum() > 100
 
 
+def test_runs_that_differ_in_an_argument_stay_apart_and_a_sweep_shows_each_value(runs_dir):
+    """GRPO at G = 4, 8 with --adv-mode episode and step under one exp_name each (two folders), and PPO at three
+    learning rates: the table, the group-size figure and --sweep keep every config apart."""
+    for mode, offset in (("episode", 0.0), ("step", 100.0)):
+        for g, seed in itertools.product((4, 8), (1, 2, 3)):
+            args = {"group_size": g, "adv_mode": mode, "learning_rate": 3e-4, "seed": seed, "cuda": seed == 2}
+            write_run(runs_dir / mode, "Toy-v0", f"grpo_g{g}", seed, eval_returns=[offset + g + seed], group_size=g, args=args)
+    for lr, seed in itertools.product((1e-4, 3e-4, 1e-3), (1, 2)):
+        write_run(runs_dir / str(lr), "Toy-v0", "ppo", seed, eval_returns=[round(lr * 1e4) + seed], args={"learning_rate": lr})
+    result = run_plot(runs_dir, "--sweep", "learning-rate")
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(runs_dir / "_plots" / "final_performance.csv")
+    assert float(rows[("Toy-v0", "grpo_g8 (adv_mode=step)")]["final_mean"]) == pytest.approx(110.0)  # 100 + 8 + seed 2
+    assert float(rows[("Toy-v0", "grpo_g8 (adv_mode=episode)")]["final_mean"]) == pytest.approx(10.0)
+    assert float(rows[("Toy-v0", "ppo (learning_rate=0.001)")]["final_mean"]) == pytest.approx(11.5)
+    assert len(rows) == 7  # 2 x 2 GRPO configs, 3 learning rates; `cuda` (how a run ran) splits nothing
+
+    runs = plot.load_runs(runs_dir)
+    grpo = [r for r in runs if r.algo == "grpo"]
+    assert plot.sweep_points(grpo, "group_size", "eval", 1000) == {
+        "grpo adv_mode=episode": [(4, [5.0, 6.0, 7.0]), (8, [9.0, 10.0, 11.0])],
+        "grpo adv_mode=step": [(4, [105.0, 106.0, 107.0]), (8, [109.0, 110.0, 111.0])],
+    }
+    assert plot.sweep_points(runs, "learning_rate", "eval", 1000)["ppo"] == [
+        (1e-4, [2.0, 3.0]),
+        (3e-4, [4.0, 5.0]),
+        (1e-3, [11.0, 12.0]),
+    ]
+    for name in ("group_size_Toy-v0.png", "sensitivity_learning_rate_Toy-v0.png"):
+        image = matplotlib.image.imread(runs_dir / "_plots" / name)[..., :3]
+        assert image.std() > 0.05 and len(np.unique(image.reshape(-1, 3), axis=0)) > 200, name
+    assert_one_line_error(run_plot(runs_dir, "--sweep", "learning_rat"), "--sweep learning_rat: no run has that argument")
+
+
 @pytest.mark.parametrize("n", range(1, 13))
 def test_iqm_matches_a_slow_reference(n):
     values = np.random.default_rng(n).normal(size=n) * 100
@@ -274,7 +309,15 @@ def test_corrupt_and_partial_runs_are_skipped_with_a_warning(runs_dir):
 def test_help_lists_every_flag():
     result = run_plot("--help")
     assert result.returncode == 0
-    for flag in ("RUNS_DIR", "--output-dir", "--total-steps", "--metric {eval,train}", "--reference CSV", "--smooth"):
+    for flag in (
+        "RUNS_DIR",
+        "--output-dir",
+        "--total-steps",
+        "--metric {eval,train}",
+        "--reference CSV",
+        "--sweep ARG",
+        "--smooth",
+    ):
         assert flag in result.stdout
 
 
