@@ -79,10 +79,12 @@ class Args:
     """the groups per iteration, each from its own start state"""
     adv_mode: Literal["episode", "step"] = "episode"
     """group advantages: `episode` (the normalized episode return at every step) or `step` (normalized reward-to-go)"""
+    adv_norm: Literal["group", "mean", "batch"] = "group"
+    """advantage scale: the group's std (`group`, DeepSeekMath), none (`mean`, Dr. GRPO) or the batch's std (`batch`)"""
     learning_rate: float = 3e-4
     """the learning rate of the optimizer"""
-    anneal_lr: bool = True
-    """toggle linear annealing of the learning rate to zero over total_timesteps"""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    """the learning rate over the run: `constant`, `linear` to 0 (CleanRL's --anneal-lr) or `cosine` to 0"""
     gamma: float = 0.99
     """the discount factor of the reward-to-go in `--adv-mode step` (episode returns are undiscounted)"""
     minibatch_size: int = 256
@@ -546,8 +548,7 @@ class LiveMembers:
 
 
 def make_carracing_members(args):
-    """grpo_continuous.py's members with frames: a vector env of the num_groups * group_size members, each running one
-    episode an iteration, so a member that has ended is masked whatever its env does next."""
+    """grpo_continuous.py's members with frames: each runs one episode an iteration; once it has ended it is masked."""
     num_members = args.num_groups * args.group_size
     if args.env_backend == "envpool":
         return CarRacingEnvPool(args, num_members)
@@ -712,15 +713,12 @@ def group_seeds(seed, iteration, num_groups):
     return [int(np.random.SeedSequence([seed, iteration, g]).generate_state(1)[0]) for g in range(num_groups)]
 
 
-def group_advantages(rewards, mask, group_size, adv_mode, gamma, eps=1e-8):
-    """Group-relative advantages of a (T, M) rollout of M = num_groups * group_size members, member m in group
-    m // group_size; mask[t, m] is 1 while member m's episode runs.
-
-    `episode`: A[t, m] = (R_m - mean R) / (std R + eps) over m's group, R the undiscounted return.
-    `step`: A[t, m] = (G_t^m - mean_t) / (std_t + eps), G_t^m the discounted reward-to-go of m from t, and mean_t, std_t over
-    m's group at the same t, members that have ended counting G_t = 0.
-    std is the population std: a group whose values are all equal gets zero advantage, not NaN. Returns (T, M) float32,
-    zero where mask is 0."""
+def group_advantages(rewards, mask, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):
+    """Group-relative advantages of a (T, M) rollout, member m in group m // group_size; mask[t, m] = 1 while m's episode
+    runs. The values: `episode`, R_m, m's undiscounted return, at every t; `step`, G_t^m, m's discounted reward-to-go from
+    t (0 once m has ended). A = value - its group's mean (at the same t), divided by the group's std (`group`,
+    DeepSeekMath), by nothing (`mean`, Dr. GRPO, arXiv 2503.20783) or by the std of all the groups' values (`batch`).
+    Population stds plus eps: equal values give 0, not NaN. Returns (T, M) float32, zero where mask is 0."""
     T, M = rewards.shape
     rewards = rewards.double() * mask
     if adv_mode == "episode":
@@ -730,8 +728,13 @@ def group_advantages(rewards, mask, group_size, adv_mode, gamma, eps=1e-8):
         for t in reversed(range(T)):
             running = values[t] = rewards[t] + gamma * running  # 0 after the end: rewards are masked
     grouped = values.reshape(T, M // group_size, group_size)
-    mean, std = grouped.mean(-1, keepdim=True), grouped.std(-1, correction=0, keepdim=True)
-    return (((grouped - mean) / (std + eps)).reshape(T, M) * mask).float()
+    centered = grouped - grouped.mean(-1, keepdim=True)
+    if adv_norm == "group":
+        centered = centered / (grouped.std(-1, correction=0, keepdim=True) + eps)
+    elif adv_norm == "batch":  # every (t, member) of a group that still runs at t, as the group statistics count them
+        running = mask.reshape(grouped.shape).amax(-1, keepdim=True).expand_as(grouped) > 0
+        centered = centered / (grouped[running].std(correction=0) + eps)
+    return (centered.reshape(T, M) * mask).float()
 
 
 def k3_kl(logprob, ref_logprob):
@@ -788,10 +791,8 @@ def update(update_step, batch, args):
 
 
 def collect_rollout(members, policy, seeds, group_size, low, high, on_episode, max_steps):
-    """grpo_continuous.py's collect_group_rollouts on frames, kept uint8 and not normalized: group g's members reset with
-    seeds[g] (on CarRacing: one track) and run to the end of their episodes, or all stop after `max_steps` env steps; a
-    member that has ended is masked, its last frames kept as the policy's input. Returns the (T, M) tensors obs, actions,
-    mask and rewards, and the seconds spent stepping the envs."""
+    """grpo_continuous.py's collect_group_rollouts on uint8 frames, not normalized (group g resets with seeds[g]: on
+    CarRacing, one track). Returns the (T, M) tensors obs, actions, mask and rewards, and the seconds in envs.step."""
     M = len(seeds) * group_size
     obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
     alive, episode_return, x = np.ones(M, bool), np.zeros(M), obs.copy()
@@ -816,10 +817,11 @@ def collect_rollout(members, policy, seeds, group_size, low, high, on_episode, m
 
 
 def make_batch(agent, ref_agent, rollout, args, device, chunk=1024):
-    """The flat batch of every valid step in grpo_loss's argument order, as grpo_continuous.py's make_group_batch, the
-    log-probs computed `chunk` frames at a time (a whole rollout at once would hold gigabytes of activations)."""
+    """grpo_continuous.py's make_group_batch, log-probs `chunk` frames at a time (a whole rollout would hold gigabytes)."""
     valid = rollout["mask"].view(-1) > 0
-    advantages = group_advantages(rollout["rewards"], rollout["mask"], args.group_size, args.adv_mode, args.gamma)
+    advantages = group_advantages(
+        rollout["rewards"], rollout["mask"], args.group_size, args.adv_mode, args.gamma, args.adv_norm
+    )
     obs, actions = (rollout[k].flatten(0, 1)[valid].to(device) for k in ("obs", "actions"))
     with torch.no_grad():
         logprobs, ref_logprobs = (
@@ -868,8 +870,9 @@ def main(args: Args):
     while global_step < args.total_timesteps:
         iteration += 1
         t_iter = time.perf_counter()
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"].fill_((1.0 - global_step / args.total_timesteps) * args.learning_rate)
+        progress = global_step / args.total_timesteps  # of the run, for --lr-schedule
+        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
+        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
         if args.ref_update_every and (iteration - 1) % args.ref_update_every == 0:
             ref_agent.load_state_dict(agent.state_dict())
         seeds = group_seeds(args.seed, iteration, args.num_groups)

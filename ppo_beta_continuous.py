@@ -69,8 +69,8 @@ class Args:
     """the number of steps to run in each environment per policy rollout"""
     learning_rate: float = 3e-4
     """the learning rate of the optimizer"""
-    anneal_lr: bool = True
-    """toggle linear annealing of the learning rate to zero"""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    """the learning rate over the run: `constant`, `linear` to 0 (CleanRL's --anneal-lr) or `cosine` to 0"""
     gamma: float = 0.99
     """the discount factor gamma"""
     gae_lambda: float = 0.95
@@ -782,8 +782,9 @@ def main(args: Args):
     global_step = run.global_step
     for iteration in range(run.iteration + 1, args.num_iterations + 1):
         t_iter = time.perf_counter()
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"].fill_((1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate)
+        progress = (iteration - 1.0) / args.num_iterations  # of the run, for --lr-schedule
+        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
+        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
         with torch.inference_mode():
             next_obs, final, env_step_s = collect_rollout(
                 envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode

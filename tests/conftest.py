@@ -136,6 +136,15 @@ def tb_scalars(run_dir):
     return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def tb_values(run_dir, tag):
+    """(steps, values) of one TensorBoard scalar of a run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)], [e.value for e in acc.Scalars(tag)]
+
+
 def assert_clean_error(result, expected):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

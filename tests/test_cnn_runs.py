@@ -123,7 +123,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypa
     poison_update(monkeypatch, module)
     tiny = dict(max_episode_steps=32, frame_skip=2, update_epochs=1, total_timesteps=160, eval_every=0, checkpoint_every=1)
     args = module.Args(**tiny, cuda=False, runs_dir=str(runs_dir), **kwargs)
-    with pytest.raises(module.Diverged, match="diverged"):
+    with pytest.raises(FloatingPointError, match="diverged"):
         module.main(args)
     run_dir = runs_dir / RUN_DIR[script]
     ckpt = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)

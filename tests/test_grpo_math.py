@@ -12,27 +12,26 @@ import torch
 import grpo_continuous as grpo
 
 
-def advantages_reference(rewards_per_member, group_size, adv_mode, gamma, eps=1e-8):
+def advantages_reference(rewards_per_member, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):
     """Member by member, step by step: rewards_per_member is a list of 1-d arrays of any lengths."""
     T, M = max(len(r) for r in rewards_per_member), len(rewards_per_member)
-    advantages = np.zeros((T, M))
+    centered, scale, pooled = np.zeros((T, M)), np.ones((T, M)), []
     for g in range(M // group_size):
         members = range(g * group_size, (g + 1) * group_size)
-        if adv_mode == "episode":
-            returns = [sum(rewards_per_member[m]) for m in members]
-            mean, std = np.mean(returns), np.std(returns)
-            for m, ret in zip(members, returns):
-                advantages[: len(rewards_per_member[m]), m] = (ret - mean) / (std + eps)
-            continue
-        for t in range(T):
-            to_go = []
-            for m in members:
-                r = rewards_per_member[m]
-                to_go.append(sum(gamma ** (k - t) * r[k] for k in range(t, len(r))))  # 0 once m has ended
-            mean, std = np.mean(to_go), np.std(to_go)
-            for m, value in zip(members, to_go):
-                if t < len(rewards_per_member[m]):
-                    advantages[t, m] = (value - mean) / (std + eps)
+        group = [rewards_per_member[m] for m in members]
+        for t in range(max(len(r) for r in group)):  # while the group runs
+            if adv_mode == "episode":
+                values = [sum(r) for r in group]
+            else:  # the reward-to-go from t, 0 once m has ended
+                values = [sum(gamma ** (k - t) * r[k] for k in range(t, len(r))) for r in group]
+            pooled += values
+            for m, value in zip(members, values):
+                centered[t, m], scale[t, m] = value - np.mean(values), np.std(values) + eps
+    if adv_norm != "group":
+        scale[:] = 1.0 if adv_norm == "mean" else np.std(pooled) + eps
+    advantages = centered / scale
+    for m, r in enumerate(rewards_per_member):
+        advantages[len(r) :, m] = 0.0
     return advantages
 
 
@@ -45,15 +44,16 @@ def padded(rewards_per_member):
     return rewards, mask
 
 
+@pytest.mark.parametrize("adv_norm", ["group", "mean", "batch"])
 @pytest.mark.parametrize("adv_mode", ["episode", "step"])
-def test_group_advantages_match_a_plain_loop_with_members_of_different_lengths(adv_mode):
+def test_group_advantages_match_a_plain_loop_with_members_of_different_lengths(adv_mode, adv_norm):
     rng = np.random.default_rng(0)
     lengths = [7, 3, 12, 12, 1, 9, 5, 5, 5]  # three groups of three
     rewards_per_member = [rng.normal(1.0, 1.0, size=n).astype(np.float32) for n in lengths]
     rewards, mask = padded(rewards_per_member)
-    got = grpo.group_advantages(rewards, mask, 3, adv_mode, 0.9)
+    got = grpo.group_advantages(rewards, mask, 3, adv_mode, 0.9, adv_norm)
     assert got.dtype == torch.float32 and got.shape == rewards.shape
-    expected = advantages_reference(rewards_per_member, 3, adv_mode, 0.9)
+    expected = advantages_reference(rewards_per_member, 3, adv_mode, 0.9, adv_norm)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
     assert torch.all(got[mask == 0] == 0)
 

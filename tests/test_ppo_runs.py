@@ -2,12 +2,23 @@
 NaN stop, learning. The command line and bad input of every script are in test_cli.py."""
 
 import importlib
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, start_killable, tb_scalars
+from conftest import (
+    TINY,
+    assert_run_layout,
+    kill_when,
+    poison_update,
+    read_run,
+    run_script,
+    start_killable,
+    tb_scalars,
+    tb_values,
+)
 
 PPO_SCRIPTS = ["ppo_continuous", "ppo_beta_continuous"]
 TB_TAGS = [
@@ -137,7 +148,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypa
         checkpoint_every=128,
         runs_dir=str(runs_dir),
     )
-    with pytest.raises(module.Diverged, match="diverged"):
+    with pytest.raises(FloatingPointError, match="diverged"):
         module.main(args)
     run_dir = runs_dir / f"InvertedPendulum-v4__{script}__seed1"
     ckpt = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
@@ -169,3 +180,13 @@ def test_learns_inverted_pendulum(runs_dir, script):
     late = [r for s, r in zip(train["global_step"], train["episodic_return"]) if s > 30000]
     assert np.mean(late) >= 900, np.mean(late)  # a random policy scores ~5
     assert metrics["eval"]["mean_return"][-1] >= 950
+
+
+@pytest.mark.parametrize("script", ["ppo_continuous", "grpo_continuous"])  # progress in iterations, and in env steps
+def test_lr_schedule_cosine_sets_each_iterations_learning_rate(runs_dir, script):
+    flags = ["--total-timesteps", 512, "--learning-rate", 0.001, "--lr-schedule", "cosine", "--eval-every", 0]
+    result = run_script(script, *TINY[script], *flags, "--no-capture-video", "--exp-name", "x", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    steps, lrs = tb_values(runs_dir / "Hopper-v4__x__seed1", "charts/learning_rate")
+    before = [0, *steps[:-1]]  # an iteration's rate is set from the steps done before it
+    assert len(steps) >= 3 and lrs == pytest.approx([0.001 * (0.5 + 0.5 * math.cos(math.pi * s / 512)) for s in before])
