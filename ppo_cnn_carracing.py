@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -258,9 +259,10 @@ class Run:
 
     def restore(self, **state):
         """Keeps `state` (objects with state_dict/load_state_dict) for the checkpoints; loads it from one if there is one."""
-        self.state = state
+        self.state, fallback = state, self.args.cuda and self.device.type == "cpu"
+        on = f"on {self.device}" + (" (--cuda: CUDA is not available)" if fallback else "")
         if not self.ckpt:
-            return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps on {self.device}")
+            return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps {on}")
         try:
             for k, v in state.items():
                 v.load_state_dict(self.ckpt[k])
@@ -269,7 +271,7 @@ class Run:
         torch.set_rng_state(self.ckpt["rng"]["torch"])
         if self.ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.ckpt["rng"]["cuda"])
-        self.log.info(f"resuming {self.dir} from step {self.global_step:,} (iteration {self.iteration})")
+        self.log.info(f"resuming {self.dir} from step {self.global_step:,} (iteration {self.iteration}) {on}")
 
     def save(self, name):
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -493,9 +495,8 @@ class CarRacingEnvPool:
         self.args, self.num_envs, self.pool = args, num_envs, None
 
     def reset(self, seed):
-        """Env i starts from seed + i, or seed[i] for a list, as in gymnasium: EnvPool seeds its envs when it makes a pool."""
-        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
-        self.close()
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed  # as gymnasium seeds envs
+        self.close()  # EnvPool seeds its envs when it makes a pool (its reset takes no seed): a new pool
         self.pool = self.make([s & 0x7FFFFFFF for s in seeds])  # EnvPool's seeds are int32
         self.raw = self.pool.reset()[0]  # the latest frame of each env (EnvPool answers in the order of the env ids asked)
         self.stack = np.repeat(preprocess(self.args, self.raw)[:, None], self.args.frame_stack, axis=1)  # as gymnasium's
@@ -856,8 +857,7 @@ def main(args: Args):
         with torch.inference_mode():
             return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
 
-    def make_eval_env(render_mode):
-        return make_carracing_env(args, render_mode)
+    make_eval_env = partial(make_carracing_env, args)  # render_mode -> an env with the training wrappers
 
     def on_episode(episodic_return, length, t):  # an episode ended at step t of the rollout
         run.episode(global_step + (t + 1) * N, episodic_return, length)

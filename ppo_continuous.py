@@ -247,9 +247,10 @@ class Run:
 
     def restore(self, **state):
         """Keeps `state` (objects with state_dict/load_state_dict) for the checkpoints; loads it from one if there is one."""
-        self.state = state
+        self.state, fallback = state, self.args.cuda and self.device.type == "cpu"
+        on = f"on {self.device}" + (" (--cuda: CUDA is not available)" if fallback else "")
         if not self.ckpt:
-            return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps on {self.device}")
+            return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps {on}")
         try:
             for k, v in state.items():
                 v.load_state_dict(self.ckpt[k])
@@ -258,7 +259,7 @@ class Run:
         torch.set_rng_state(self.ckpt["rng"]["torch"])
         if self.ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.ckpt["rng"]["cuda"])
-        self.log.info(f"resuming {self.dir} from step {self.global_step:,} (iteration {self.iteration})")
+        self.log.info(f"resuming {self.dir} from step {self.global_step:,} (iteration {self.iteration}) {on}")
 
     def save(self, name):
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
