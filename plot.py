@@ -33,7 +33,7 @@ BOOTSTRAP_REPS = 10_000
 SETUP_ARGS = {
     *("env_id", "seed", "exp_name", "runs_dir", "resume", "cuda", "compile", "torch_threads", "torch_deterministic"),
     *("vector_mode", "capture_video", "checkpoint_every", "eval_every", "eval_episodes", "eval_checkpoint", "video_path"),
-    *("track", "wandb_project_name", "wandb_entity", "total_timesteps", "batch_size", "minibatch_size", "num_iterations"),
+    *("track", "wandb_project_name", "wandb_entity", "total_timesteps", "batch_size", "num_iterations"),
 }
 TIME_PARTS = [  # (label, color): the disjoint parts of an iteration's time_s
     ("env step", "#1f77b4"),
@@ -74,9 +74,10 @@ def hashable(value):
 
 
 def differing_args(runs):
-    """The arguments, apart from SETUP_ARGS, whose values differ between the runs (a missing one counts as None)."""
+    """The arguments, apart from SETUP_ARGS, whose values differ between the runs that have them (a run older than an
+    argument does not have it)."""
     keys = sorted({k for r in runs for k in r.args} - SETUP_ARGS)
-    return [k for k in keys if len({hashable(r.args.get(k)) for r in runs}) > 1]
+    return [k for k in keys if len({hashable(r.args[k]) for r in runs if k in r.args}) > 1]
 
 
 def label_configs(runs):
