@@ -447,7 +447,7 @@ def figure_learning_curves(env, runs, budget, window, colors, refs=()):
 def figure_env_grid(runs, metric, budgets, windows, colors, refs=()):
     """Every env in one figure: the `metric` curves of every algorithm, with the references."""
     envs = sorted(budgets)
-    cols = min(len(envs), 3)
+    cols = 2 if len(envs) == 4 else min(len(envs), 3)
     rows = math.ceil(len(envs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
     for ax, env in zip(axes.flat, envs):
