@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +83,17 @@ def differing_args(runs):
 
 def label_configs(runs):
     """Runs with one exp_name but other arguments (e.g. `--adv-mode step` runs next to `episode` ones) are different
-    algorithms: their exp gets the arguments that differ, as `exp (adv_mode=step)`."""
+    algorithms: their exp gets the arguments that differ, as `exp (adv_mode=step)`, except a value most of the runs
+    share (a sweep's base config keeps the bare name)."""
     for exp in {r.exp for r in runs}:
         group = [r for r in runs if r.exp == exp]
-        keys = differing_args(group)
-        for r in group if keys else []:
-            r.exp = f"{exp} ({', '.join(f'{k}={hashable(r.args.get(k))}' for k in keys)})"
+        shown = {}
+        for k in differing_args(group):
+            counts = Counter(hashable(r.args[k]) for r in group if k in r.args).most_common()
+            shown[k] = counts[0][0] if counts[0][1] > counts[1][1] else None  # the majority's value goes unsaid
+        for r in group:
+            said = [f"{k}={hashable(r.args[k])}" for k, common in shown.items() if k in r.args and r.args[k] != common]
+            r.exp = f"{exp} ({', '.join(said)})" if said else exp
     return runs
 
 

@@ -237,6 +237,16 @@ def test_runs_that_differ_in_an_argument_stay_apart_and_a_sweep_shows_each_value
     assert_one_line_error(run_plot(runs_dir, "--sweep", "learning_rat"), "--sweep learning_rat: no run has that argument")
 
 
+def test_a_sweep_around_a_base_config_labels_only_what_differs_from_the_base(runs_dir):
+    for name, args in (
+        ("base", {"kl_coef": 0.01, "lr": 1}),
+        ("nokl", {"kl_coef": 0.0, "lr": 1}),
+        ("lr2", {"kl_coef": 0.01, "lr": 2}),
+    ):
+        write_run(runs_dir / name, "Toy-v0", "x", 1, eval_returns=[1.0], args=args)
+    assert sorted(r.exp for r in plot.load_runs(runs_dir)) == ["x", "x (kl_coef=0.0)", "x (lr=2)"]
+
+
 @pytest.mark.parametrize("n", range(1, 13))
 def test_iqm_matches_a_slow_reference(n):
     values = np.random.default_rng(n).normal(size=n) * 100
