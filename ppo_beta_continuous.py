@@ -128,7 +128,7 @@ ALGO = Path(__file__).stem
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
 # arguments that change how a run computes, not what: a resume may change them
 RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video", "track")
-EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes")  # --eval-checkpoint takes these from the command line
+EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes", "env_backend")  # an evaluation's own (on gymnasium's env)
 
 
 class UsageError(Exception):

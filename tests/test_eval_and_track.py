@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, TINY, assert_clean_error, kill_when, run_cli, run_script, start_killable
 
@@ -54,6 +55,21 @@ def test_eval_checkpoint_writes_its_video_to_video_path(monkeypatch, capsys, che
     result = run_cli(monkeypatch, capsys, "ppo_continuous", "--eval-checkpoint", checkpoint, "--video-path", video)
     assert result.returncode == 0 and "on Hopper-v4: return " in result.stdout and " over 10 episodes" in result.stdout
     assert video.stat().st_size > 0 and not checkpoint.with_suffix(".mp4").exists()
+
+
+def test_a_run_trained_on_envpool_is_evaluated_on_gymnasium_without_envpool(monkeypatch, capsys, checkpoint, tmp_path):
+    import ppo_continuous
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["args"]["env_backend"] = "envpool"
+    torch.save(ckpt, tmp_path / "envpool.pt")
+
+    def no_envpool(*_):
+        raise ppo_continuous.UsageError("--env-backend envpool needs EnvPool, which is not installed")
+
+    monkeypatch.setattr(ppo_continuous, "check_envpool_env", no_envpool)
+    result = run_cli(monkeypatch, capsys, "ppo_continuous", "--eval-checkpoint", tmp_path / "envpool.pt", "--eval-episodes", 2)
+    assert result.returncode == 0 and " over 2 episodes" in result.stdout, result.stderr
 
 
 def test_track_sends_scalars_args_and_videos_to_wandb_and_a_resume_continues_the_run(monkeypatch, runs_dir):
