@@ -81,19 +81,27 @@ def differing_args(runs):
     return [k for k in keys if len({hashable(r.args[k]) for r in runs if k in r.args}) > 1]
 
 
+def config_names(name, group, ignore=()):
+    """Each run's name within `group`: `name`, plus the arguments (but `ignore`) in which it differs from the others, as
+    `name (adv_mode=step)`; a value most of the group shares goes unsaid (a sweep's base config keeps the bare name)."""
+    common = {}
+    for k in differing_args(group):
+        if k not in ignore:
+            counts = Counter(hashable(r.args[k]) for r in group if k in r.args).most_common()
+            common[k] = counts[0][0] if counts[0][1] > counts[1][1] else None
+    said = [
+        [f"{k}={hashable(r.args[k])}" for k, v in common.items() if k in r.args and hashable(r.args[k]) != v] for r in group
+    ]
+    return [f"{name} ({', '.join(s)})" if s else name for s in said]
+
+
 def label_configs(runs):
     """Runs with one exp_name but other arguments (e.g. `--adv-mode step` runs next to `episode` ones) are different
-    algorithms: their exp gets the arguments that differ, as `exp (adv_mode=step)`, except a value most of the runs
-    share (a sweep's base config keeps the bare name)."""
+    algorithms: each exp gets its config_names."""
     for exp in {r.exp for r in runs}:
         group = [r for r in runs if r.exp == exp]
-        shown = {}
-        for k in differing_args(group):
-            counts = Counter(hashable(r.args[k]) for r in group if k in r.args).most_common()
-            shown[k] = counts[0][0] if counts[0][1] > counts[1][1] else None  # the majority's value goes unsaid
-        for r in group:
-            said = [f"{k}={hashable(r.args[k])}" for k, common in shown.items() if k in r.args and r.args[k] != common]
-            r.exp = f"{exp} ({', '.join(said)})" if said else exp
+        for r, label in zip(group, config_names(exp, group)):
+            r.exp = label
     return runs
 
 
@@ -273,15 +281,13 @@ def sort_key(value):
 
 def sweep_points(runs, arg, metric, budget):
     """Final returns against the value of `arg`: {config: [(value, [final return of each seed])]}, values in order. A
-    config is the script and every other argument that differs between its runs here."""
+    config is the script and every other argument that differs between its runs here (config_names)."""
     configs = {}
     for algo in sorted({r.algo for r in runs}):
         family = sorted((r for r in runs if r.algo == algo), key=lambda r: r.seed)
-        others = [k for k in differing_args(family) if k != arg]
-        for r in family:
+        for r, label in zip(family, config_names(algo, family, ignore=(arg,))):
             final = final_return(r, metric, budget)
             if final is not None:
-                label = " ".join([algo, *(f"{k}={hashable(r.args.get(k))}" for k in others)])
                 configs.setdefault(label, {}).setdefault(hashable(r.args.get(arg)), []).append(final)
     return {label: sorted(points.items(), key=lambda p: sort_key(p[0])) for label, points in configs.items()}
 
@@ -432,20 +438,24 @@ def style_axis(ax, title, has_data, empty_text):
         ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
-def figure_learning_curves(env, runs, budget, window, colors, refs=()):
+def curves_panel(ax, env, runs, metric, budget, window, colors, refs, title):
+    """One env's `metric` curves of every algorithm in `runs`, and the references for that env and metric."""
     grid = np.linspace(0, budget, GRID_POINTS)
+    drawn = [
+        plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp]) for exp in exp_order(runs)
+    ]
+    drawn.append(draw_references(ax, [ref for ref in refs if ref["env"] == env and ref["metric"] == metric]))
+    style_axis(ax, title, any(drawn), f"no {metric} data in these runs")
+    ax.set_ylabel("return")
+
+
+def figure_learning_curves(env, runs, budget, window, colors, refs=()):
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, metric, title in (
         (axes[0], "eval", "evaluation return (deterministic policy)"),
         (axes[1], "train", f"training episodic return (trailing mean over {window:,.0f} steps)"),
     ):
-        drawn = [
-            plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp])
-            for exp in exp_order(runs)
-        ]
-        drawn.append(draw_references(ax, [ref for ref in refs if ref["env"] == env and ref["metric"] == metric]))
-        style_axis(ax, title, any(drawn), f"no {metric} data in these runs")
-        ax.set_ylabel("return")
+        curves_panel(ax, env, runs, metric, budget, window, colors, refs, title)
     fig.suptitle(f"{env}: mean over seeds, ±1 std (dark band), min-max (light band)", fontsize=11)
     return fig
 
@@ -457,13 +467,8 @@ def figure_env_grid(runs, metric, budgets, windows, colors, refs=()):
     rows = math.ceil(len(envs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
     for ax, env in zip(axes.flat, envs):
-        grid, env_runs = np.linspace(0, budgets[env], GRID_POINTS), [r for r in runs if r.env == env]
-        drawn = [
-            plot_curves(ax, [r for r in env_runs if r.exp == exp], metric, grid, windows[env], exp, colors[exp])
-            for exp in exp_order(env_runs)
-        ]
-        drawn.append(draw_references(ax, [ref for ref in refs if ref["env"] == env and ref["metric"] == metric]))
-        style_axis(ax, env, any(drawn), f"no {metric} data")
+        env_runs = [r for r in runs if r.env == env]
+        curves_panel(ax, env, env_runs, metric, budgets[env], windows[env], colors, refs, env)
     for ax in axes.flat[len(envs) :]:
         ax.axis("off")
     what = "evaluation return" if metric == "eval" else "training episodic return"

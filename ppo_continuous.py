@@ -230,16 +230,19 @@ class Run:
             import wandb
 
             self.wandb, wandb_id = wandb, self.metrics.setdefault("wandb_id", os.urandom(4).hex())
-            wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                id=wandb_id,
-                resume="allow",
-                name=run_dir.name,
-                dir=run_dir,
-                config=asdict(args),
-                sync_tensorboard=True,
-            )
+            try:
+                wandb.init(
+                    project=args.wandb_project_name,
+                    entity=args.wandb_entity,
+                    id=wandb_id,
+                    resume="allow",
+                    name=run_dir.name,
+                    dir=run_dir,
+                    config=asdict(args),
+                    sync_tensorboard=True,
+                )
+            except Exception as e:  # not logged in, no network: nothing trained yet, so the same command with --resume
+                raise UsageError(f"--track: W&B did not start ({e}); `wandb login` or WANDB_MODE=offline, then --resume")
         self.writer = SummaryWriter(str(run_dir), purge_step=self.metrics["global_step"] + 1 if ckpt else None)
         self.last_eval_step = (self.metrics["eval"]["global_step"] or [0])[-1]
         self.t_start, self.wall_time_before = time.perf_counter(), self.metrics["wall_time_s"]
@@ -304,12 +307,8 @@ class Run:
             self.save("latest.pt")
         self.flush()
         t_end = time.perf_counter()
-        timing = {
-            "iteration": iteration,
-            "global_step": global_step,
-            "time_s": t_end - t_iter,
-            "sps": steps / (t_end - t_iter),
-        }
+        dt = t_end - t_iter
+        timing = {"iteration": iteration, "global_step": global_step, "time_s": dt, "sps": steps / dt}
         timing |= {"rollout_s": t_rollout - t_iter, "env_step_s": env_step_s, "update_s": t_update - t_rollout}
         self.timings.write(json.dumps({**timing, "eval_s": t_eval - t_update, "io_s": t_end - t_eval}) + "\n")
         self.timings.flush()

@@ -2,6 +2,7 @@
 itself is checked on every script's smoke run (conftest.assert_eval_checkpoint); the code is plumbing, one text."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -87,6 +88,14 @@ def test_track_sends_scalars_args_and_videos_to_wandb_and_a_resume_continues_the
     for key in ("charts/episodic_return", "losses/value_loss", "eval/mean_return", "videos/eval", "learning_rate"):
         assert key.encode() in record, key  # TensorBoard's scalars, the eval video, the args (W&B's config)
     assert list((offline_runs[-1] / "files" / "media").rglob("*.mp4"))
+
+
+def test_track_without_a_wandb_login_is_one_line_that_says_how_to_go_on(runs_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}  # no login
+    command = [sys.executable, str(ROOT / "ppo_continuous.py"), *map(str, TINY_RUN), "--track", "--runs-dir", str(runs_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    assert_clean_error(result, "--track: W&B did not start")
+    assert "WANDB_MODE=offline, then --resume" in result.stderr
 
 
 def test_without_track_wandb_is_not_imported(runs_dir):

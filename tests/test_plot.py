@@ -223,8 +223,8 @@ def test_runs_that_differ_in_an_argument_stay_apart_and_a_sweep_shows_each_value
     runs = plot.load_runs(runs_dir)
     grpo = [r for r in runs if r.algo == "grpo"]
     assert plot.sweep_points(grpo, "group_size", "eval", 1000) == {
-        "grpo adv_mode=episode": [(4, [5.0, 6.0, 7.0]), (8, [9.0, 10.0, 11.0])],
-        "grpo adv_mode=step": [(4, [105.0, 106.0, 107.0]), (8, [109.0, 110.0, 111.0])],
+        "grpo (adv_mode=episode)": [(4, [5.0, 6.0, 7.0]), (8, [9.0, 10.0, 11.0])],
+        "grpo (adv_mode=step)": [(4, [105.0, 106.0, 107.0]), (8, [109.0, 110.0, 111.0])],
     }
     assert plot.sweep_points(runs, "learning_rate", "eval", 1000)["ppo"] == [
         (1e-4, [2.0, 3.0]),
