@@ -75,10 +75,10 @@ def test_a_run_trained_on_envpool_is_evaluated_on_gymnasium_without_envpool(monk
 
 def test_track_sends_scalars_args_and_videos_to_wandb_and_a_resume_continues_the_run(monkeypatch, runs_dir):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    args = [*TINY["ppo_continuous"], "--total-timesteps", 2048, "--eval-every", 1024, "--eval-episodes", 1]
+    args = [*TINY["ppo_continuous"], "--total-timesteps", 1024, "--eval-every", 512, "--eval-episodes", 1]
     args += ["--checkpoint-every", 256, "--track", "--runs-dir", runs_dir]
     run_dir = runs_dir / "Hopper-v4__ppo_continuous__seed1"
-    assert 0 < kill_when(start_killable("ppo_continuous", *args), run_dir, 768) < 2048
+    assert 0 < kill_when(start_killable("ppo_continuous", *args), run_dir, 384) < 1024
     result = run_script("ppo_continuous", *args, "--resume")
     assert result.returncode == 0, result.stderr
     wandb_id = json.loads((run_dir / "metrics.json").read_text())["wandb_id"]
