@@ -76,9 +76,6 @@ class Args:
     """G: the trajectories per group, all from the same start state (at least 2)"""
     num_groups: int = 4
     """the groups per iteration, each from its own start state"""
-    segment_steps: int = 0
-    """0: a member plays a whole episode from a reset; H > 0: a group plays H steps from a shared state, then all its
-    members go on from one member's state (MuJoCo envs): the baseline is per state, not per episode start (VinePPO)"""
     adv_mode: Literal["episode", "step"] = "episode"
     """group advantages: `episode` (the normalized episode return at every step) or `step` (normalized reward-to-go)"""
     adv_norm: Literal["group", "mean", "batch"] = "group"
@@ -440,12 +437,9 @@ class LiveMembers:
     def __init__(self, env_fns):
         self.envs = [fn() for fn in env_fns]
 
-    def reset(self, seed, states=None):
-        """Member m from a reset with seed[m], or from states[m] (mujoco_state) where that row is not NaN."""
+    def reset(self, seed):
         self.live = np.ones(len(self.envs), bool)
         self.obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)])
-        for m in [] if states is None else np.flatnonzero(~np.isnan(states[:, 0])):
-            self.obs[m] = mujoco_state(self.envs[m], states[m])
         return self.obs, {}
 
     def step(self, actions):
@@ -456,45 +450,9 @@ class LiveMembers:
         self.live &= ~(terminated | truncated)
         return self.obs, reward, terminated, truncated, {}
 
-    def state(self, m):
-        return mujoco_state(self.envs[m])
-
     def close(self):
         for env in self.envs:
             env.close()
-
-
-def mujoco_state(env, state=None):
-    """A MuJoCo env's whole integration state (positions, velocities, the solver's warm start, ...) and its time-limit
-    count; or, given one, set it and return the observation there. A copy then steps exactly as the original."""
-    import mujoco
-
-    u, spec = env.unwrapped, mujoco.mjtState.mjSTATE_INTEGRATION
-    if state is None:
-        state = np.empty(mujoco.mj_stateSize(u.model, spec) + 1)
-        mujoco.mj_getState(u.model, u.data, state[:-1], spec)
-        state[-1] = env.get_wrapper_attr("_elapsed_steps") or 0
-        return state
-    mujoco.mj_setState(u.model, u.data, state[:-1], spec)
-    mujoco.mj_forward(u.model, u.data)
-    env.set_wrapper_attr("_elapsed_steps", int(state[-1]))
-    return u._get_obs()
-
-
-class Branches:
-    """--segment-steps: where each group goes on from (a mujoco_state; a NaN row: a reset), and the return and length of
-    that episode so far. Checkpointed, so a resumed run replays the uninterrupted one."""
-
-    def __init__(self, args, state_size):
-        self.segment_steps, n = args.segment_steps, args.num_groups
-        self.state = torch.full((n, state_size), math.nan, dtype=torch.float64)
-        self.ret, self.length = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
-
-    def state_dict(self):
-        return {"state": self.state, "ret": self.ret, "length": self.length}
-
-    def load_state_dict(self, state):
-        self.state, self.ret, self.length = (state[k].clone() for k in ("state", "ret", "length"))
 
 
 class EnvPoolMembers:
@@ -543,10 +501,8 @@ def check_env(args):
             env = gym.make(args.env_id)
         except Exception as e:  # unknown id, a missing dependency, a broken env
             raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
-    obs_space, act_space, spec, mujoco = env.observation_space, env.action_space, env.spec, hasattr(env.unwrapped, "data")
+    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
     env.close()
-    if args.segment_steps and not mujoco:
-        raise UsageError(f"--segment-steps copies MuJoCo states and {args.env_id} is not a MuJoCo env: use --segment-steps 0")
     if not isinstance(act_space, gym.spaces.Box):
         raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
@@ -589,22 +545,12 @@ def check_args(args):
     for name in positive + ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs"):
         if not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in (
-        "segment_steps",
-        "eval_every",
-        "checkpoint_every",
-        "torch_threads",
-        "ref_update_every",
-        "kl_coef",
-        "ent_coef",
-    ):
+    for name in ("eval_every", "checkpoint_every", "torch_threads", "ref_update_every", "kl_coef", "ent_coef"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("max_episode_steps", "target_kl"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
-    if args.segment_steps and (args.env_backend, args.vector_mode) != ("gymnasium", "sync"):
-        raise UsageError("--segment-steps copies MuJoCo states between envs: use --env-backend gymnasium --vector-mode sync")
     if not 0 < args.gamma <= 1:
         raise UsageError(f"--gamma must be in (0, 1], got {args.gamma}")
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
@@ -763,7 +709,7 @@ def update(update_step, batch, args):
     return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
 
 
-def collect_group_rollouts(members, policy, obs_norm, seeds, group_size, low, high, on_episode, max_steps, branches=None):
+def collect_group_rollouts(members, policy, obs_norm, seeds, group_size, low, high, on_episode, max_steps):
     """Run every member of every group to the end of its episode. Group g's members reset with seeds[g] (the same start
     state); a member that has ended is masked while the others finish. The policy acts for all members at every step, so
     the draws from torch's generator do not depend on which are alive, nor on the envs that run them.
@@ -771,23 +717,12 @@ def collect_group_rollouts(members, policy, obs_norm, seeds, group_size, low, hi
     Members move in lockstep, so stopping after `max_steps` env steps (the rest of the run's budget) cuts every live member
     at the same t: a shorter time limit shared by the whole group, which keeps the comparison fair. Episodes cut that way
     are trained on but not reported to on_episode(steps into the rollout, return, length).
-
-    With `branches` (--segment-steps H), a group starts from its saved state where it has one and plays H steps at most;
-    one member drawn at the start, the carrier, is where the group goes on next time, and only its episodes are reported,
-    so the training curve is of on-policy episodes, not of the branches off them.
     Returns the (T, M) tensors obs, actions, rewards and mask, and the seconds spent stepping the envs."""
-    M, H = len(seeds) * group_size, branches.segment_steps if branches else math.inf
-    group = np.arange(M) // group_size
-    if branches:
-        carrier = torch.randint(group_size, (len(seeds),)).numpy() + group_size * np.arange(len(seeds))
-        obs, _ = members.reset(seed=[seeds[g] for g in group], states=branches.state[group].numpy())
-        episode_return, length_before = branches.ret[group].numpy().copy(), branches.length[group].numpy()
-    else:
-        obs, _ = members.reset(seed=[seeds[g] for g in group])
-        carrier, episode_return, length_before = np.arange(M), np.zeros(M), np.zeros(M, int)
-    alive, x = np.ones(M, bool), np.zeros((M, obs.shape[1]), np.float32)
+    M = len(seeds) * group_size
+    obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
+    alive, episode_return, x = np.ones(M, bool), np.zeros(M), np.zeros((M, obs.shape[1]), np.float32)
     buf, steps, env_step_s = {"obs": [], "actions": [], "mask": [], "rewards": []}, 0, 0.0
-    while alive.any() and steps < max_steps and len(buf["mask"]) < H:
+    while alive.any() and steps < max_steps:
         live = np.flatnonzero(alive)
         x[live] = obs_norm(obs[live], update=True)  # an ended member keeps its last row: it is masked
         action = policy(torch.from_numpy(x)).numpy()
@@ -800,14 +735,9 @@ def collect_group_rollouts(members, policy, obs_norm, seeds, group_size, low, hi
         episode_return += reward
         buf["rewards"].append(reward.astype(np.float32))
         for k in np.flatnonzero((terminated | truncated)[live]):
-            m = live[k]
-            alive[m] = False
-            if m in carrier:
-                on_episode(steps + k + 1, episode_return[m], length_before[m] + len(buf["mask"]))
+            alive[live[k]] = False
+            on_episode(steps + k + 1, episode_return[live[k]], len(buf["mask"]))
         steps += len(live)
-    for g, m in enumerate(carrier if branches else []):  # a group whose carrier's episode ended starts afresh
-        branches.state[g] = torch.from_numpy(members.state(m)) if alive[m] else math.nan
-        branches.ret[g], branches.length[g] = (episode_return[m], length_before[m] + len(buf["mask"])) if alive[m] else (0, 0)
     return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}, env_step_s
 
 
@@ -838,10 +768,7 @@ def main(args: Args):
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
     obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs)
-    branches = Branches(args, mujoco_state(make_env(args.env_id)()).size) if args.segment_steps else None
-    run.restore(
-        agent=agent, optimizer=optimizer, ref_agent=ref_agent, obs_norm=obs_norm, **{"branches": branches} if branches else {}
-    )
+    run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent, obs_norm=obs_norm)
 
     def sample(obs):  # the rollout's policy call
         return agent.sample(obs.to(device)).cpu()
@@ -875,16 +802,7 @@ def main(args: Args):
         seeds = group_seeds(args.seed, iteration, args.num_groups)
         with torch.inference_mode():
             rollout, env_step_s = collect_group_rollouts(
-                members,
-                policy,
-                obs_norm,
-                seeds,
-                args.group_size,
-                low,
-                high,
-                on_episode,
-                args.total_timesteps - global_step,
-                branches,
+                members, policy, obs_norm, seeds, args.group_size, low, high, on_episode, args.total_timesteps - global_step
             )
         num_steps = int(rollout["mask"].sum())
         global_step += num_steps
