@@ -339,7 +339,15 @@ def with_references(rows, refs):
     return names
 
 
-def table_markdown(rows, metric, ref_names=()):
+def with_ratios(rows, to):
+    """Each row's final mean as a fraction of algorithm `to`'s in the same env (None where `to` has none there, or <= 0)."""
+    base = {row["env"]: row["final_mean"] for row in rows if row["algorithm"] == to}
+    for row in rows:
+        b, mean = base.get(row["env"]), row["final_mean"]
+        row[f"ratio_to_{to}"] = mean / b if mean is not None and b is not None and b > 0 else None
+
+
+def table_markdown(rows, metric, ref_names=(), ratio_to=None):
     what = (
         "return of the last evaluation"
         if metric == "eval"
@@ -351,14 +359,18 @@ def table_markdown(rows, metric, ref_names=()):
         "still running or diverged counts with its latest value).",
         "",
         "| env | algorithm | steps | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |"
-        + "".join(f" {name} |" for name in ref_names),
-        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ref_names),
+        + "".join(f" {name} |" for name in ref_names)
+        + (f" % of {ratio_to} |" if ratio_to else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(ref_names) + bool(ratio_to)),
     ]
     for r in rows:
         final = f"{r['final_mean']:.1f} ± {r['final_std']:.1f}" if r["seeds"] else "–"
         ci = f"{r['iqm']:.1f} [{r['iqm_ci_low']:.1f}, {r['iqm_ci_high']:.1f}]" if r["seeds"] else "–"
         refs = [(r[f"{name} mean"], r[f"{name} std"]) for name in ref_names]
         refs = ["–" if m is None else f"{m:.0f}" if s is None else f"{m:.0f} ± {s:.0f}" for m, s in refs]
+        if ratio_to:
+            ratio = r[f"ratio_to_{ratio_to}"]
+            refs.append("–" if ratio is None else f"{ratio:.0%}")
         lines.append(
             f"| {r['env']} | {r['algorithm']} | {r['steps']:,} | {r['seeds']} | {r['completed']}/{r['runs']} "
             f"| {final} | {ci} | {r['sps']:,.0f} |" + "".join(f" {ref} |" for ref in refs)
@@ -620,6 +632,12 @@ def parse_args(argv):
         "std: a column per name in the table (the rows of --metric), a dashed line in the curves",
     )
     parser.add_argument(
+        "--ratio-to",
+        metavar="ALGO",
+        help="a column of each row's final mean as a percentage of algorithm ALGO's (the table's algorithm column, "
+        "e.g. ppo_continuous) on the same env",
+    )
+    parser.add_argument(
         "--sweep",
         action="append",
         default=[],
@@ -661,6 +679,8 @@ def main(argv=None):
     for name in args.sweep:
         if not any(name in r.args for r in runs):
             raise UsageError(f"--sweep {name}: no run has that argument (see metrics.json's args, e.g. learning_rate)")
+    if args.ratio_to and not any(r.exp == args.ratio_to for r in runs):
+        raise UsageError(f"--ratio-to {args.ratio_to}: no runs of that algorithm (see the table's algorithm column)")
     if args.metric == "eval" and not any(len(r.series["eval"][0]) for r in runs):
         warn("no run has an evaluation yet: the table is empty (try --metric train)")
     envs = sorted({r.env for r in runs})
@@ -672,6 +692,8 @@ def main(argv=None):
     colors = {exp: palette(i % 10) for i, exp in enumerate(exp_order(runs))}
     rows = final_table(runs, args.metric, budgets)
     ref_names = with_references(rows, [ref for ref in refs if ref["metric"] == args.metric])
+    if args.ratio_to:
+        with_ratios(rows, args.ratio_to)
     windows = {env: DEFAULT_SMOOTH_FRACTION * budgets[env] if args.smooth is None else args.smooth for env in envs}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -703,7 +725,7 @@ def main(argv=None):
     breakdown = figure_time_breakdown(runs)
     if breakdown is not None:
         write("time_breakdown.png", breakdown)
-    markdown = table_markdown(rows, args.metric, ref_names)
+    markdown = table_markdown(rows, args.metric, ref_names, args.ratio_to)
     write("final_performance.md", markdown.encode())
     write("final_performance.csv", table_csv(rows).encode())
     print(markdown)

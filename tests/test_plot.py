@@ -317,6 +317,19 @@ def test_corrupt_and_partial_runs_are_skipped_with_a_warning(runs_dir):
     assert not (runs_dir / "_plots" / "time_breakdown.png").exists()  # no readable timings: no chart, no crash
 
 
+def test_ratio_to_gives_each_row_its_percentage_of_an_algorithm_on_the_same_env(synthetic, tmp_path):
+    result = run_plot(synthetic, "--ratio-to", "algo_a", "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "final_performance.md").read_text().splitlines()
+    assert lines[2].endswith("| SPS | % of algo_a |") and lines[3].endswith("---:|" * 7)
+    rows = {line.split(" | ")[1]: line for line in lines if line.startswith("| Toy-v0 ")}
+    assert rows["algo_a"].endswith("| 100% |") and rows["grpo_g4"].endswith("| 13% |")  # 42 / 325 (FINALS' mean)
+    assert rows["algo_b"].endswith("| 15% |")  # 50 / 325
+    assert all(line.endswith("| – |") for line in lines if line.startswith("| Other-v0 "))  # no algo_a evaluation there
+    assert float(read_csv(tmp_path / "final_performance.csv")[("Toy-v0", "grpo_g8")]["ratio_to_algo_a"]) == 82 / 325
+    assert_one_line_error(run_plot(synthetic, "--ratio-to", "algo_c"), "--ratio-to algo_c: no runs of that algorithm")
+
+
 def test_help_lists_every_flag():
     result = run_plot("--help")
     assert result.returncode == 0
@@ -327,6 +340,7 @@ def test_help_lists_every_flag():
         "--metric {eval,train}",
         "--reference CSV",
         "--sweep ARG",
+        "--ratio-to ALGO",
         "--smooth",
     ):
         assert flag in result.stdout
