@@ -194,7 +194,7 @@ class Run:
         curves = {"train": {"global_step": [], "episodic_return": [], "episodic_length": []}, "eval": {}}
         curves["eval"] = {"global_step": [], "mean_return": [], "std_return": []}
         new = {**run, "args": asdict(args), **progress, "sps": 0.0, "wall_time_s": 0.0, "best_eval_return": None, **curves}
-        self.metrics, self.wandb = ckpt["metrics"] if ckpt else new, None
+        self.metrics, self.wandb, self.ckpt_s = ckpt["metrics"] if ckpt else new, None, 0.0
         self.global_step = self.last_ckpt_step = self.steps_at_start = self.metrics["global_step"]
         random.seed(args.seed)
         np.random.seed(args.seed)
@@ -299,16 +299,17 @@ class Run:
             self.writer.add_scalar(tag, value, global_step)
         if final:
             m["completed"], m["status"] = True, "completed"
-        if final or (args.checkpoint_every and global_step - self.last_ckpt_step >= args.checkpoint_every):
-            self.last_ckpt_step = global_step
-            self.save("latest.pt")
         self.flush()
         t_end = time.perf_counter()
-        dt = t_end - t_iter
+        dt, io_s, self.ckpt_s = t_end - t_iter + self.ckpt_s, t_end - t_eval + self.ckpt_s, 0.0
         timing = {"iteration": iteration, "global_step": global_step, "time_s": dt, "sps": steps / dt}
         timing |= {"rollout_s": t_rollout - t_iter, "env_step_s": env_step_s, "update_s": t_update - t_rollout}
-        self.timings.write(json.dumps({**timing, "eval_s": t_eval - t_update, "io_s": t_end - t_eval}) + "\n")
+        self.timings.write(json.dumps({**timing, "eval_s": t_eval - t_update, "io_s": io_s}) + "\n")
         self.timings.flush()
+        if final or (args.checkpoint_every and global_step - self.last_ckpt_step >= args.checkpoint_every):
+            self.last_ckpt_step = global_step
+            self.save("latest.pt")  # last: a checkpoint never runs ahead of the records a kill -9 could lose
+            self.ckpt_s = time.perf_counter() - t_end  # the next iteration's io_s counts it
         rets, eta = m["train"]["episodic_return"][-10:], max(self.total_steps - global_step, 0) / max(sps, 1e-9)
         self.log.info(
             f"step {global_step:,}/{self.total_steps:,} ({100 * global_step / self.total_steps:.0f}%) | SPS {sps:,.0f}"
