@@ -134,6 +134,475 @@ class Args:
     """the W&B entity (team); None: your default"""
 
 
+class FrameSkip(gym.Wrapper):
+    """Repeat the action `skip` frames, summing their rewards; end early after `max_negative_steps` steps of losses."""
+
+    def __init__(self, env, skip, max_negative_steps=None):
+        super().__init__(env)
+        self.skip, self.max_negative_steps, self.negative_steps = skip, max_negative_steps or math.inf, 0
+        self.metadata = {**env.metadata, "render_fps": env.metadata.get("render_fps", 50) / skip}  # real-time videos
+
+    def reset(self, **kwargs):
+        self.negative_steps = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        total_reward = 0.0
+        for _ in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += float(reward)
+            if terminated or truncated:
+                break
+        self.negative_steps = self.negative_steps + 1 if total_reward < 0 else 0
+        return obs, total_reward, terminated, truncated or self.negative_steps >= self.max_negative_steps, info
+
+
+def area_weights(n_in, n_out):
+    """(n_out, n_in) weights of area resampling: output pixel i averages the input interval it covers."""
+    edges = np.linspace(0.0, n_in, n_out + 1)
+    lo, hi, j = edges[:-1, None], edges[1:, None], np.arange(n_in)[None]
+    return (np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None) / (hi - lo)).astype(np.float32)
+
+
+def preprocess(args, frames):
+    """(N, H, W, 3) uint8 frames -> (N, h, w, channels) uint8 on both backends: gymnasium's grayscale, area resizing."""
+    if args.grayscale:
+        x = frames.astype(np.float64)
+        frames = (x[..., 0:1] * 0.2125 + x[..., 1:2] * 0.7154 + x[..., 2:3] * 0.0721).astype(np.uint8)
+    if args.resize:
+        rows, cols = area_weights(frames.shape[1], args.resize[0]), area_weights(frames.shape[2], args.resize[1])
+        resized = rows @ frames.transpose(0, 3, 1, 2).astype(np.float32) @ cols.T  # (N, channels, h, w)
+        frames = np.rint(resized).astype(np.uint8).transpose(0, 2, 3, 1)
+    return frames
+
+
+def make_carracing_env(args, render_mode=None):
+    render = {"render_mode": render_mode} if render_mode else {}
+    env = gym.make(args.env_id, max_episode_steps=args.max_episode_steps, **render)
+    env = FrameSkip(env, args.frame_skip, args.max_negative_steps)
+    shape = preprocess(args, np.zeros((1, *env.observation_space.shape), np.uint8)).shape[1:]  # of a preprocessed frame
+    space = gym.spaces.Box(0, 255, shape, np.uint8)
+    env = gym.wrappers.TransformObservation(env, lambda frame: preprocess(args, frame[None])[0], space)
+    return gym.wrappers.FrameStackObservation(env, args.frame_stack)  # oldest first, the first frame repeated at reset
+
+
+class CarRacingEnvPool:
+    """EnvPool's batched env as a SAME_STEP vector env with make_carracing_env's wrappers (EnvPool's own is NEXT_STEP)."""
+
+    def __init__(self, args, num_envs):
+        import envpool
+
+        kwargs = {"max_episode_steps": args.max_episode_steps} if args.max_episode_steps else {}
+        kwargs |= {"num_envs": num_envs, "num_threads": min(num_envs, len(os.sched_getaffinity(0)))}  # the usable cores
+        self.make = lambda seeds: envpool.make(args.env_id, "gymnasium", env_seed=seeds, **kwargs)
+        self.args, self.num_envs, self.pool = args, num_envs, None
+
+    def reset(self, seed):
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed  # as gymnasium seeds envs
+        self.close()  # EnvPool seeds its envs when it makes a pool (its reset takes no seed): a new pool
+        self.pool = self.make([s & 0x7FFFFFFF for s in seeds])  # EnvPool's seeds are int32
+        self.raw = self.pool.reset()[0]  # the latest frame of each env (EnvPool answers in the order of the env ids asked)
+        self.stack = np.repeat(preprocess(self.args, self.raw)[:, None], self.args.frame_stack, axis=1)  # as gymnasium's
+        self.negative_steps = np.zeros(self.num_envs)  # consecutive steps of negative reward, as FrameSkip counts them
+        return self.stack.copy(), {}
+
+    def step(self, actions):
+        N = self.num_envs
+        reward, terminated, truncated, live = np.zeros(N), np.zeros(N, bool), np.zeros(N, bool), np.arange(N, dtype=np.int32)
+        for _ in range(self.args.frame_skip):  # FrameSkip on the batch: an env that ends stops there
+            raw, r, term, trunc, _ = self.pool.step(actions[live], live)
+            self.raw[live], reward[live], terminated[live], truncated[live] = raw, reward[live] + r, term, trunc
+            live = live[~(term | trunc)]
+            if not len(live):
+                break
+        self.negative_steps = np.where(reward < 0, self.negative_steps + 1, 0)
+        truncated |= self.negative_steps >= (self.args.max_negative_steps or math.inf)
+        self.stack = np.concatenate([self.stack[:, 1:], preprocess(self.args, self.raw)[:, None]], axis=1)
+        done, info = np.flatnonzero(terminated | truncated), {}
+        if len(done):
+            info["final_obs"] = self.stack.copy()
+            self.stack[done] = preprocess(self.args, self.pool.reset(done)[0])[:, None]
+            self.negative_steps[done] = 0
+        return self.stack.copy(), reward, terminated, truncated, info
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+class LiveMembers:
+    """Plain gymnasium envs behind the vector env calls we use, stepping only the members whose episode still runs."""
+
+    def __init__(self, env_fns):
+        self.envs = [fn() for fn in env_fns]
+
+    def reset(self, seed):
+        self.live = np.ones(len(self.envs), bool)
+        self.obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)])
+        return self.obs, {}
+
+    def step(self, actions):
+        n = len(self.envs)
+        reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+        for m in np.flatnonzero(self.live):
+            self.obs[m], reward[m], terminated[m], truncated[m], _ = self.envs[m].step(actions[m])
+        self.live &= ~(terminated | truncated)
+        return self.obs, reward, terminated, truncated, {}
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+def make_carracing_members(args):
+    """grpo_continuous.py's members with frames: each runs one episode an iteration; once it has ended it is masked."""
+    num_members = args.num_groups * args.group_size
+    if args.env_backend == "envpool":
+        return CarRacingEnvPool(args, num_members)
+    env_fns = [lambda: make_carracing_env(args)] * num_members
+    if args.vector_mode == "sync":  # a masked vector env would step the members that have ended
+        return LiveMembers(env_fns)
+    return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, hidden_sizes, out_dim, out_std):
+    layers, last = [], in_dim
+    for size in hidden_sizes:
+        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
+        last = size
+    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
+
+
+class CNNFeatureExtractor(nn.Module):
+    """uint8 frames (B, stack, H, W, C), scaled to [0, 1] here, -> features: convolutions and a linear layer, with ReLU."""
+
+    def __init__(self, obs_shape, channels, kernel_sizes, strides, feature_size):
+        super().__init__()
+        layers, last = [], obs_shape[0] * obs_shape[3]
+        for out, kernel, stride in zip(channels, kernel_sizes, strides):
+            layers += [layer_init(nn.Conv2d(last, out, kernel, stride)), nn.ReLU()]
+            last = out
+        # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW
+        self.convs = nn.Sequential(*layers, nn.Flatten()).to(memory_format=torch.channels_last)
+        flat = self.convs(torch.zeros(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])).shape[1]
+        self.fc = nn.Sequential(layer_init(nn.Linear(flat, feature_size)), nn.ReLU())
+
+    def forward(self, obs):
+        B, S, H, W, C = obs.shape  # -> (B, S * C, H, W), channel s * C + c, as an NHWC view of the bytes
+        x = obs.permute(0, 2, 3, 1, 4).reshape(B, H, W, S * C).permute(0, 3, 1, 2).float() / 255.0
+        return self.fc(self.convs(x))
+
+
+BETA_EPS = 1e-6  # samples are kept this far from 0 and 1, where float32 rounding would make log x or log(1 - x) infinite
+
+
+def beta_dist(out):
+    """The actor's 2 * act_dim outputs -> Beta(alpha, beta), alpha and beta = 1 + softplus > 1: unimodal (Chou et al.)."""
+    alpha, beta = (1.0 + nn.functional.softplus(out)).chunk(2, dim=-1)
+    return Beta(alpha, beta, validate_args=False)
+
+
+class Agent(nn.Module):
+    """The policy alone: GRPO has no critic."""
+
+    def __init__(self, obs_shape, act_dim, args):
+        super().__init__()
+        cnn = (obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, args.cnn_feature_size)
+        self.actor_trunk = CNNFeatureExtractor(*cnn)
+        self.actor = mlp(args.cnn_feature_size, args.hidden_sizes, 2 * act_dim, out_std=0.01)
+
+    def dist(self, obs):
+        return beta_dist(self.actor(self.actor_trunk(obs)))
+
+    def sample(self, obs):
+        return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
+
+
+def env_action(x, low, high):
+    """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
+    constant, which cancels in the PPO ratio."""
+    return low + (high - low) * x
+
+
+def group_seeds(seed, iteration, num_groups):
+    """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a resumed run replays
+    the start states of the uninterrupted one."""
+    return [int(np.random.SeedSequence([seed, iteration, g]).generate_state(1)[0]) for g in range(num_groups)]
+
+
+def group_advantages(rewards, mask, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):
+    """Group-relative advantages of a (T, M) rollout, member m in group m // group_size; mask[t, m] = 1 while m's episode
+    runs. The values: `episode`, R_m, m's undiscounted return, at every t; `step`, G_t^m, m's discounted reward-to-go from
+    t (0 once m has ended). A = value - its group's mean (at the same t), divided by the group's std (`group`,
+    DeepSeekMath), by nothing (`mean`, Dr. GRPO, arXiv 2503.20783) or by the std of all the groups' values (`batch`).
+    Population stds plus eps: equal values give 0, not NaN. Returns (T, M) float32, zero where mask is 0."""
+    T, M = rewards.shape
+    rewards = rewards.double() * mask
+    if adv_mode == "episode":
+        values = rewards.sum(0).expand(T, M)
+    else:
+        values, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+        for t in reversed(range(T)):
+            running = values[t] = rewards[t] + gamma * running  # 0 after the end: rewards are masked
+    grouped = values.reshape(T, M // group_size, group_size)
+    centered = grouped - grouped.mean(-1, keepdim=True)
+    if adv_norm == "group":
+        centered = centered / (grouped.std(-1, correction=0, keepdim=True) + eps)
+    elif adv_norm == "batch":  # every (t, member) of a group that still runs at t, as the group statistics count them
+        running = mask.reshape(grouped.shape).amax(-1, keepdim=True).expand_as(grouped) > 0
+        centered = centered / (grouped[running].std(correction=0) + eps)
+    return (centered.reshape(T, M) * mask).float()
+
+
+def k3_kl(logprob, ref_logprob):
+    """Unbiased, always >= 0 estimate of KL(pi_theta || pi_ref) from actions sampled by pi_theta: r - log r - 1 with
+    r = pi_ref / pi_theta (DeepSeekMath eq. 4). log r is clamped to +-20 so one far-off sample cannot overflow exp."""
+    log_r = (ref_logprob - logprob).clamp(-20.0, 20.0)
+    return torch.exp(log_r) - log_r - 1.0
+
+
+LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "kl_ref", "entropy")]
+
+
+def grpo_loss(agent, obs, actions, logprobs, ref_logprobs, advantages, args):
+    """The GRPO loss of a minibatch: the clipped surrogate of the group advantages, plus kl_coef times the k3 KL to the
+    reference policy, minus ent_coef times the entropy; and its statistics (LOSS_STATS) as one tensor."""
+    dist = agent.dist(obs)
+    newlogprob = dist.log_prob(actions).sum(-1)
+    logratio = newlogprob - logprobs
+    ratio = logratio.exp()
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    kl_ref = k3_kl(newlogprob, ref_logprobs).mean()
+    entropy = dist.entropy().sum(-1).mean()
+    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
+        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, kl_ref, entropy])
+    return pg_loss + args.kl_coef * kl_ref - args.ent_coef * entropy, stats
+
+
+def make_update_step(agent, optimizer, loss_fn, args):
+    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
+
+    def update_step(*minibatch):
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = loss_fn(agent, *minibatch, args)
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+        optimizer.step()
+        return stats
+
+    return torch.compile(update_step) if args.compile else update_step
+
+
+def update(update_step, batch, args):
+    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
+    first, stats = next(iter(batch.values())), []
+    for _ in range(args.update_epochs):
+        perm = torch.randperm(len(first), device=first.device)
+        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
+        for start in range(0, len(first), args.minibatch_size):
+            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
+        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
+            break
+    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
+
+
+def collect_rollout(members, policy, seeds, group_size, low, high, on_episode, max_steps):
+    """grpo_continuous.py's collect_group_rollouts on uint8 frames, not normalized (group g resets with seeds[g]: on
+    CarRacing, one track). Returns the (T, M) tensors obs, actions, mask and rewards, and the seconds in envs.step."""
+    M = len(seeds) * group_size
+    obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
+    alive, episode_return, x = np.ones(M, bool), np.zeros(M), obs.copy()
+    buf, steps, env_step_s = {"obs": [], "actions": [], "mask": [], "rewards": []}, 0, 0.0
+    while alive.any() and steps < max_steps:
+        live = np.flatnonzero(alive)
+        x[live] = obs[live]
+        action = policy(torch.from_numpy(x)).numpy()
+        for key, value in (("obs", x.copy()), ("actions", action), ("mask", alive.astype(np.float32))):
+            buf[key].append(value)
+        t0 = time.perf_counter()
+        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
+        env_step_s += time.perf_counter() - t0
+        reward = np.where(alive, reward, 0.0)
+        episode_return += reward
+        buf["rewards"].append(reward.astype(np.float32))
+        for k in np.flatnonzero((terminated | truncated)[live]):
+            alive[live[k]] = False
+            on_episode(steps + k + 1, episode_return[live[k]], len(buf["mask"]))
+        steps += len(live)
+    return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}, env_step_s
+
+
+def make_batch(agent, ref_agent, rollout, args, device, chunk=1024):
+    """grpo_continuous.py's make_group_batch, log-probs `chunk` frames at a time (a whole rollout would hold gigabytes)."""
+    valid = rollout["mask"].view(-1) > 0
+    advantages = group_advantages(
+        rollout["rewards"], rollout["mask"], args.group_size, args.adv_mode, args.gamma, args.adv_norm
+    )
+    obs, actions = (rollout[k].flatten(0, 1)[valid].to(device) for k in ("obs", "actions"))
+    with torch.no_grad():
+        logprobs, ref_logprobs = (
+            torch.cat([a.dist(o).log_prob(x).sum(-1) for o, x in zip(obs.split(chunk), actions.split(chunk))])
+            for a in (agent, ref_agent)
+        )
+    batch = {"obs": obs, "actions": actions, "logprobs": logprobs, "ref_logprobs": ref_logprobs}
+    return batch | {"advantages": advantages.view(-1)[valid].to(device)}
+
+
+def main(args: Args):
+    check_args(args)
+    obs_shape, act_space = check_env(args)
+    run_dir, ckpt = open_run(args)
+    # -- nothing has been written before this line --
+    run = Run(args, run_dir, ckpt, total_steps=args.total_timesteps, group_size=args.group_size)
+    device, act_dim = run.device, act_space.shape[0]
+    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    agent = Agent(obs_shape, act_dim, args).to(device)
+    ref_agent = copy.deepcopy(agent).requires_grad_(False)
+    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
+    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
+    run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent)
+
+    def sample(obs):  # the rollout's policy call
+        return agent.sample(obs.to(device)).cpu()
+
+    def act_deterministic(obs):  # the evaluation policy: the mean of the Beta
+        with torch.inference_mode():
+            return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
+
+    make_eval_env = partial(make_carracing_env, args)  # render_mode -> an env with the training wrappers
+
+    def on_episode(steps, episodic_return, length):  # an episode ended `steps` env steps into the rollout
+        run.episode(global_step + steps, episodic_return, length)
+
+    if args.eval_checkpoint:  # evaluate the saved policy; no training
+        return run.evaluate(make_eval_env, act_deterministic)
+
+    policy = torch.compile(sample) if args.compile else sample
+    update_step = make_update_step(agent, optimizer, grpo_loss, args)
+    members = make_carracing_members(args)
+
+    global_step, iteration = run.global_step, run.iteration
+    while global_step < args.total_timesteps:
+        iteration += 1
+        t_iter = time.perf_counter()
+        progress = global_step / args.total_timesteps  # of the run, for --lr-schedule
+        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
+        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
+        if args.ref_update_every and (iteration - 1) % args.ref_update_every == 0:
+            ref_agent.load_state_dict(agent.state_dict())
+        seeds = group_seeds(args.seed, iteration, args.num_groups)
+        with torch.inference_mode():
+            rollout, env_step_s = collect_rollout(
+                members, policy, seeds, args.group_size, low, high, on_episode, args.total_timesteps - global_step
+            )
+        num_steps = int(rollout["mask"].sum())
+        global_step += num_steps
+        t_rollout = time.perf_counter()
+        batch = make_batch(agent, ref_agent, rollout, args, device)
+        stats = update(update_step, batch, args)
+        returns, adv = rollout["rewards"].sum(0).view(args.num_groups, args.group_size), batch["advantages"]
+        stats["charts/group_return_mean"] = returns.mean().item()
+        stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
+        stats["charts/batch_steps"] = num_steps
+        stats["losses/advantage_mean"], stats["losses/advantage_std"] = adv.mean().item(), adv.std().item()
+        stats["losses/advantage_abs_max"] = adv.abs().max().item()
+        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
+    members.close()
+    run.close()
+
+
+def check_env(args):
+    """Make one env to check its spaces, and the CNN on its frames, before anything is written; (obs shape, act space)."""
+    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
+        try:
+            env = gym.make(args.env_id)
+        except Exception as e:  # unknown id, a missing dependency, a broken env
+            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
+    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
+    env.close()
+    if not isinstance(act_space, gym.spaces.Box):
+        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
+    if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):  # evaluation (and GRPO)
+        raise UsageError(f"{args.env_id} has no time limit and episodes are run to their end: pass --max-episode-steps")
+    if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
+        raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds")
+    shape = getattr(obs_space, "shape", obs_space)
+    if not (isinstance(obs_space, gym.spaces.Box) and len(shape) == 3 and shape[2] == 3 and obs_space.dtype == np.uint8):
+        raise UsageError(f"{args.env_id} has observations of shape {shape}; this CNN script needs (H, W, 3) uint8 images")
+    if args.env_backend == "envpool":
+        check_envpool_env(args, obs_space, act_space)
+    obs_shape = make_carracing_env(args).observation_space.shape  # (frame_stack, height, width, channels)
+    try:  # the convolutions' output size, as the network computes it
+        CNNFeatureExtractor(obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, 1)
+    except RuntimeError:
+        raise UsageError(f"--cnn-kernel-sizes and --cnn-strides shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing")
+    return obs_shape, act_space
+
+
+def check_envpool_env(args, obs_space, act_space):
+    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
+    try:
+        import envpool
+    except ImportError:
+        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
+    if args.env_id not in envpool.list_all_envs():
+        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
+    with warnings.catch_warnings(action="ignore"):
+        spec = envpool.make_spec(args.env_id)
+        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
+    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
+    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
+
+
+def check_common_args(args):
+    """The arguments both CNN scripts take, checked before anything is written."""
+    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
+        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
+    positive = ("total_timesteps", "update_epochs", "eval_episodes", "learning_rate", "clip_coef", "max_grad_norm")
+    for name in positive + ("frame_skip", "frame_stack", "cnn_feature_size"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_every", "checkpoint_every", "torch_threads", "ent_coef"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("max_episode_steps", "max_negative_steps", "target_kl"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
+    if args.resize is not None and min(args.resize) <= 0:
+        raise UsageError(f"--resize needs a positive height and width, got {args.resize}")
+    cnn = (args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides)
+    if not args.cnn_channels or len(set(map(len, cnn))) != 1 or min(min(c) for c in cnn) <= 0:
+        raise UsageError(f"--cnn-channels/-kernel-sizes/-strides need one positive entry per convolution each, got {cnn}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
+
+
+def check_args(args):
+    """Every argument a user can get wrong, checked before anything is written; fills in the default --exp-name."""
+    if args.exp_name is None:
+        args.exp_name = f"{ALGO}_g{args.group_size}"
+    check_common_args(args)
+    if args.group_size < 2:
+        raise UsageError(f"--group-size must be at least 2 (a group compares its trajectories), got {args.group_size}")
+    for name in ("num_groups", "minibatch_size"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("ref_update_every", "kl_coef"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not 0 < args.gamma <= 1:
+        raise UsageError(f"--gamma must be in (0, 1], got {args.gamma}")
+
+
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
@@ -425,475 +894,6 @@ def cli(main_fn, args_type):
 
 
 # ==== plumbing: end ====
-
-
-class FrameSkip(gym.Wrapper):
-    """Repeat the action `skip` frames, summing their rewards; end early after `max_negative_steps` steps of losses."""
-
-    def __init__(self, env, skip, max_negative_steps=None):
-        super().__init__(env)
-        self.skip, self.max_negative_steps, self.negative_steps = skip, max_negative_steps or math.inf, 0
-        self.metadata = {**env.metadata, "render_fps": env.metadata.get("render_fps", 50) / skip}  # real-time videos
-
-    def reset(self, **kwargs):
-        self.negative_steps = 0
-        return self.env.reset(**kwargs)
-
-    def step(self, action):
-        total_reward = 0.0
-        for _ in range(self.skip):
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            total_reward += float(reward)
-            if terminated or truncated:
-                break
-        self.negative_steps = self.negative_steps + 1 if total_reward < 0 else 0
-        return obs, total_reward, terminated, truncated or self.negative_steps >= self.max_negative_steps, info
-
-
-def area_weights(n_in, n_out):
-    """(n_out, n_in) weights of area resampling: output pixel i averages the input interval it covers."""
-    edges = np.linspace(0.0, n_in, n_out + 1)
-    lo, hi, j = edges[:-1, None], edges[1:, None], np.arange(n_in)[None]
-    return (np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None) / (hi - lo)).astype(np.float32)
-
-
-def preprocess(args, frames):
-    """(N, H, W, 3) uint8 frames -> (N, h, w, channels) uint8 on both backends: gymnasium's grayscale, area resizing."""
-    if args.grayscale:
-        x = frames.astype(np.float64)
-        frames = (x[..., 0:1] * 0.2125 + x[..., 1:2] * 0.7154 + x[..., 2:3] * 0.0721).astype(np.uint8)
-    if args.resize:
-        rows, cols = area_weights(frames.shape[1], args.resize[0]), area_weights(frames.shape[2], args.resize[1])
-        resized = rows @ frames.transpose(0, 3, 1, 2).astype(np.float32) @ cols.T  # (N, channels, h, w)
-        frames = np.rint(resized).astype(np.uint8).transpose(0, 2, 3, 1)
-    return frames
-
-
-def make_carracing_env(args, render_mode=None):
-    render = {"render_mode": render_mode} if render_mode else {}
-    env = gym.make(args.env_id, max_episode_steps=args.max_episode_steps, **render)
-    env = FrameSkip(env, args.frame_skip, args.max_negative_steps)
-    shape = preprocess(args, np.zeros((1, *env.observation_space.shape), np.uint8)).shape[1:]  # of a preprocessed frame
-    space = gym.spaces.Box(0, 255, shape, np.uint8)
-    env = gym.wrappers.TransformObservation(env, lambda frame: preprocess(args, frame[None])[0], space)
-    return gym.wrappers.FrameStackObservation(env, args.frame_stack)  # oldest first, the first frame repeated at reset
-
-
-class CarRacingEnvPool:
-    """EnvPool's batched env as a SAME_STEP vector env with make_carracing_env's wrappers (EnvPool's own is NEXT_STEP)."""
-
-    def __init__(self, args, num_envs):
-        import envpool
-
-        kwargs = {"max_episode_steps": args.max_episode_steps} if args.max_episode_steps else {}
-        kwargs |= {"num_envs": num_envs, "num_threads": min(num_envs, len(os.sched_getaffinity(0)))}  # the usable cores
-        self.make = lambda seeds: envpool.make(args.env_id, "gymnasium", env_seed=seeds, **kwargs)
-        self.args, self.num_envs, self.pool = args, num_envs, None
-
-    def reset(self, seed):
-        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed  # as gymnasium seeds envs
-        self.close()  # EnvPool seeds its envs when it makes a pool (its reset takes no seed): a new pool
-        self.pool = self.make([s & 0x7FFFFFFF for s in seeds])  # EnvPool's seeds are int32
-        self.raw = self.pool.reset()[0]  # the latest frame of each env (EnvPool answers in the order of the env ids asked)
-        self.stack = np.repeat(preprocess(self.args, self.raw)[:, None], self.args.frame_stack, axis=1)  # as gymnasium's
-        self.negative_steps = np.zeros(self.num_envs)  # consecutive steps of negative reward, as FrameSkip counts them
-        return self.stack.copy(), {}
-
-    def step(self, actions):
-        N = self.num_envs
-        reward, terminated, truncated, live = np.zeros(N), np.zeros(N, bool), np.zeros(N, bool), np.arange(N, dtype=np.int32)
-        for _ in range(self.args.frame_skip):  # FrameSkip on the batch: an env that ends stops there
-            raw, r, term, trunc, _ = self.pool.step(actions[live], live)
-            self.raw[live], reward[live], terminated[live], truncated[live] = raw, reward[live] + r, term, trunc
-            live = live[~(term | trunc)]
-            if not len(live):
-                break
-        self.negative_steps = np.where(reward < 0, self.negative_steps + 1, 0)
-        truncated |= self.negative_steps >= (self.args.max_negative_steps or math.inf)
-        self.stack = np.concatenate([self.stack[:, 1:], preprocess(self.args, self.raw)[:, None]], axis=1)
-        done, info = np.flatnonzero(terminated | truncated), {}
-        if len(done):
-            info["final_obs"] = self.stack.copy()
-            self.stack[done] = preprocess(self.args, self.pool.reset(done)[0])[:, None]
-            self.negative_steps[done] = 0
-        return self.stack.copy(), reward, terminated, truncated, info
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-
-
-class LiveMembers:
-    """Plain gymnasium envs behind the vector env calls we use, stepping only the members whose episode still runs."""
-
-    def __init__(self, env_fns):
-        self.envs = [fn() for fn in env_fns]
-
-    def reset(self, seed):
-        self.live = np.ones(len(self.envs), bool)
-        self.obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)])
-        return self.obs, {}
-
-    def step(self, actions):
-        n = len(self.envs)
-        reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
-        for m in np.flatnonzero(self.live):
-            self.obs[m], reward[m], terminated[m], truncated[m], _ = self.envs[m].step(actions[m])
-        self.live &= ~(terminated | truncated)
-        return self.obs, reward, terminated, truncated, {}
-
-    def close(self):
-        for env in self.envs:
-            env.close()
-
-
-def make_carracing_members(args):
-    """grpo_continuous.py's members with frames: each runs one episode an iteration; once it has ended it is masked."""
-    num_members = args.num_groups * args.group_size
-    if args.env_backend == "envpool":
-        return CarRacingEnvPool(args, num_members)
-    env_fns = [lambda: make_carracing_env(args)] * num_members
-    if args.vector_mode == "sync":  # a masked vector env would step the members that have ended
-        return LiveMembers(env_fns)
-    return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
-
-
-def check_env(args):
-    """Make one env to check its spaces, and the CNN on its frames, before anything is written; (obs shape, act space)."""
-    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
-        try:
-            env = gym.make(args.env_id)
-        except Exception as e:  # unknown id, a missing dependency, a broken env
-            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
-    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
-    env.close()
-    if not isinstance(act_space, gym.spaces.Box):
-        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
-    if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):  # evaluation (and GRPO)
-        raise UsageError(f"{args.env_id} has no time limit and episodes are run to their end: pass --max-episode-steps")
-    if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
-        raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds")
-    shape = getattr(obs_space, "shape", obs_space)
-    if not (isinstance(obs_space, gym.spaces.Box) and len(shape) == 3 and shape[2] == 3 and obs_space.dtype == np.uint8):
-        raise UsageError(f"{args.env_id} has observations of shape {shape}; this CNN script needs (H, W, 3) uint8 images")
-    if args.env_backend == "envpool":
-        check_envpool_env(args, obs_space, act_space)
-    obs_shape = make_carracing_env(args).observation_space.shape  # (frame_stack, height, width, channels)
-    try:  # the convolutions' output size, as the network computes it
-        CNNFeatureExtractor(obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, 1)
-    except RuntimeError:
-        raise UsageError(f"--cnn-kernel-sizes and --cnn-strides shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing")
-    return obs_shape, act_space
-
-
-def check_envpool_env(args, obs_space, act_space):
-    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
-    try:
-        import envpool
-    except ImportError:
-        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
-    if args.env_id not in envpool.list_all_envs():
-        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
-    with warnings.catch_warnings(action="ignore"):
-        spec = envpool.make_spec(args.env_id)
-        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
-    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
-    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
-        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
-
-
-def check_common_args(args):
-    """The arguments both CNN scripts take, checked before anything is written."""
-    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
-        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
-    positive = ("total_timesteps", "update_epochs", "eval_episodes", "learning_rate", "clip_coef", "max_grad_norm")
-    for name in positive + ("frame_skip", "frame_stack", "cnn_feature_size"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_every", "checkpoint_every", "torch_threads", "ent_coef"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("max_episode_steps", "max_negative_steps", "target_kl"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
-    if args.resize is not None and min(args.resize) <= 0:
-        raise UsageError(f"--resize needs a positive height and width, got {args.resize}")
-    cnn = (args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides)
-    if not args.cnn_channels or len(set(map(len, cnn))) != 1 or min(min(c) for c in cnn) <= 0:
-        raise UsageError(f"--cnn-channels/-kernel-sizes/-strides need one positive entry per convolution each, got {cnn}")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
-
-
-def check_args(args):
-    """Every argument a user can get wrong, checked before anything is written; fills in the default --exp-name."""
-    if args.exp_name is None:
-        args.exp_name = f"{ALGO}_g{args.group_size}"
-    check_common_args(args)
-    if args.group_size < 2:
-        raise UsageError(f"--group-size must be at least 2 (a group compares its trajectories), got {args.group_size}")
-    for name in ("num_groups", "minibatch_size"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("ref_update_every", "kl_coef"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if not 0 < args.gamma <= 1:
-        raise UsageError(f"--gamma must be in (0, 1], got {args.gamma}")
-
-
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim, hidden_sizes, out_dim, out_std):
-    layers, last = [], in_dim
-    for size in hidden_sizes:
-        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
-        last = size
-    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
-
-
-class CNNFeatureExtractor(nn.Module):
-    """uint8 frames (B, stack, H, W, C), scaled to [0, 1] here, -> features: convolutions and a linear layer, with ReLU."""
-
-    def __init__(self, obs_shape, channels, kernel_sizes, strides, feature_size):
-        super().__init__()
-        layers, last = [], obs_shape[0] * obs_shape[3]
-        for out, kernel, stride in zip(channels, kernel_sizes, strides):
-            layers += [layer_init(nn.Conv2d(last, out, kernel, stride)), nn.ReLU()]
-            last = out
-        # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW
-        self.convs = nn.Sequential(*layers, nn.Flatten()).to(memory_format=torch.channels_last)
-        flat = self.convs(torch.zeros(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])).shape[1]
-        self.fc = nn.Sequential(layer_init(nn.Linear(flat, feature_size)), nn.ReLU())
-
-    def forward(self, obs):
-        B, S, H, W, C = obs.shape  # -> (B, S * C, H, W), channel s * C + c, as an NHWC view of the bytes
-        x = obs.permute(0, 2, 3, 1, 4).reshape(B, H, W, S * C).permute(0, 3, 1, 2).float() / 255.0
-        return self.fc(self.convs(x))
-
-
-BETA_EPS = 1e-6  # samples are kept this far from 0 and 1, where float32 rounding would make log x or log(1 - x) infinite
-
-
-def beta_dist(out):
-    """The actor's 2 * act_dim outputs -> Beta(alpha, beta), alpha and beta = 1 + softplus > 1: unimodal (Chou et al.)."""
-    alpha, beta = (1.0 + nn.functional.softplus(out)).chunk(2, dim=-1)
-    return Beta(alpha, beta, validate_args=False)
-
-
-class Agent(nn.Module):
-    """The policy alone: GRPO has no critic."""
-
-    def __init__(self, obs_shape, act_dim, args):
-        super().__init__()
-        cnn = (obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, args.cnn_feature_size)
-        self.actor_trunk = CNNFeatureExtractor(*cnn)
-        self.actor = mlp(args.cnn_feature_size, args.hidden_sizes, 2 * act_dim, out_std=0.01)
-
-    def dist(self, obs):
-        return beta_dist(self.actor(self.actor_trunk(obs)))
-
-    def sample(self, obs):
-        return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
-
-
-def env_action(x, low, high):
-    """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
-    constant, which cancels in the PPO ratio."""
-    return low + (high - low) * x
-
-
-def group_seeds(seed, iteration, num_groups):
-    """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a resumed run replays
-    the start states of the uninterrupted one."""
-    return [int(np.random.SeedSequence([seed, iteration, g]).generate_state(1)[0]) for g in range(num_groups)]
-
-
-def group_advantages(rewards, mask, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):
-    """Group-relative advantages of a (T, M) rollout, member m in group m // group_size; mask[t, m] = 1 while m's episode
-    runs. The values: `episode`, R_m, m's undiscounted return, at every t; `step`, G_t^m, m's discounted reward-to-go from
-    t (0 once m has ended). A = value - its group's mean (at the same t), divided by the group's std (`group`,
-    DeepSeekMath), by nothing (`mean`, Dr. GRPO, arXiv 2503.20783) or by the std of all the groups' values (`batch`).
-    Population stds plus eps: equal values give 0, not NaN. Returns (T, M) float32, zero where mask is 0."""
-    T, M = rewards.shape
-    rewards = rewards.double() * mask
-    if adv_mode == "episode":
-        values = rewards.sum(0).expand(T, M)
-    else:
-        values, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
-        for t in reversed(range(T)):
-            running = values[t] = rewards[t] + gamma * running  # 0 after the end: rewards are masked
-    grouped = values.reshape(T, M // group_size, group_size)
-    centered = grouped - grouped.mean(-1, keepdim=True)
-    if adv_norm == "group":
-        centered = centered / (grouped.std(-1, correction=0, keepdim=True) + eps)
-    elif adv_norm == "batch":  # every (t, member) of a group that still runs at t, as the group statistics count them
-        running = mask.reshape(grouped.shape).amax(-1, keepdim=True).expand_as(grouped) > 0
-        centered = centered / (grouped[running].std(correction=0) + eps)
-    return (centered.reshape(T, M) * mask).float()
-
-
-def k3_kl(logprob, ref_logprob):
-    """Unbiased, always >= 0 estimate of KL(pi_theta || pi_ref) from actions sampled by pi_theta: r - log r - 1 with
-    r = pi_ref / pi_theta (DeepSeekMath eq. 4). log r is clamped to +-20 so one far-off sample cannot overflow exp."""
-    log_r = (ref_logprob - logprob).clamp(-20.0, 20.0)
-    return torch.exp(log_r) - log_r - 1.0
-
-
-LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "kl_ref", "entropy")]
-
-
-def grpo_loss(agent, obs, actions, logprobs, ref_logprobs, advantages, args):
-    """The GRPO loss of a minibatch: the clipped surrogate of the group advantages, plus kl_coef times the k3 KL to the
-    reference policy, minus ent_coef times the entropy; and its statistics (LOSS_STATS) as one tensor."""
-    dist = agent.dist(obs)
-    newlogprob = dist.log_prob(actions).sum(-1)
-    logratio = newlogprob - logprobs
-    ratio = logratio.exp()
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-    kl_ref = k3_kl(newlogprob, ref_logprobs).mean()
-    entropy = dist.entropy().sum(-1).mean()
-    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
-        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, kl_ref, entropy])
-    return pg_loss + args.kl_coef * kl_ref - args.ent_coef * entropy, stats
-
-
-def make_update_step(agent, optimizer, loss_fn, args):
-    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
-
-    def update_step(*minibatch):
-        optimizer.zero_grad(set_to_none=True)
-        loss, stats = loss_fn(agent, *minibatch, args)
-        loss.backward()
-        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-        optimizer.step()
-        return stats
-
-    return torch.compile(update_step) if args.compile else update_step
-
-
-def update(update_step, batch, args):
-    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
-    first, stats = next(iter(batch.values())), []
-    for _ in range(args.update_epochs):
-        perm = torch.randperm(len(first), device=first.device)
-        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
-        for start in range(0, len(first), args.minibatch_size):
-            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
-        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
-            break
-    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
-
-
-def collect_rollout(members, policy, seeds, group_size, low, high, on_episode, max_steps):
-    """grpo_continuous.py's collect_group_rollouts on uint8 frames, not normalized (group g resets with seeds[g]: on
-    CarRacing, one track). Returns the (T, M) tensors obs, actions, mask and rewards, and the seconds in envs.step."""
-    M = len(seeds) * group_size
-    obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
-    alive, episode_return, x = np.ones(M, bool), np.zeros(M), obs.copy()
-    buf, steps, env_step_s = {"obs": [], "actions": [], "mask": [], "rewards": []}, 0, 0.0
-    while alive.any() and steps < max_steps:
-        live = np.flatnonzero(alive)
-        x[live] = obs[live]
-        action = policy(torch.from_numpy(x)).numpy()
-        for key, value in (("obs", x.copy()), ("actions", action), ("mask", alive.astype(np.float32))):
-            buf[key].append(value)
-        t0 = time.perf_counter()
-        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
-        env_step_s += time.perf_counter() - t0
-        reward = np.where(alive, reward, 0.0)
-        episode_return += reward
-        buf["rewards"].append(reward.astype(np.float32))
-        for k in np.flatnonzero((terminated | truncated)[live]):
-            alive[live[k]] = False
-            on_episode(steps + k + 1, episode_return[live[k]], len(buf["mask"]))
-        steps += len(live)
-    return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}, env_step_s
-
-
-def make_batch(agent, ref_agent, rollout, args, device, chunk=1024):
-    """grpo_continuous.py's make_group_batch, log-probs `chunk` frames at a time (a whole rollout would hold gigabytes)."""
-    valid = rollout["mask"].view(-1) > 0
-    advantages = group_advantages(
-        rollout["rewards"], rollout["mask"], args.group_size, args.adv_mode, args.gamma, args.adv_norm
-    )
-    obs, actions = (rollout[k].flatten(0, 1)[valid].to(device) for k in ("obs", "actions"))
-    with torch.no_grad():
-        logprobs, ref_logprobs = (
-            torch.cat([a.dist(o).log_prob(x).sum(-1) for o, x in zip(obs.split(chunk), actions.split(chunk))])
-            for a in (agent, ref_agent)
-        )
-    batch = {"obs": obs, "actions": actions, "logprobs": logprobs, "ref_logprobs": ref_logprobs}
-    return batch | {"advantages": advantages.view(-1)[valid].to(device)}
-
-
-def main(args: Args):
-    check_args(args)
-    obs_shape, act_space = check_env(args)
-    run_dir, ckpt = open_run(args)
-    # -- nothing has been written before this line --
-    run = Run(args, run_dir, ckpt, total_steps=args.total_timesteps, group_size=args.group_size)
-    device, act_dim = run.device, act_space.shape[0]
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
-    agent = Agent(obs_shape, act_dim, args).to(device)
-    ref_agent = copy.deepcopy(agent).requires_grad_(False)
-    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
-    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
-    run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent)
-
-    def sample(obs):  # the rollout's policy call
-        return agent.sample(obs.to(device)).cpu()
-
-    def act_deterministic(obs):  # the evaluation policy: the mean of the Beta
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
-
-    make_eval_env = partial(make_carracing_env, args)  # render_mode -> an env with the training wrappers
-
-    def on_episode(steps, episodic_return, length):  # an episode ended `steps` env steps into the rollout
-        run.episode(global_step + steps, episodic_return, length)
-
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        return run.evaluate(make_eval_env, act_deterministic)
-
-    policy = torch.compile(sample) if args.compile else sample
-    update_step = make_update_step(agent, optimizer, grpo_loss, args)
-    members = make_carracing_members(args)
-
-    global_step, iteration = run.global_step, run.iteration
-    while global_step < args.total_timesteps:
-        iteration += 1
-        t_iter = time.perf_counter()
-        progress = global_step / args.total_timesteps  # of the run, for --lr-schedule
-        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
-        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
-        if args.ref_update_every and (iteration - 1) % args.ref_update_every == 0:
-            ref_agent.load_state_dict(agent.state_dict())
-        seeds = group_seeds(args.seed, iteration, args.num_groups)
-        with torch.inference_mode():
-            rollout, env_step_s = collect_rollout(
-                members, policy, seeds, args.group_size, low, high, on_episode, args.total_timesteps - global_step
-            )
-        num_steps = int(rollout["mask"].sum())
-        global_step += num_steps
-        t_rollout = time.perf_counter()
-        batch = make_batch(agent, ref_agent, rollout, args, device)
-        stats = update(update_step, batch, args)
-        returns, adv = rollout["rewards"].sum(0).view(args.num_groups, args.group_size), batch["advantages"]
-        stats["charts/group_return_mean"] = returns.mean().item()
-        stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
-        stats["charts/batch_steps"] = num_steps
-        stats["losses/advantage_mean"], stats["losses/advantage_std"] = adv.mean().item(), adv.std().item()
-        stats["losses/advantage_abs_max"] = adv.abs().max().item()
-        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
-    members.close()
-    run.close()
 
 
 if __name__ == "__main__":

@@ -128,6 +128,406 @@ class Args:
     """the W&B entity (team); None: your default"""
 
 
+def make_env(env_id, max_episode_steps=None, render_mode=None):
+    def thunk():
+        env = gym.make(env_id, max_episode_steps=max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
+        vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
+        if render_mode and vis is not None:  # MuJoCo on a software GL spends ~85% of a frame on the shadow map
+            vis.quality.shadowsize, vis.quality.offsamples = 0, 0
+        return env
+
+    return thunk
+
+
+class LiveMembers:
+    """Plain gymnasium envs behind the vector env calls we use, stepping only the members whose episode still runs."""
+
+    def __init__(self, env_fns):
+        self.envs = [fn() for fn in env_fns]
+
+    def reset(self, seed):
+        self.live = np.ones(len(self.envs), bool)
+        self.obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)])
+        return self.obs, {}
+
+    def step(self, actions):
+        n = len(self.envs)
+        reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+        for m in np.flatnonzero(self.live):
+            self.obs[m], reward[m], terminated[m], truncated[m], _ = self.envs[m].step(actions[m])
+        self.live &= ~(terminated | truncated)
+        return self.obs, reward, terminated, truncated, {}
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+class EnvPoolMembers:
+    """The members as one EnvPool pool, made afresh at each reset with a seed per env (EnvPool's `env_seed`; its reset takes
+    no seed): a group's members get the group's seed, so they start alike, as gymnasium's reset(seed=) makes them."""
+
+    def __init__(self, env_id, max_episode_steps=None):
+        self.env_id, self.pool = env_id, None
+        self.kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+
+    def reset(self, seed):
+        import envpool
+
+        self.close()
+        self.kwargs |= {"num_envs": len(seed), "env_seed": [s & 0x7FFFFFFF for s in seed]}  # EnvPool takes int32 seeds
+        threads = min(len(seed), len(os.sched_getaffinity(0)))  # EnvPool is Linux-only, where this is the usable cores
+        with warnings.catch_warnings(action="ignore"):
+            self.pool = envpool.make(self.env_id, "gymnasium", num_threads=threads, **self.kwargs)
+        return self.pool.reset()
+
+    def step(self, actions):
+        return self.pool.step(actions)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+def make_members(args):
+    """The envs of the num_groups * group_size members, as a vector env. Each runs one episode an iteration, so a member
+    that has ended is masked whatever its env does next (EnvPool and AsyncVectorEnv step it on and autoreset it)."""
+    num_members = args.num_groups * args.group_size
+    if args.env_backend == "envpool":
+        return EnvPoolMembers(args.env_id, args.max_episode_steps)
+    env_fns = [make_env(args.env_id, args.max_episode_steps) for _ in range(num_members)]
+    if args.vector_mode == "sync":  # a masked vector env would waste ~50% of the steps (default Hopper-v4 run)
+        return LiveMembers(env_fns)
+    return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
+
+
+class RunningMeanStd:
+    """Running mean and variance of batches (Chan et al.), float64; numpy: a torch call would cost 10x on every env step."""
+
+    def __init__(self, shape=()):
+        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
+
+    def update(self, x):
+        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
+        batch_mean = add(x, 0) / n
+        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
+        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
+        self.mean, self.var, self.count = self.mean + delta * (n / total), m2 / total, total
+
+    def state_dict(self):  # tensors, which a weights_only checkpoint can hold
+        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
+
+    def load_state_dict(self, state):
+        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
+
+
+class ObsNormalizer(RunningMeanStd):
+    def __init__(self, shape, clip, enabled=True):
+        super().__init__(shape)
+        self.clip, self.enabled = clip, enabled
+
+    def __call__(self, obs, update=False):
+        if self.enabled and update:
+            self.update(obs)
+        if self.enabled:
+            obs = np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip)
+        return obs.astype(np.float32)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, hidden_sizes, out_dim, out_std):
+    layers, last = [], in_dim
+    for size in hidden_sizes:
+        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
+        last = size
+    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
+
+
+class Agent(nn.Module):
+    """The policy alone: GRPO has no critic."""
+
+    def __init__(self, obs_dim, act_dim, hidden_sizes):
+        super().__init__()
+        self.actor_mean = mlp(obs_dim, hidden_sizes, act_dim, out_std=0.01)
+        self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
+
+    def dist(self, obs):
+        mean = self.actor_mean(obs)
+        return Normal(mean, self.actor_logstd.expand_as(mean).exp(), validate_args=False)
+
+    def sample(self, obs):  # a draw from dist(obs) without building the distribution: the rollout does this every step
+        mean = self.actor_mean(obs)
+        return mean + self.actor_logstd.exp() * torch.randn_like(mean)
+
+
+def env_action(action, low, high):
+    """The env's action: the sample clipped to the bounds (the log-prob stays that of the unclipped sample)."""
+    return np.minimum(np.maximum(action, low), high)
+
+
+def group_seeds(seed, iteration, num_groups):
+    """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a resumed run replays
+    the start states of the uninterrupted one."""
+    return [int(np.random.SeedSequence([seed, iteration, g]).generate_state(1)[0]) for g in range(num_groups)]
+
+
+def group_advantages(rewards, mask, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):
+    """Group-relative advantages of a (T, M) rollout, member m in group m // group_size; mask[t, m] = 1 while m's episode
+    runs. The values: `episode`, R_m, m's undiscounted return, at every t; `step`, G_t^m, m's discounted reward-to-go from
+    t (0 once m has ended). A = value - its group's mean (at the same t), divided by the group's std (`group`,
+    DeepSeekMath), by nothing (`mean`, Dr. GRPO, arXiv 2503.20783) or by the std of all the groups' values (`batch`).
+    Population stds plus eps: equal values give 0, not NaN. Returns (T, M) float32, zero where mask is 0."""
+    T, M = rewards.shape
+    rewards = rewards.double() * mask
+    if adv_mode == "episode":
+        values = rewards.sum(0).expand(T, M)
+    else:
+        values, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+        for t in reversed(range(T)):
+            running = values[t] = rewards[t] + gamma * running  # 0 after the end: rewards are masked
+    grouped = values.reshape(T, M // group_size, group_size)
+    centered = grouped - grouped.mean(-1, keepdim=True)
+    if adv_norm == "group":
+        centered = centered / (grouped.std(-1, correction=0, keepdim=True) + eps)
+    elif adv_norm == "batch":  # every (t, member) of a group that still runs at t, as the group statistics count them
+        running = mask.reshape(grouped.shape).amax(-1, keepdim=True).expand_as(grouped) > 0
+        centered = centered / (grouped[running].std(correction=0) + eps)
+    return (centered.reshape(T, M) * mask).float()
+
+
+def k3_kl(logprob, ref_logprob):
+    """Unbiased, always >= 0 estimate of KL(pi_theta || pi_ref) from actions sampled by pi_theta: r - log r - 1 with
+    r = pi_ref / pi_theta (DeepSeekMath eq. 4). log r is clamped to +-20 so one far-off sample cannot overflow exp."""
+    log_r = (ref_logprob - logprob).clamp(-20.0, 20.0)
+    return torch.exp(log_r) - log_r - 1.0
+
+
+LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "kl_ref", "entropy")]
+
+
+def grpo_loss(agent, obs, actions, logprobs, ref_logprobs, advantages, args):
+    """The GRPO loss of a minibatch: the clipped surrogate of the group advantages, plus kl_coef times the k3 KL to the
+    reference policy, minus ent_coef times the entropy; and its statistics (LOSS_STATS) as one tensor."""
+    dist = agent.dist(obs)
+    newlogprob = dist.log_prob(actions).sum(-1)
+    logratio = newlogprob - logprobs
+    ratio = logratio.exp()
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    kl_ref = k3_kl(newlogprob, ref_logprobs).mean()
+    entropy = dist.entropy().sum(-1).mean()
+    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
+        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, kl_ref, entropy])
+    return pg_loss + args.kl_coef * kl_ref - args.ent_coef * entropy, stats
+
+
+def make_update_step(agent, optimizer, loss_fn, args):
+    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
+
+    def update_step(*minibatch):
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = loss_fn(agent, *minibatch, args)
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+        optimizer.step()
+        return stats
+
+    return torch.compile(update_step) if args.compile else update_step
+
+
+def update(update_step, batch, args):
+    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
+    first, stats = next(iter(batch.values())), []
+    for _ in range(args.update_epochs):
+        perm = torch.randperm(len(first), device=first.device)
+        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
+        for start in range(0, len(first), args.minibatch_size):
+            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
+        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
+            break
+    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
+
+
+def collect_group_rollouts(members, policy, obs_norm, seeds, group_size, low, high, on_episode, max_steps):
+    """Run every member of every group to the end of its episode. Group g's members reset with seeds[g] (the same start
+    state); a member that has ended is masked while the others finish. The policy acts for all members at every step, so
+    the draws from torch's generator do not depend on which are alive, nor on the envs that run them.
+
+    Members move in lockstep, so stopping after `max_steps` env steps (the rest of the run's budget) cuts every live member
+    at the same t: a shorter time limit shared by the whole group, which keeps the comparison fair. Episodes cut that way
+    are trained on but not reported to on_episode(steps into the rollout, return, length).
+    Returns the (T, M) tensors obs, actions, rewards and mask, and the seconds spent stepping the envs."""
+    M = len(seeds) * group_size
+    obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
+    alive, episode_return, x = np.ones(M, bool), np.zeros(M), np.zeros((M, obs.shape[1]), np.float32)
+    buf, steps, env_step_s = {"obs": [], "actions": [], "mask": [], "rewards": []}, 0, 0.0
+    while alive.any() and steps < max_steps:
+        live = np.flatnonzero(alive)
+        x[live] = obs_norm(obs[live], update=True)  # an ended member keeps its last row: it is masked
+        action = policy(torch.from_numpy(x)).numpy()
+        for key, value in (("obs", x.copy()), ("actions", action), ("mask", alive.astype(np.float32))):
+            buf[key].append(value)
+        t0 = time.perf_counter()
+        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
+        env_step_s += time.perf_counter() - t0
+        reward = np.where(alive, reward, 0.0)
+        episode_return += reward
+        buf["rewards"].append(reward.astype(np.float32))
+        for k in np.flatnonzero((terminated | truncated)[live]):
+            alive[live[k]] = False
+            on_episode(steps + k + 1, episode_return[live[k]], len(buf["mask"]))
+        steps += len(live)
+    return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}, env_step_s
+
+
+def make_group_batch(agent, ref_agent, rollout, args, device):
+    """The flat batch of every valid step in grpo_loss's argument order: observations, actions, the rollout policy's and
+    the reference policy's log-probs (one batched call each), group-relative advantages."""
+    valid = rollout["mask"].view(-1) > 0
+    advantages = group_advantages(
+        rollout["rewards"], rollout["mask"], args.group_size, args.adv_mode, args.gamma, args.adv_norm
+    )
+    obs, actions = (rollout[k].flatten(0, 1)[valid].to(device) for k in ("obs", "actions"))
+    with torch.no_grad():
+        logprobs, ref_logprobs = (a.dist(obs).log_prob(actions).sum(-1) for a in (agent, ref_agent))
+    batch = {"obs": obs, "actions": actions, "logprobs": logprobs, "ref_logprobs": ref_logprobs}
+    return batch | {"advantages": advantages.view(-1)[valid].to(device)}
+
+
+def main(args: Args):
+    check_args(args)
+    obs_space, act_space = check_env(args)
+    run_dir, ckpt = open_run(args)
+    # -- nothing has been written before this line --
+    run = Run(args, run_dir, ckpt, total_steps=args.total_timesteps, group_size=args.group_size)
+    device, obs_dim, act_dim = run.device, obs_space.shape[0], act_space.shape[0]
+    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
+    ref_agent = copy.deepcopy(agent).requires_grad_(False)
+    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
+    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
+    obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs)
+    run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent, obs_norm=obs_norm)
+
+    def sample(obs):  # the rollout's policy call
+        return agent.sample(obs.to(device)).cpu()
+
+    def act_deterministic(obs):  # the evaluation policy: the mean action
+        with torch.inference_mode():
+            return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
+
+    def make_eval_env(render_mode):
+        return make_env(args.env_id, args.max_episode_steps, render_mode)()
+
+    def on_episode(steps, episodic_return, length):  # an episode ended `steps` env steps into the rollout
+        run.episode(global_step + steps, episodic_return, length)
+
+    if args.eval_checkpoint:  # evaluate the saved policy; no training
+        return run.evaluate(make_eval_env, act_deterministic)
+
+    policy = torch.compile(sample) if args.compile else sample
+    update_step = make_update_step(agent, optimizer, grpo_loss, args)
+    members = make_members(args)
+
+    global_step, iteration = run.global_step, run.iteration
+    while global_step < args.total_timesteps:
+        iteration += 1
+        t_iter = time.perf_counter()
+        progress = global_step / args.total_timesteps  # of the run, for --lr-schedule
+        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
+        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
+        if args.ref_update_every and (iteration - 1) % args.ref_update_every == 0:
+            ref_agent.load_state_dict(agent.state_dict())
+        seeds = group_seeds(args.seed, iteration, args.num_groups)
+        with torch.inference_mode():
+            rollout, env_step_s = collect_group_rollouts(
+                members, policy, obs_norm, seeds, args.group_size, low, high, on_episode, args.total_timesteps - global_step
+            )
+        num_steps = int(rollout["mask"].sum())
+        global_step += num_steps
+        t_rollout = time.perf_counter()
+        batch = make_group_batch(agent, ref_agent, rollout, args, device)
+        stats = update(update_step, batch, args)
+        returns, adv = rollout["rewards"].sum(0).view(args.num_groups, args.group_size), batch["advantages"]
+        stats["charts/group_return_mean"] = returns.mean().item()
+        stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
+        stats["charts/batch_steps"] = num_steps
+        stats["losses/advantage_mean"], stats["losses/advantage_std"] = adv.mean().item(), adv.std().item()
+        stats["losses/advantage_abs_max"] = adv.abs().max().item()
+        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
+    members.close()
+    run.close()
+
+
+def check_env(args):
+    """Make one env to check its spaces and its time limit before anything is written."""
+    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
+        try:
+            env = gym.make(args.env_id)
+        except Exception as e:  # unknown id, a missing dependency, a broken env
+            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
+    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
+    env.close()
+    if not isinstance(act_space, gym.spaces.Box):
+        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise UsageError(
+            f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script needs flat "
+            "vectors: for images use grpo_cnn_carracing.py"
+        )
+    if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):
+        raise UsageError(f"{args.env_id} has no time limit and GRPO compares whole episodes: pass --max-episode-steps")
+    if args.env_backend == "envpool":
+        check_envpool_env(args, obs_space, act_space)
+    return obs_space, act_space
+
+
+def check_envpool_env(args, obs_space, act_space):
+    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
+    try:
+        import envpool
+    except ImportError:
+        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
+    if args.env_id not in envpool.list_all_envs():
+        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
+    with warnings.catch_warnings(action="ignore"):
+        spec = envpool.make_spec(args.env_id)
+        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
+    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
+    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
+
+
+def check_args(args):
+    """Every argument a user can get wrong, checked before anything is written; fills in the default --exp-name."""
+    if args.exp_name is None:
+        args.exp_name = f"{ALGO}_g{args.group_size}"
+    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
+        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
+    if args.group_size < 2:
+        raise UsageError(f"--group-size must be at least 2 (a group compares its trajectories), got {args.group_size}")
+    positive = ("total_timesteps", "num_groups", "minibatch_size", "update_epochs", "eval_episodes")
+    for name in positive + ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_every", "checkpoint_every", "torch_threads", "ref_update_every", "kl_coef", "ent_coef"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("max_episode_steps", "target_kl"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
+    if not 0 < args.gamma <= 1:
+        raise UsageError(f"--gamma must be in (0, 1], got {args.gamma}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
+
+
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
@@ -419,406 +819,6 @@ def cli(main_fn, args_type):
 
 
 # ==== plumbing: end ====
-
-
-def make_env(env_id, max_episode_steps=None, render_mode=None):
-    def thunk():
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
-        vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
-        if render_mode and vis is not None:  # MuJoCo on a software GL spends ~85% of a frame on the shadow map
-            vis.quality.shadowsize, vis.quality.offsamples = 0, 0
-        return env
-
-    return thunk
-
-
-class LiveMembers:
-    """Plain gymnasium envs behind the vector env calls we use, stepping only the members whose episode still runs."""
-
-    def __init__(self, env_fns):
-        self.envs = [fn() for fn in env_fns]
-
-    def reset(self, seed):
-        self.live = np.ones(len(self.envs), bool)
-        self.obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)])
-        return self.obs, {}
-
-    def step(self, actions):
-        n = len(self.envs)
-        reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
-        for m in np.flatnonzero(self.live):
-            self.obs[m], reward[m], terminated[m], truncated[m], _ = self.envs[m].step(actions[m])
-        self.live &= ~(terminated | truncated)
-        return self.obs, reward, terminated, truncated, {}
-
-    def close(self):
-        for env in self.envs:
-            env.close()
-
-
-class EnvPoolMembers:
-    """The members as one EnvPool pool, made afresh at each reset with a seed per env (EnvPool's `env_seed`; its reset takes
-    no seed): a group's members get the group's seed, so they start alike, as gymnasium's reset(seed=) makes them."""
-
-    def __init__(self, env_id, max_episode_steps=None):
-        self.env_id, self.pool = env_id, None
-        self.kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-
-    def reset(self, seed):
-        import envpool
-
-        self.close()
-        self.kwargs |= {"num_envs": len(seed), "env_seed": [s & 0x7FFFFFFF for s in seed]}  # EnvPool takes int32 seeds
-        threads = min(len(seed), len(os.sched_getaffinity(0)))  # EnvPool is Linux-only, where this is the usable cores
-        with warnings.catch_warnings(action="ignore"):
-            self.pool = envpool.make(self.env_id, "gymnasium", num_threads=threads, **self.kwargs)
-        return self.pool.reset()
-
-    def step(self, actions):
-        return self.pool.step(actions)
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-
-
-def make_members(args):
-    """The envs of the num_groups * group_size members, as a vector env. Each runs one episode an iteration, so a member
-    that has ended is masked whatever its env does next (EnvPool and AsyncVectorEnv step it on and autoreset it)."""
-    num_members = args.num_groups * args.group_size
-    if args.env_backend == "envpool":
-        return EnvPoolMembers(args.env_id, args.max_episode_steps)
-    env_fns = [make_env(args.env_id, args.max_episode_steps) for _ in range(num_members)]
-    if args.vector_mode == "sync":  # a masked vector env would waste ~50% of the steps (default Hopper-v4 run)
-        return LiveMembers(env_fns)
-    return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
-
-
-def check_env(args):
-    """Make one env to check its spaces and its time limit before anything is written."""
-    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
-        try:
-            env = gym.make(args.env_id)
-        except Exception as e:  # unknown id, a missing dependency, a broken env
-            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
-    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
-    env.close()
-    if not isinstance(act_space, gym.spaces.Box):
-        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(
-            f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script needs flat "
-            "vectors: for images use grpo_cnn_carracing.py"
-        )
-    if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):
-        raise UsageError(f"{args.env_id} has no time limit and GRPO compares whole episodes: pass --max-episode-steps")
-    if args.env_backend == "envpool":
-        check_envpool_env(args, obs_space, act_space)
-    return obs_space, act_space
-
-
-def check_envpool_env(args, obs_space, act_space):
-    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
-    try:
-        import envpool
-    except ImportError:
-        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
-    if args.env_id not in envpool.list_all_envs():
-        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
-    with warnings.catch_warnings(action="ignore"):
-        spec = envpool.make_spec(args.env_id)
-        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
-    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
-    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
-        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
-
-
-def check_args(args):
-    """Every argument a user can get wrong, checked before anything is written; fills in the default --exp-name."""
-    if args.exp_name is None:
-        args.exp_name = f"{ALGO}_g{args.group_size}"
-    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
-        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
-    if args.group_size < 2:
-        raise UsageError(f"--group-size must be at least 2 (a group compares its trajectories), got {args.group_size}")
-    positive = ("total_timesteps", "num_groups", "minibatch_size", "update_epochs", "eval_episodes")
-    for name in positive + ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_every", "checkpoint_every", "torch_threads", "ref_update_every", "kl_coef", "ent_coef"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("max_episode_steps", "target_kl"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
-    if not 0 < args.gamma <= 1:
-        raise UsageError(f"--gamma must be in (0, 1], got {args.gamma}")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
-
-
-class RunningMeanStd:
-    """Running mean and variance of batches (Chan et al.), float64; numpy: a torch call would cost 10x on every env step."""
-
-    def __init__(self, shape=()):
-        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
-
-    def update(self, x):
-        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
-        batch_mean = add(x, 0) / n
-        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
-        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
-        self.mean, self.var, self.count = self.mean + delta * (n / total), m2 / total, total
-
-    def state_dict(self):  # tensors, which a weights_only checkpoint can hold
-        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
-
-    def load_state_dict(self, state):
-        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
-
-
-class ObsNormalizer(RunningMeanStd):
-    def __init__(self, shape, clip, enabled=True):
-        super().__init__(shape)
-        self.clip, self.enabled = clip, enabled
-
-    def __call__(self, obs, update=False):
-        if self.enabled and update:
-            self.update(obs)
-        if self.enabled:
-            obs = np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip)
-        return obs.astype(np.float32)
-
-
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim, hidden_sizes, out_dim, out_std):
-    layers, last = [], in_dim
-    for size in hidden_sizes:
-        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
-        last = size
-    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
-
-
-class Agent(nn.Module):
-    """The policy alone: GRPO has no critic."""
-
-    def __init__(self, obs_dim, act_dim, hidden_sizes):
-        super().__init__()
-        self.actor_mean = mlp(obs_dim, hidden_sizes, act_dim, out_std=0.01)
-        self.actor_logstd = nn.Parameter(torch.zeros(1, act_dim))
-
-    def dist(self, obs):
-        mean = self.actor_mean(obs)
-        return Normal(mean, self.actor_logstd.expand_as(mean).exp(), validate_args=False)
-
-    def sample(self, obs):  # a draw from dist(obs) without building the distribution: the rollout does this every step
-        mean = self.actor_mean(obs)
-        return mean + self.actor_logstd.exp() * torch.randn_like(mean)
-
-
-def env_action(action, low, high):
-    """The env's action: the sample clipped to the bounds (the log-prob stays that of the unclipped sample)."""
-    return np.minimum(np.maximum(action, low), high)
-
-
-def group_seeds(seed, iteration, num_groups):
-    """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a resumed run replays
-    the start states of the uninterrupted one."""
-    return [int(np.random.SeedSequence([seed, iteration, g]).generate_state(1)[0]) for g in range(num_groups)]
-
-
-def group_advantages(rewards, mask, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):
-    """Group-relative advantages of a (T, M) rollout, member m in group m // group_size; mask[t, m] = 1 while m's episode
-    runs. The values: `episode`, R_m, m's undiscounted return, at every t; `step`, G_t^m, m's discounted reward-to-go from
-    t (0 once m has ended). A = value - its group's mean (at the same t), divided by the group's std (`group`,
-    DeepSeekMath), by nothing (`mean`, Dr. GRPO, arXiv 2503.20783) or by the std of all the groups' values (`batch`).
-    Population stds plus eps: equal values give 0, not NaN. Returns (T, M) float32, zero where mask is 0."""
-    T, M = rewards.shape
-    rewards = rewards.double() * mask
-    if adv_mode == "episode":
-        values = rewards.sum(0).expand(T, M)
-    else:
-        values, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
-        for t in reversed(range(T)):
-            running = values[t] = rewards[t] + gamma * running  # 0 after the end: rewards are masked
-    grouped = values.reshape(T, M // group_size, group_size)
-    centered = grouped - grouped.mean(-1, keepdim=True)
-    if adv_norm == "group":
-        centered = centered / (grouped.std(-1, correction=0, keepdim=True) + eps)
-    elif adv_norm == "batch":  # every (t, member) of a group that still runs at t, as the group statistics count them
-        running = mask.reshape(grouped.shape).amax(-1, keepdim=True).expand_as(grouped) > 0
-        centered = centered / (grouped[running].std(correction=0) + eps)
-    return (centered.reshape(T, M) * mask).float()
-
-
-def k3_kl(logprob, ref_logprob):
-    """Unbiased, always >= 0 estimate of KL(pi_theta || pi_ref) from actions sampled by pi_theta: r - log r - 1 with
-    r = pi_ref / pi_theta (DeepSeekMath eq. 4). log r is clamped to +-20 so one far-off sample cannot overflow exp."""
-    log_r = (ref_logprob - logprob).clamp(-20.0, 20.0)
-    return torch.exp(log_r) - log_r - 1.0
-
-
-LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "kl_ref", "entropy")]
-
-
-def grpo_loss(agent, obs, actions, logprobs, ref_logprobs, advantages, args):
-    """The GRPO loss of a minibatch: the clipped surrogate of the group advantages, plus kl_coef times the k3 KL to the
-    reference policy, minus ent_coef times the entropy; and its statistics (LOSS_STATS) as one tensor."""
-    dist = agent.dist(obs)
-    newlogprob = dist.log_prob(actions).sum(-1)
-    logratio = newlogprob - logprobs
-    ratio = logratio.exp()
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-    kl_ref = k3_kl(newlogprob, ref_logprobs).mean()
-    entropy = dist.entropy().sum(-1).mean()
-    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
-        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, kl_ref, entropy])
-    return pg_loss + args.kl_coef * kl_ref - args.ent_coef * entropy, stats
-
-
-def make_update_step(agent, optimizer, loss_fn, args):
-    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
-
-    def update_step(*minibatch):
-        optimizer.zero_grad(set_to_none=True)
-        loss, stats = loss_fn(agent, *minibatch, args)
-        loss.backward()
-        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-        optimizer.step()
-        return stats
-
-    return torch.compile(update_step) if args.compile else update_step
-
-
-def update(update_step, batch, args):
-    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
-    first, stats = next(iter(batch.values())), []
-    for _ in range(args.update_epochs):
-        perm = torch.randperm(len(first), device=first.device)
-        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
-        for start in range(0, len(first), args.minibatch_size):
-            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
-        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
-            break
-    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
-
-
-def collect_group_rollouts(members, policy, obs_norm, seeds, group_size, low, high, on_episode, max_steps):
-    """Run every member of every group to the end of its episode. Group g's members reset with seeds[g] (the same start
-    state); a member that has ended is masked while the others finish. The policy acts for all members at every step, so
-    the draws from torch's generator do not depend on which are alive, nor on the envs that run them.
-
-    Members move in lockstep, so stopping after `max_steps` env steps (the rest of the run's budget) cuts every live member
-    at the same t: a shorter time limit shared by the whole group, which keeps the comparison fair. Episodes cut that way
-    are trained on but not reported to on_episode(steps into the rollout, return, length).
-    Returns the (T, M) tensors obs, actions, rewards and mask, and the seconds spent stepping the envs."""
-    M = len(seeds) * group_size
-    obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
-    alive, episode_return, x = np.ones(M, bool), np.zeros(M), np.zeros((M, obs.shape[1]), np.float32)
-    buf, steps, env_step_s = {"obs": [], "actions": [], "mask": [], "rewards": []}, 0, 0.0
-    while alive.any() and steps < max_steps:
-        live = np.flatnonzero(alive)
-        x[live] = obs_norm(obs[live], update=True)  # an ended member keeps its last row: it is masked
-        action = policy(torch.from_numpy(x)).numpy()
-        for key, value in (("obs", x.copy()), ("actions", action), ("mask", alive.astype(np.float32))):
-            buf[key].append(value)
-        t0 = time.perf_counter()
-        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
-        env_step_s += time.perf_counter() - t0
-        reward = np.where(alive, reward, 0.0)
-        episode_return += reward
-        buf["rewards"].append(reward.astype(np.float32))
-        for k in np.flatnonzero((terminated | truncated)[live]):
-            alive[live[k]] = False
-            on_episode(steps + k + 1, episode_return[live[k]], len(buf["mask"]))
-        steps += len(live)
-    return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}, env_step_s
-
-
-def make_group_batch(agent, ref_agent, rollout, args, device):
-    """The flat batch of every valid step in grpo_loss's argument order: observations, actions, the rollout policy's and
-    the reference policy's log-probs (one batched call each), group-relative advantages."""
-    valid = rollout["mask"].view(-1) > 0
-    advantages = group_advantages(
-        rollout["rewards"], rollout["mask"], args.group_size, args.adv_mode, args.gamma, args.adv_norm
-    )
-    obs, actions = (rollout[k].flatten(0, 1)[valid].to(device) for k in ("obs", "actions"))
-    with torch.no_grad():
-        logprobs, ref_logprobs = (a.dist(obs).log_prob(actions).sum(-1) for a in (agent, ref_agent))
-    batch = {"obs": obs, "actions": actions, "logprobs": logprobs, "ref_logprobs": ref_logprobs}
-    return batch | {"advantages": advantages.view(-1)[valid].to(device)}
-
-
-def main(args: Args):
-    check_args(args)
-    obs_space, act_space = check_env(args)
-    run_dir, ckpt = open_run(args)
-    # -- nothing has been written before this line --
-    run = Run(args, run_dir, ckpt, total_steps=args.total_timesteps, group_size=args.group_size)
-    device, obs_dim, act_dim = run.device, obs_space.shape[0], act_space.shape[0]
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
-    agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
-    ref_agent = copy.deepcopy(agent).requires_grad_(False)
-    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
-    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
-    obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs)
-    run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent, obs_norm=obs_norm)
-
-    def sample(obs):  # the rollout's policy call
-        return agent.sample(obs.to(device)).cpu()
-
-    def act_deterministic(obs):  # the evaluation policy: the mean action
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
-
-    def make_eval_env(render_mode):
-        return make_env(args.env_id, args.max_episode_steps, render_mode)()
-
-    def on_episode(steps, episodic_return, length):  # an episode ended `steps` env steps into the rollout
-        run.episode(global_step + steps, episodic_return, length)
-
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        return run.evaluate(make_eval_env, act_deterministic)
-
-    policy = torch.compile(sample) if args.compile else sample
-    update_step = make_update_step(agent, optimizer, grpo_loss, args)
-    members = make_members(args)
-
-    global_step, iteration = run.global_step, run.iteration
-    while global_step < args.total_timesteps:
-        iteration += 1
-        t_iter = time.perf_counter()
-        progress = global_step / args.total_timesteps  # of the run, for --lr-schedule
-        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
-        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
-        if args.ref_update_every and (iteration - 1) % args.ref_update_every == 0:
-            ref_agent.load_state_dict(agent.state_dict())
-        seeds = group_seeds(args.seed, iteration, args.num_groups)
-        with torch.inference_mode():
-            rollout, env_step_s = collect_group_rollouts(
-                members, policy, obs_norm, seeds, args.group_size, low, high, on_episode, args.total_timesteps - global_step
-            )
-        num_steps = int(rollout["mask"].sum())
-        global_step += num_steps
-        t_rollout = time.perf_counter()
-        batch = make_group_batch(agent, ref_agent, rollout, args, device)
-        stats = update(update_step, batch, args)
-        returns, adv = rollout["rewards"].sum(0).view(args.num_groups, args.group_size), batch["advantages"]
-        stats["charts/group_return_mean"] = returns.mean().item()
-        stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
-        stats["charts/batch_steps"] = num_steps
-        stats["losses/advantage_mean"], stats["losses/advantage_std"] = adv.mean().item(), adv.std().item()
-        stats["losses/advantage_abs_max"] = adv.abs().max().item()
-        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
-    members.close()
-    run.close()
 
 
 if __name__ == "__main__":

@@ -123,6 +123,391 @@ class Args:
     """the W&B entity (team); None: your default"""
 
 
+def make_env(env_id, max_episode_steps=None, render_mode=None):
+    def thunk():
+        env = gym.make(env_id, max_episode_steps=max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
+        vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
+        if render_mode and vis is not None:  # MuJoCo on a software GL spends ~85% of a frame on the shadow map
+            vis.quality.shadowsize, vis.quality.offsamples = 0, 0
+        return env
+
+    return thunk
+
+
+class EnvPoolVectorEnv:
+    """EnvPool's C++ envs as a SAME_STEP vector env: its own autoreset is NEXT_STEP-like, so an env that ends is reset at
+    once by id, and its final observation goes to info["final_obs"]."""
+
+    def __init__(self, env_id, num_envs, max_episode_steps=None):
+        import envpool
+
+        kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+        threads = min(num_envs, len(os.sched_getaffinity(0)))  # EnvPool is Linux-only, where this is the usable cores
+        self.make = lambda seed: envpool.make(env_id, "gymnasium", num_envs=num_envs, seed=seed, num_threads=threads, **kwargs)
+        self.pool, self.num_envs = None, num_envs
+
+    def reset(self, seed):
+        # EnvPool seeds env i with seed + i when it makes the pool, and its reset takes no seed: a reset makes a new pool
+        self.close()
+        self.pool = self.make(seed)
+        return self.pool.reset()[0].copy(), {}
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, _ = self.pool.step(actions)
+        obs, done, info = obs.copy(), np.flatnonzero(terminated | truncated), {}
+        if len(done):
+            info["final_obs"] = obs.copy()
+            reset_obs, reset_info = self.pool.reset(done.astype(np.int32))
+            obs[reset_info["env_id"]] = reset_obs
+        return obs, reward, terminated, truncated, info
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+def make_vector_env(args):
+    if args.env_backend == "envpool":
+        return EnvPoolVectorEnv(args.env_id, args.num_envs, args.max_episode_steps)
+    # SAME_STEP, not gymnasium's default NEXT_STEP, which would add a reset step whose action is ignored
+    vector_env = gym.vector.SyncVectorEnv if args.vector_mode == "sync" else gym.vector.AsyncVectorEnv
+    env_fns = [make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)]
+    return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)  # we copy what we keep
+
+
+class RunningMeanStd:
+    """Running mean and variance of batches (Chan et al.), float64; numpy: a torch call would cost 10x on every env step."""
+
+    def __init__(self, shape=()):
+        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
+
+    def update(self, x):
+        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
+        batch_mean = add(x, 0) / n
+        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
+        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
+        self.mean, self.var, self.count = self.mean + delta * (n / total), m2 / total, total
+
+    def state_dict(self):  # tensors, which a weights_only checkpoint can hold
+        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
+
+    def load_state_dict(self, state):
+        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
+
+
+class ObsNormalizer(RunningMeanStd):
+    def __init__(self, shape, clip, enabled=True):
+        super().__init__(shape)
+        self.clip, self.enabled = clip, enabled
+
+    def __call__(self, obs, update=False):
+        if self.enabled and update:
+            self.update(obs)
+        if self.enabled:
+            obs = np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip)
+        return obs.astype(np.float32)
+
+
+class RewardScaler:
+    """CleanRL's reward scaling: each reward over the running std of the discounted return, which takes it in first."""
+
+    def __init__(self, num_envs, gamma, clip, enabled=True):
+        self.rms, self.returns = RunningMeanStd(), np.zeros(num_envs)
+        self.gamma, self.clip, self.enabled = gamma, clip, enabled
+
+    def __call__(self, rewards, dones):
+        if not self.enabled:
+            return rewards.astype(np.float32)
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        self.returns[dones] = 0.0
+        return np.minimum(np.maximum(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip), self.clip).astype(np.float32)
+
+    def state_dict(self):
+        return {"rms": self.rms.state_dict(), "returns": torch.as_tensor(self.returns)}
+
+    def load_state_dict(self, state):
+        self.rms.load_state_dict(state["rms"])
+        self.returns = state["returns"].numpy()
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, hidden_sizes, out_dim, out_std):
+    layers, last = [], in_dim
+    for size in hidden_sizes:
+        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
+        last = size
+    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
+
+
+BETA_EPS = 1e-6  # samples are kept this far from 0 and 1, where float32 rounding would make log x or log(1 - x) infinite
+
+
+def beta_dist(out):
+    """The actor's 2 * act_dim outputs -> Beta(alpha, beta), alpha and beta = 1 + softplus > 1: unimodal (Chou et al.)."""
+    alpha, beta = (1.0 + nn.functional.softplus(out)).chunk(2, dim=-1)
+    return Beta(alpha, beta, validate_args=False)
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_dim, act_dim, hidden_sizes):
+        super().__init__()
+        self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
+        self.actor = mlp(obs_dim, hidden_sizes, 2 * act_dim, out_std=0.01)
+
+    def dist(self, obs):
+        return beta_dist(self.actor(obs))
+
+    def dist_and_value(self, obs):
+        return self.dist(obs), self.critic(obs)
+
+    def sample(self, obs):
+        return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
+
+
+def env_action(x, low, high):
+    """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
+    constant, which cancels in the PPO ratio."""
+    return low + (high - low) * x
+
+
+def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
+    """GAE(lambda) over (T, N); next_values[t]: V(final obs) after a truncation, 0 after a termination (Pardo et al. 2018)."""
+    deltas = rewards + gamma * next_values - values
+    carry = gamma * gae_lambda * (1.0 - dones)
+    advantages, lastgaelam = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        lastgaelam = advantages[t] = deltas[t] + carry[t] * lastgaelam
+    return advantages, advantages + values
+
+
+LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "value_loss", "entropy")]
+
+
+def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, args):
+    """The PPO loss of a minibatch, and its statistics (LOSS_STATS) as one tensor."""
+    dist, newvalue = agent.dist_and_value(obs)
+    logratio = dist.log_prob(actions).sum(-1) - logprobs
+    ratio = logratio.exp()
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    newvalue = newvalue.view(-1)
+    v_loss = (newvalue - returns) ** 2
+    if args.clip_vloss:
+        v_clipped = values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef)
+        v_loss = torch.max(v_loss, (v_clipped - returns) ** 2)
+    v_loss = 0.5 * v_loss.mean()
+    entropy = dist.entropy().sum(-1).mean()
+    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
+        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, v_loss, entropy])
+    return pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss, stats
+
+
+def make_update_step(agent, optimizer, loss_fn, args):
+    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
+
+    def update_step(*minibatch):
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = loss_fn(agent, *minibatch, args)
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+        optimizer.step()
+        return stats
+
+    return torch.compile(update_step) if args.compile else update_step
+
+
+def update(update_step, batch, args):
+    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
+    first, stats = next(iter(batch.values())), []
+    for _ in range(args.update_epochs):
+        perm = torch.randperm(len(first), device=first.device)
+        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
+        for start in range(0, len(first), args.minibatch_size):
+            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
+        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
+            break
+    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
+
+
+def collect_rollout(envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode):
+    """Fill `buf` with T steps of every env (SAME_STEP autoreset: a done's final observation is in info["final_obs"]).
+    Returns next_obs, the final observations as [(t, env, normalized obs)], and the seconds spent in envs.step."""
+    T, N = buf["rewards"].shape
+    final, env_step_s = [], 0.0
+    for t in range(T):
+        buf["obs"][t] = obs = obs_norm(next_obs, update=True)
+        buf["actions"][t] = action = policy(torch.from_numpy(obs)).numpy()
+        t0 = time.perf_counter()
+        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
+        env_step_s += time.perf_counter() - t0
+        done = terminated | truncated
+        buf["rewards"][t], buf["dones"][t], buf["terminations"][t] = reward_scaler(reward, done), done, terminated
+        episodes[0] += reward
+        episodes[1] += 1
+        for i in np.flatnonzero(done):
+            final.append((t, i, obs_norm(info["final_obs"][i][None])))
+            on_episode(episodes[0, i], episodes[1, i], t)
+            episodes[:, i] = 0
+    return next_obs, final, env_step_s
+
+
+def make_batch(agent, buf, next_obs, final, args, device):
+    """Values and log-probs of the rollout in one batched call each (the policy did not change during it), then GAE."""
+    T, N = buf["rewards"].shape
+    rollout = {k: torch.from_numpy(v) for k, v in buf.items()}
+    obs, actions = (rollout[k].view(T * N, -1).to(device) for k in ("obs", "actions"))
+    with torch.no_grad():
+        logprobs = agent.dist(obs).log_prob(actions).sum(-1)
+        values = agent.critic(obs).view(T, N).cpu()
+        bootstrap = torch.from_numpy(np.concatenate([next_obs, *(o for *_, o in final)]))  # next_obs, then final obs
+        bootstrap = agent.critic(bootstrap.to(device)).view(-1).cpu()
+    next_values = torch.cat([values[1:], bootstrap[None, :N]])
+    for k, (t, i, _) in enumerate(final):  # the env reset after step t: the next state is the final observation
+        next_values[t, i] = bootstrap[N + k]
+    next_values *= 1.0 - rollout["terminations"]
+    advantages, returns = compute_gae(rollout["rewards"], values, next_values, rollout["dones"], args.gamma, args.gae_lambda)
+    batch = {"obs": obs, "actions": actions, "logprobs": logprobs}  # in ppo_loss's argument order
+    batch |= {"advantages": advantages.view(-1), "returns": returns.view(-1), "values": values.reshape(-1)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def main(args: Args):
+    check_args(args)
+    obs_space, act_space = check_env(args)
+    run_dir, ckpt = open_run(args)
+    # -- nothing has been written before this line --
+    run = Run(args, run_dir, ckpt, total_steps=args.num_iterations * args.batch_size)
+    device, obs_dim, act_dim = run.device, obs_space.shape[0], act_space.shape[0]
+    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
+    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
+    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
+    obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs)
+    reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward, args.norm_reward)
+    run.restore(agent=agent, optimizer=optimizer, obs_norm=obs_norm, reward_scaler=reward_scaler)
+
+    def act_deterministic(obs):  # the evaluation policy: the mean of the Beta
+        with torch.inference_mode():
+            return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
+
+    def make_eval_env(render_mode):
+        return make_env(args.env_id, args.max_episode_steps, render_mode)()
+
+    def on_episode(episodic_return, length, t):  # an episode ended at step t of the rollout
+        run.episode(global_step + (t + 1) * N, episodic_return, length)
+
+    if args.eval_checkpoint:  # evaluate the saved policy; no training
+        return run.evaluate(make_eval_env, act_deterministic)
+
+    def sample(obs):  # the rollout's policy call
+        return agent.sample(obs.to(device)).cpu()
+
+    policy = torch.compile(sample) if args.compile else sample
+    update_step = make_update_step(agent, optimizer, ppo_loss, args)
+    envs = make_vector_env(args)
+    # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.
+    next_obs, _ = envs.reset(seed=args.seed + args.num_envs * run.iteration)
+    T, N = args.num_steps, args.num_envs
+    buf = {"obs": np.zeros((T, N, obs_dim), np.float32), "actions": np.zeros((T, N, act_dim), np.float32)}
+    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
+    episodes = np.zeros((2, N))  # the running episodes' returns and lengths
+
+    global_step = run.global_step
+    for iteration in range(run.iteration + 1, args.num_iterations + 1):
+        t_iter = time.perf_counter()
+        progress = (iteration - 1.0) / args.num_iterations  # of the run, for --lr-schedule
+        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
+        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
+        with torch.inference_mode():
+            next_obs, final, env_step_s = collect_rollout(
+                envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode
+            )
+        global_step += args.batch_size
+        t_rollout = time.perf_counter()
+        batch = make_batch(agent, buf, obs_norm(next_obs), final, args, device)
+        stats = update(update_step, batch, args)
+        y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
+        stats["losses/explained_variance"] = float(1 - np.var(y_true - y_pred) / np.var(y_true)) if np.var(y_true) else 0.0
+        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
+    envs.close()
+    run.close()
+
+
+def check_env(args):
+    """Make one env to check its spaces before anything is written."""
+    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
+        try:
+            env = gym.make(args.env_id)
+        except Exception as e:  # unknown id, a missing dependency, a broken env
+            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    if not isinstance(act_space, gym.spaces.Box):
+        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
+    if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
+        raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds: use ppo_continuous.py")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise UsageError(
+            f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script needs flat "
+            "vectors: for images use ppo_cnn_carracing.py"
+        )
+    if args.env_backend == "envpool":
+        check_envpool_env(args, obs_space, act_space)
+    return obs_space, act_space
+
+
+def check_envpool_env(args, obs_space, act_space):
+    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
+    try:
+        import envpool
+    except ImportError:
+        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
+    if args.env_id not in envpool.list_all_envs():
+        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
+    with warnings.catch_warnings(action="ignore"):
+        spec = envpool.make_spec(args.env_id)
+        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
+    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
+    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
+
+
+def check_args(args):
+    """Every argument a user can get wrong, checked before anything is written; sets CleanRL's derived batch sizes."""
+    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
+        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
+    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes")
+    for name in positive + ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_every", "checkpoint_every", "torch_threads"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("max_episode_steps", "target_kl"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
+    if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
+        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
+    args.batch_size = args.num_envs * args.num_steps
+    if args.batch_size % args.num_minibatches:
+        raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} steps")
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations == 0:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} steps)")
+
+
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
@@ -414,391 +799,6 @@ def cli(main_fn, args_type):
 
 
 # ==== plumbing: end ====
-
-
-def make_env(env_id, max_episode_steps=None, render_mode=None):
-    def thunk():
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
-        vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
-        if render_mode and vis is not None:  # MuJoCo on a software GL spends ~85% of a frame on the shadow map
-            vis.quality.shadowsize, vis.quality.offsamples = 0, 0
-        return env
-
-    return thunk
-
-
-class EnvPoolVectorEnv:
-    """EnvPool's C++ envs as a SAME_STEP vector env: its own autoreset is NEXT_STEP-like, so an env that ends is reset at
-    once by id, and its final observation goes to info["final_obs"]."""
-
-    def __init__(self, env_id, num_envs, max_episode_steps=None):
-        import envpool
-
-        kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-        threads = min(num_envs, len(os.sched_getaffinity(0)))  # EnvPool is Linux-only, where this is the usable cores
-        self.make = lambda seed: envpool.make(env_id, "gymnasium", num_envs=num_envs, seed=seed, num_threads=threads, **kwargs)
-        self.pool, self.num_envs = None, num_envs
-
-    def reset(self, seed):
-        # EnvPool seeds env i with seed + i when it makes the pool, and its reset takes no seed: a reset makes a new pool
-        self.close()
-        self.pool = self.make(seed)
-        return self.pool.reset()[0].copy(), {}
-
-    def step(self, actions):
-        obs, reward, terminated, truncated, _ = self.pool.step(actions)
-        obs, done, info = obs.copy(), np.flatnonzero(terminated | truncated), {}
-        if len(done):
-            info["final_obs"] = obs.copy()
-            reset_obs, reset_info = self.pool.reset(done.astype(np.int32))
-            obs[reset_info["env_id"]] = reset_obs
-        return obs, reward, terminated, truncated, info
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-
-
-def make_vector_env(args):
-    if args.env_backend == "envpool":
-        return EnvPoolVectorEnv(args.env_id, args.num_envs, args.max_episode_steps)
-    # SAME_STEP, not gymnasium's default NEXT_STEP, which would add a reset step whose action is ignored
-    vector_env = gym.vector.SyncVectorEnv if args.vector_mode == "sync" else gym.vector.AsyncVectorEnv
-    env_fns = [make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)]
-    return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)  # we copy what we keep
-
-
-def check_env(args):
-    """Make one env to check its spaces before anything is written."""
-    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
-        try:
-            env = gym.make(args.env_id)
-        except Exception as e:  # unknown id, a missing dependency, a broken env
-            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
-    if not isinstance(act_space, gym.spaces.Box):
-        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
-    if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
-        raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds: use ppo_continuous.py")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(
-            f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script needs flat "
-            "vectors: for images use ppo_cnn_carracing.py"
-        )
-    if args.env_backend == "envpool":
-        check_envpool_env(args, obs_space, act_space)
-    return obs_space, act_space
-
-
-def check_envpool_env(args, obs_space, act_space):
-    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
-    try:
-        import envpool
-    except ImportError:
-        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
-    if args.env_id not in envpool.list_all_envs():
-        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
-    with warnings.catch_warnings(action="ignore"):
-        spec = envpool.make_spec(args.env_id)
-        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
-    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
-    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
-        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
-
-
-def check_args(args):
-    """Every argument a user can get wrong, checked before anything is written; sets CleanRL's derived batch sizes."""
-    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
-        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
-    positive = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes")
-    for name in positive + ("learning_rate", "clip_coef", "max_grad_norm", "clip_obs", "clip_reward"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_every", "checkpoint_every", "torch_threads"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("max_episode_steps", "target_kl"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
-    if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
-        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
-    args.batch_size = args.num_envs * args.num_steps
-    if args.batch_size % args.num_minibatches:
-        raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} steps")
-    args.minibatch_size = args.batch_size // args.num_minibatches
-    args.num_iterations = args.total_timesteps // args.batch_size
-    if args.num_iterations == 0:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} steps)")
-
-
-class RunningMeanStd:
-    """Running mean and variance of batches (Chan et al.), float64; numpy: a torch call would cost 10x on every env step."""
-
-    def __init__(self, shape=()):
-        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
-
-    def update(self, x):
-        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
-        batch_mean = add(x, 0) / n
-        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
-        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
-        self.mean, self.var, self.count = self.mean + delta * (n / total), m2 / total, total
-
-    def state_dict(self):  # tensors, which a weights_only checkpoint can hold
-        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
-
-    def load_state_dict(self, state):
-        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
-
-
-class ObsNormalizer(RunningMeanStd):
-    def __init__(self, shape, clip, enabled=True):
-        super().__init__(shape)
-        self.clip, self.enabled = clip, enabled
-
-    def __call__(self, obs, update=False):
-        if self.enabled and update:
-            self.update(obs)
-        if self.enabled:
-            obs = np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip)
-        return obs.astype(np.float32)
-
-
-class RewardScaler:
-    """CleanRL's reward scaling: each reward over the running std of the discounted return, which takes it in first."""
-
-    def __init__(self, num_envs, gamma, clip, enabled=True):
-        self.rms, self.returns = RunningMeanStd(), np.zeros(num_envs)
-        self.gamma, self.clip, self.enabled = gamma, clip, enabled
-
-    def __call__(self, rewards, dones):
-        if not self.enabled:
-            return rewards.astype(np.float32)
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        self.returns[dones] = 0.0
-        return np.minimum(np.maximum(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip), self.clip).astype(np.float32)
-
-    def state_dict(self):
-        return {"rms": self.rms.state_dict(), "returns": torch.as_tensor(self.returns)}
-
-    def load_state_dict(self, state):
-        self.rms.load_state_dict(state["rms"])
-        self.returns = state["returns"].numpy()
-
-
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim, hidden_sizes, out_dim, out_std):
-    layers, last = [], in_dim
-    for size in hidden_sizes:
-        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
-        last = size
-    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
-
-
-BETA_EPS = 1e-6  # samples are kept this far from 0 and 1, where float32 rounding would make log x or log(1 - x) infinite
-
-
-def beta_dist(out):
-    """The actor's 2 * act_dim outputs -> Beta(alpha, beta), alpha and beta = 1 + softplus > 1: unimodal (Chou et al.)."""
-    alpha, beta = (1.0 + nn.functional.softplus(out)).chunk(2, dim=-1)
-    return Beta(alpha, beta, validate_args=False)
-
-
-class Agent(nn.Module):
-    def __init__(self, obs_dim, act_dim, hidden_sizes):
-        super().__init__()
-        self.critic = mlp(obs_dim, hidden_sizes, 1, out_std=1.0)
-        self.actor = mlp(obs_dim, hidden_sizes, 2 * act_dim, out_std=0.01)
-
-    def dist(self, obs):
-        return beta_dist(self.actor(obs))
-
-    def dist_and_value(self, obs):
-        return self.dist(obs), self.critic(obs)
-
-    def sample(self, obs):
-        return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
-
-
-def env_action(x, low, high):
-    """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
-    constant, which cancels in the PPO ratio."""
-    return low + (high - low) * x
-
-
-def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
-    """GAE(lambda) over (T, N); next_values[t]: V(final obs) after a truncation, 0 after a termination (Pardo et al. 2018)."""
-    deltas = rewards + gamma * next_values - values
-    carry = gamma * gae_lambda * (1.0 - dones)
-    advantages, lastgaelam = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
-    for t in reversed(range(len(rewards))):
-        lastgaelam = advantages[t] = deltas[t] + carry[t] * lastgaelam
-    return advantages, advantages + values
-
-
-LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "value_loss", "entropy")]
-
-
-def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, args):
-    """The PPO loss of a minibatch, and its statistics (LOSS_STATS) as one tensor."""
-    dist, newvalue = agent.dist_and_value(obs)
-    logratio = dist.log_prob(actions).sum(-1) - logprobs
-    ratio = logratio.exp()
-    if args.norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-    newvalue = newvalue.view(-1)
-    v_loss = (newvalue - returns) ** 2
-    if args.clip_vloss:
-        v_clipped = values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef)
-        v_loss = torch.max(v_loss, (v_clipped - returns) ** 2)
-    v_loss = 0.5 * v_loss.mean()
-    entropy = dist.entropy().sum(-1).mean()
-    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
-        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, v_loss, entropy])
-    return pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss, stats
-
-
-def make_update_step(agent, optimizer, loss_fn, args):
-    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
-
-    def update_step(*minibatch):
-        optimizer.zero_grad(set_to_none=True)
-        loss, stats = loss_fn(agent, *minibatch, args)
-        loss.backward()
-        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-        optimizer.step()
-        return stats
-
-    return torch.compile(update_step) if args.compile else update_step
-
-
-def update(update_step, batch, args):
-    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
-    first, stats = next(iter(batch.values())), []
-    for _ in range(args.update_epochs):
-        perm = torch.randperm(len(first), device=first.device)
-        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
-        for start in range(0, len(first), args.minibatch_size):
-            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
-        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
-            break
-    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
-
-
-def collect_rollout(envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode):
-    """Fill `buf` with T steps of every env (SAME_STEP autoreset: a done's final observation is in info["final_obs"]).
-    Returns next_obs, the final observations as [(t, env, normalized obs)], and the seconds spent in envs.step."""
-    T, N = buf["rewards"].shape
-    final, env_step_s = [], 0.0
-    for t in range(T):
-        buf["obs"][t] = obs = obs_norm(next_obs, update=True)
-        buf["actions"][t] = action = policy(torch.from_numpy(obs)).numpy()
-        t0 = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
-        env_step_s += time.perf_counter() - t0
-        done = terminated | truncated
-        buf["rewards"][t], buf["dones"][t], buf["terminations"][t] = reward_scaler(reward, done), done, terminated
-        episodes[0] += reward
-        episodes[1] += 1
-        for i in np.flatnonzero(done):
-            final.append((t, i, obs_norm(info["final_obs"][i][None])))
-            on_episode(episodes[0, i], episodes[1, i], t)
-            episodes[:, i] = 0
-    return next_obs, final, env_step_s
-
-
-def make_batch(agent, buf, next_obs, final, args, device):
-    """Values and log-probs of the rollout in one batched call each (the policy did not change during it), then GAE."""
-    T, N = buf["rewards"].shape
-    rollout = {k: torch.from_numpy(v) for k, v in buf.items()}
-    obs, actions = (rollout[k].view(T * N, -1).to(device) for k in ("obs", "actions"))
-    with torch.no_grad():
-        logprobs = agent.dist(obs).log_prob(actions).sum(-1)
-        values = agent.critic(obs).view(T, N).cpu()
-        bootstrap = torch.from_numpy(np.concatenate([next_obs, *(o for *_, o in final)]))  # next_obs, then final obs
-        bootstrap = agent.critic(bootstrap.to(device)).view(-1).cpu()
-    next_values = torch.cat([values[1:], bootstrap[None, :N]])
-    for k, (t, i, _) in enumerate(final):  # the env reset after step t: the next state is the final observation
-        next_values[t, i] = bootstrap[N + k]
-    next_values *= 1.0 - rollout["terminations"]
-    advantages, returns = compute_gae(rollout["rewards"], values, next_values, rollout["dones"], args.gamma, args.gae_lambda)
-    batch = {"obs": obs, "actions": actions, "logprobs": logprobs}  # in ppo_loss's argument order
-    batch |= {"advantages": advantages.view(-1), "returns": returns.view(-1), "values": values.reshape(-1)}
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def main(args: Args):
-    check_args(args)
-    obs_space, act_space = check_env(args)
-    run_dir, ckpt = open_run(args)
-    # -- nothing has been written before this line --
-    run = Run(args, run_dir, ckpt, total_steps=args.num_iterations * args.batch_size)
-    device, obs_dim, act_dim = run.device, obs_space.shape[0], act_space.shape[0]
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
-    agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
-    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
-    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
-    obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs)
-    reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward, args.norm_reward)
-    run.restore(agent=agent, optimizer=optimizer, obs_norm=obs_norm, reward_scaler=reward_scaler)
-
-    def act_deterministic(obs):  # the evaluation policy: the mean of the Beta
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
-
-    def make_eval_env(render_mode):
-        return make_env(args.env_id, args.max_episode_steps, render_mode)()
-
-    def on_episode(episodic_return, length, t):  # an episode ended at step t of the rollout
-        run.episode(global_step + (t + 1) * N, episodic_return, length)
-
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        return run.evaluate(make_eval_env, act_deterministic)
-
-    def sample(obs):  # the rollout's policy call
-        return agent.sample(obs.to(device)).cpu()
-
-    policy = torch.compile(sample) if args.compile else sample
-    update_step = make_update_step(agent, optimizer, ppo_loss, args)
-    envs = make_vector_env(args)
-    # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.
-    next_obs, _ = envs.reset(seed=args.seed + args.num_envs * run.iteration)
-    T, N = args.num_steps, args.num_envs
-    buf = {"obs": np.zeros((T, N, obs_dim), np.float32), "actions": np.zeros((T, N, act_dim), np.float32)}
-    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
-    episodes = np.zeros((2, N))  # the running episodes' returns and lengths
-
-    global_step = run.global_step
-    for iteration in range(run.iteration + 1, args.num_iterations + 1):
-        t_iter = time.perf_counter()
-        progress = (iteration - 1.0) / args.num_iterations  # of the run, for --lr-schedule
-        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
-        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
-        with torch.inference_mode():
-            next_obs, final, env_step_s = collect_rollout(
-                envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode
-            )
-        global_step += args.batch_size
-        t_rollout = time.perf_counter()
-        batch = make_batch(agent, buf, obs_norm(next_obs), final, args, device)
-        stats = update(update_step, batch, args)
-        y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
-        stats["losses/explained_variance"] = float(1 - np.var(y_true - y_pred) / np.var(y_true)) if np.var(y_true) else 0.0
-        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
-    envs.close()
-    run.close()
 
 
 if __name__ == "__main__":

@@ -138,6 +138,471 @@ class Args:
     """the W&B entity (team); None: your default"""
 
 
+class FrameSkip(gym.Wrapper):
+    """Repeat the action `skip` frames, summing their rewards; end early after `max_negative_steps` steps of losses."""
+
+    def __init__(self, env, skip, max_negative_steps=None):
+        super().__init__(env)
+        self.skip, self.max_negative_steps, self.negative_steps = skip, max_negative_steps or math.inf, 0
+        self.metadata = {**env.metadata, "render_fps": env.metadata.get("render_fps", 50) / skip}  # real-time videos
+
+    def reset(self, **kwargs):
+        self.negative_steps = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        total_reward = 0.0
+        for _ in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += float(reward)
+            if terminated or truncated:
+                break
+        self.negative_steps = self.negative_steps + 1 if total_reward < 0 else 0
+        return obs, total_reward, terminated, truncated or self.negative_steps >= self.max_negative_steps, info
+
+
+def area_weights(n_in, n_out):
+    """(n_out, n_in) weights of area resampling: output pixel i averages the input interval it covers."""
+    edges = np.linspace(0.0, n_in, n_out + 1)
+    lo, hi, j = edges[:-1, None], edges[1:, None], np.arange(n_in)[None]
+    return (np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None) / (hi - lo)).astype(np.float32)
+
+
+def preprocess(args, frames):
+    """(N, H, W, 3) uint8 frames -> (N, h, w, channels) uint8 on both backends: gymnasium's grayscale, area resizing."""
+    if args.grayscale:
+        x = frames.astype(np.float64)
+        frames = (x[..., 0:1] * 0.2125 + x[..., 1:2] * 0.7154 + x[..., 2:3] * 0.0721).astype(np.uint8)
+    if args.resize:
+        rows, cols = area_weights(frames.shape[1], args.resize[0]), area_weights(frames.shape[2], args.resize[1])
+        resized = rows @ frames.transpose(0, 3, 1, 2).astype(np.float32) @ cols.T  # (N, channels, h, w)
+        frames = np.rint(resized).astype(np.uint8).transpose(0, 2, 3, 1)
+    return frames
+
+
+def make_carracing_env(args, render_mode=None):
+    render = {"render_mode": render_mode} if render_mode else {}
+    env = gym.make(args.env_id, max_episode_steps=args.max_episode_steps, **render)
+    env = FrameSkip(env, args.frame_skip, args.max_negative_steps)
+    shape = preprocess(args, np.zeros((1, *env.observation_space.shape), np.uint8)).shape[1:]  # of a preprocessed frame
+    space = gym.spaces.Box(0, 255, shape, np.uint8)
+    env = gym.wrappers.TransformObservation(env, lambda frame: preprocess(args, frame[None])[0], space)
+    return gym.wrappers.FrameStackObservation(env, args.frame_stack)  # oldest first, the first frame repeated at reset
+
+
+class CarRacingEnvPool:
+    """EnvPool's batched env as a SAME_STEP vector env with make_carracing_env's wrappers (EnvPool's own is NEXT_STEP)."""
+
+    def __init__(self, args, num_envs):
+        import envpool
+
+        kwargs = {"max_episode_steps": args.max_episode_steps} if args.max_episode_steps else {}
+        kwargs |= {"num_envs": num_envs, "num_threads": min(num_envs, len(os.sched_getaffinity(0)))}  # the usable cores
+        self.make = lambda seeds: envpool.make(args.env_id, "gymnasium", env_seed=seeds, **kwargs)
+        self.args, self.num_envs, self.pool = args, num_envs, None
+
+    def reset(self, seed):
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed  # as gymnasium seeds envs
+        self.close()  # EnvPool seeds its envs when it makes a pool (its reset takes no seed): a new pool
+        self.pool = self.make([s & 0x7FFFFFFF for s in seeds])  # EnvPool's seeds are int32
+        self.raw = self.pool.reset()[0]  # the latest frame of each env (EnvPool answers in the order of the env ids asked)
+        self.stack = np.repeat(preprocess(self.args, self.raw)[:, None], self.args.frame_stack, axis=1)  # as gymnasium's
+        self.negative_steps = np.zeros(self.num_envs)  # consecutive steps of negative reward, as FrameSkip counts them
+        return self.stack.copy(), {}
+
+    def step(self, actions):
+        N = self.num_envs
+        reward, terminated, truncated, live = np.zeros(N), np.zeros(N, bool), np.zeros(N, bool), np.arange(N, dtype=np.int32)
+        for _ in range(self.args.frame_skip):  # FrameSkip on the batch: an env that ends stops there
+            raw, r, term, trunc, _ = self.pool.step(actions[live], live)
+            self.raw[live], reward[live], terminated[live], truncated[live] = raw, reward[live] + r, term, trunc
+            live = live[~(term | trunc)]
+            if not len(live):
+                break
+        self.negative_steps = np.where(reward < 0, self.negative_steps + 1, 0)
+        truncated |= self.negative_steps >= (self.args.max_negative_steps or math.inf)
+        self.stack = np.concatenate([self.stack[:, 1:], preprocess(self.args, self.raw)[:, None]], axis=1)
+        done, info = np.flatnonzero(terminated | truncated), {}
+        if len(done):
+            info["final_obs"] = self.stack.copy()
+            self.stack[done] = preprocess(self.args, self.pool.reset(done)[0])[:, None]
+            self.negative_steps[done] = 0
+        return self.stack.copy(), reward, terminated, truncated, info
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+def make_carracing_envs(args, num_envs):
+    if args.env_backend == "envpool":
+        return CarRacingEnvPool(args, num_envs)
+    # SAME_STEP, not gymnasium's default NEXT_STEP, which would add a reset step whose action is ignored
+    vector_env = gym.vector.SyncVectorEnv if args.vector_mode == "sync" else gym.vector.AsyncVectorEnv
+    env_fns = [lambda: make_carracing_env(args)] * num_envs
+    return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)  # we copy what we keep
+
+
+class RunningMeanStd:
+    """Running mean and variance of batches (Chan et al.), float64; numpy: a torch call would cost 10x on every env step."""
+
+    def __init__(self, shape=()):
+        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
+
+    def update(self, x):
+        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
+        batch_mean = add(x, 0) / n
+        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
+        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
+        self.mean, self.var, self.count = self.mean + delta * (n / total), m2 / total, total
+
+    def state_dict(self):  # tensors, which a weights_only checkpoint can hold
+        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
+
+    def load_state_dict(self, state):
+        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
+
+
+class RewardScaler:
+    """CleanRL's reward scaling: each reward over the running std of the discounted return, which takes it in first."""
+
+    def __init__(self, num_envs, gamma, clip, enabled=True):
+        self.rms, self.returns = RunningMeanStd(), np.zeros(num_envs)
+        self.gamma, self.clip, self.enabled = gamma, clip, enabled
+
+    def __call__(self, rewards, dones):
+        if not self.enabled:
+            return rewards.astype(np.float32)
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        self.returns[dones] = 0.0
+        return np.minimum(np.maximum(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip), self.clip).astype(np.float32)
+
+    def state_dict(self):
+        return {"rms": self.rms.state_dict(), "returns": torch.as_tensor(self.returns)}
+
+    def load_state_dict(self, state):
+        self.rms.load_state_dict(state["rms"])
+        self.returns = state["returns"].numpy()
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, hidden_sizes, out_dim, out_std):
+    layers, last = [], in_dim
+    for size in hidden_sizes:
+        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
+        last = size
+    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
+
+
+class CNNFeatureExtractor(nn.Module):
+    """uint8 frames (B, stack, H, W, C), scaled to [0, 1] here, -> features: convolutions and a linear layer, with ReLU."""
+
+    def __init__(self, obs_shape, channels, kernel_sizes, strides, feature_size):
+        super().__init__()
+        layers, last = [], obs_shape[0] * obs_shape[3]
+        for out, kernel, stride in zip(channels, kernel_sizes, strides):
+            layers += [layer_init(nn.Conv2d(last, out, kernel, stride)), nn.ReLU()]
+            last = out
+        # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW
+        self.convs = nn.Sequential(*layers, nn.Flatten()).to(memory_format=torch.channels_last)
+        flat = self.convs(torch.zeros(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])).shape[1]
+        self.fc = nn.Sequential(layer_init(nn.Linear(flat, feature_size)), nn.ReLU())
+
+    def forward(self, obs):
+        B, S, H, W, C = obs.shape  # -> (B, S * C, H, W), channel s * C + c, as an NHWC view of the bytes
+        x = obs.permute(0, 2, 3, 1, 4).reshape(B, H, W, S * C).permute(0, 3, 1, 2).float() / 255.0
+        return self.fc(self.convs(x))
+
+
+BETA_EPS = 1e-6  # samples are kept this far from 0 and 1, where float32 rounding would make log x or log(1 - x) infinite
+
+
+def beta_dist(out):
+    """The actor's 2 * act_dim outputs -> Beta(alpha, beta), alpha and beta = 1 + softplus > 1: unimodal (Chou et al.)."""
+    alpha, beta = (1.0 + nn.functional.softplus(out)).chunk(2, dim=-1)
+    return Beta(alpha, beta, validate_args=False)
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_shape, act_dim, args):
+        super().__init__()
+        cnn = (obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, args.cnn_feature_size)
+        self.actor_trunk = CNNFeatureExtractor(*cnn)
+        self.critic_trunk = None if args.shared_trunk else CNNFeatureExtractor(*cnn)
+        self.critic = mlp(args.cnn_feature_size, args.hidden_sizes, 1, out_std=1.0)
+        self.actor = mlp(args.cnn_feature_size, args.hidden_sizes, 2 * act_dim, out_std=0.01)
+
+    def dist(self, obs):
+        return beta_dist(self.actor(self.actor_trunk(obs)))
+
+    def dist_and_value(self, obs):  # the trunk runs once when it is shared
+        features = self.actor_trunk(obs)
+        critic_features = features if self.critic_trunk is None else self.critic_trunk(obs)
+        return beta_dist(self.actor(features)), self.critic(critic_features)
+
+    def sample(self, obs):
+        return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
+
+
+def env_action(x, low, high):
+    """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
+    constant, which cancels in the PPO ratio."""
+    return low + (high - low) * x
+
+
+def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
+    """GAE(lambda) over (T, N); next_values[t]: V(final obs) after a truncation, 0 after a termination (Pardo et al. 2018)."""
+    deltas = rewards + gamma * next_values - values
+    carry = gamma * gae_lambda * (1.0 - dones)
+    advantages, lastgaelam = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+    for t in reversed(range(len(rewards))):
+        lastgaelam = advantages[t] = deltas[t] + carry[t] * lastgaelam
+    return advantages, advantages + values
+
+
+LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "value_loss", "entropy")]
+
+
+def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, args):
+    """The PPO loss of a minibatch, and its statistics (LOSS_STATS) as one tensor."""
+    dist, newvalue = agent.dist_and_value(obs)
+    logratio = dist.log_prob(actions).sum(-1) - logprobs
+    ratio = logratio.exp()
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    newvalue = newvalue.view(-1)
+    v_loss = (newvalue - returns) ** 2
+    if args.clip_vloss:
+        v_clipped = values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef)
+        v_loss = torch.max(v_loss, (v_clipped - returns) ** 2)
+    v_loss = 0.5 * v_loss.mean()
+    entropy = dist.entropy().sum(-1).mean()
+    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
+        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
+        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, v_loss, entropy])
+    return pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss, stats
+
+
+def make_update_step(agent, optimizer, loss_fn, args):
+    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
+
+    def update_step(*minibatch):
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = loss_fn(agent, *minibatch, args)
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+        optimizer.step()
+        return stats
+
+    return torch.compile(update_step) if args.compile else update_step
+
+
+def update(update_step, batch, args):
+    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
+    first, stats = next(iter(batch.values())), []
+    for _ in range(args.update_epochs):
+        perm = torch.randperm(len(first), device=first.device)
+        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
+        for start in range(0, len(first), args.minibatch_size):
+            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
+        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
+            break
+    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
+
+
+def collect_rollout(envs, next_obs, policy, reward_scaler, buf, low, high, episodes, on_episode):
+    """ppo_beta_continuous.py's collect_rollout on uint8 frames, not normalized: the final observations as [(t, env, obs)]."""
+    T, N = buf["rewards"].shape
+    final, env_step_s = [], 0.0
+    for t in range(T):
+        buf["obs"][t] = next_obs
+        buf["actions"][t] = action = policy(torch.from_numpy(buf["obs"][t])).numpy()
+        t0 = time.perf_counter()
+        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
+        env_step_s += time.perf_counter() - t0
+        done = terminated | truncated
+        buf["rewards"][t], buf["dones"][t], buf["terminations"][t] = reward_scaler(reward, done), done, terminated
+        episodes[0] += reward
+        episodes[1] += 1
+        for i in np.flatnonzero(done):
+            final.append((t, i, np.array(info["final_obs"][i])))
+            on_episode(episodes[0, i], episodes[1, i], t)
+            episodes[:, i] = 0
+    return next_obs, final, env_step_s
+
+
+def make_batch(agent, buf, next_obs, final, args, device, chunk=1024):
+    """Values and log-probs `chunk` frames at a time (a rollout of frames at once would hold gigabytes), then GAE."""
+    T, N = buf["rewards"].shape
+    rollout = {k: torch.from_numpy(v) for k, v in buf.items()}
+    obs, actions = rollout["obs"].flatten(0, 1), rollout["actions"].flatten(0, 1)
+    bootstrap = torch.from_numpy(np.concatenate([next_obs, *(o[None] for *_, o in final)]))
+    with torch.no_grad():  # a dist holds only its parameters
+        parts = [agent.dist_and_value(o.to(device)) for o in (*obs.split(chunk), *bootstrap.split(chunk))]
+        logprobs = torch.cat([d.log_prob(a.to(device)).sum(-1) for (d, _), a in zip(parts, actions.split(chunk))])
+        all_values = torch.cat([v.view(-1) for _, v in parts]).cpu()
+    values, next_values = all_values[: T * N].view(T, N), all_values[N : T * N + N].view(T, N).clone()
+    for k, (t, i, _) in enumerate(final):  # the env reset after step t: the next state is the final observation
+        next_values[t, i] = all_values[T * N + N + k]
+    next_values *= 1.0 - rollout["terminations"]
+    advantages, returns = compute_gae(rollout["rewards"], values, next_values, rollout["dones"], args.gamma, args.gae_lambda)
+    batch = {"obs": obs, "actions": actions, "logprobs": logprobs}  # in ppo_loss's argument order
+    batch |= {"advantages": advantages.view(-1), "returns": returns.view(-1), "values": values.reshape(-1)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def main(args: Args):
+    check_args(args)
+    obs_shape, act_space = check_env(args)
+    run_dir, ckpt = open_run(args)
+    # -- nothing has been written before this line --
+    run = Run(args, run_dir, ckpt, total_steps=args.num_iterations * args.batch_size)
+    device, act_dim = run.device, act_space.shape[0]
+    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    agent = Agent(obs_shape, act_dim, args).to(device)
+    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
+    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
+    reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward, args.norm_reward)
+    run.restore(agent=agent, optimizer=optimizer, reward_scaler=reward_scaler)
+
+    def sample(obs):  # the rollout's policy call
+        return agent.sample(obs.to(device)).cpu()
+
+    def act_deterministic(obs):  # the evaluation policy: the mean of the Beta
+        with torch.inference_mode():
+            return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
+
+    make_eval_env = partial(make_carracing_env, args)  # render_mode -> an env with the training wrappers
+
+    def on_episode(episodic_return, length, t):  # an episode ended at step t of the rollout
+        run.episode(global_step + (t + 1) * N, episodic_return, length)
+
+    if args.eval_checkpoint:  # evaluate the saved policy; no training
+        return run.evaluate(make_eval_env, act_deterministic)
+
+    policy = torch.compile(sample) if args.compile else sample
+    update_step = make_update_step(agent, optimizer, ppo_loss, args)
+    envs = make_carracing_envs(args, args.num_envs)
+    # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.
+    next_obs, _ = envs.reset(seed=args.seed + args.num_envs * run.iteration)
+    T, N = args.num_steps, args.num_envs
+    buf = {"obs": np.zeros((T, N, *obs_shape), np.uint8), "actions": np.zeros((T, N, act_dim), np.float32)}
+    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
+    episodes = np.zeros((2, N))  # the running episodes' returns and lengths
+
+    global_step = run.global_step
+    for iteration in range(run.iteration + 1, args.num_iterations + 1):
+        t_iter = time.perf_counter()
+        progress = (iteration - 1.0) / args.num_iterations  # of the run, for --lr-schedule
+        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
+        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
+        with torch.inference_mode():
+            next_obs, final, env_step_s = collect_rollout(
+                envs, next_obs, policy, reward_scaler, buf, low, high, episodes, on_episode
+            )
+        global_step += args.batch_size
+        t_rollout = time.perf_counter()
+        batch = make_batch(agent, buf, next_obs, final, args, device)
+        stats = update(update_step, batch, args)
+        y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
+        stats["losses/explained_variance"] = float(1 - np.var(y_true - y_pred) / np.var(y_true)) if np.var(y_true) else 0.0
+        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
+    envs.close()
+    run.close()
+
+
+def check_env(args):
+    """Make one env to check its spaces, and the CNN on its frames, before anything is written; (obs shape, act space)."""
+    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
+        try:
+            env = gym.make(args.env_id)
+        except Exception as e:  # unknown id, a missing dependency, a broken env
+            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
+    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
+    env.close()
+    if not isinstance(act_space, gym.spaces.Box):
+        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
+    if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):  # evaluation (and GRPO)
+        raise UsageError(f"{args.env_id} has no time limit and episodes are run to their end: pass --max-episode-steps")
+    if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
+        raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds")
+    shape = getattr(obs_space, "shape", obs_space)
+    if not (isinstance(obs_space, gym.spaces.Box) and len(shape) == 3 and shape[2] == 3 and obs_space.dtype == np.uint8):
+        raise UsageError(f"{args.env_id} has observations of shape {shape}; this CNN script needs (H, W, 3) uint8 images")
+    if args.env_backend == "envpool":
+        check_envpool_env(args, obs_space, act_space)
+    obs_shape = make_carracing_env(args).observation_space.shape  # (frame_stack, height, width, channels)
+    try:  # the convolutions' output size, as the network computes it
+        CNNFeatureExtractor(obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, 1)
+    except RuntimeError:
+        raise UsageError(f"--cnn-kernel-sizes and --cnn-strides shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing")
+    return obs_shape, act_space
+
+
+def check_envpool_env(args, obs_space, act_space):
+    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
+    try:
+        import envpool
+    except ImportError:
+        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
+    if args.env_id not in envpool.list_all_envs():
+        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
+    with warnings.catch_warnings(action="ignore"):
+        spec = envpool.make_spec(args.env_id)
+        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
+    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
+    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
+        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
+
+
+def check_common_args(args):
+    """The arguments both CNN scripts take, checked before anything is written."""
+    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
+        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
+    positive = ("total_timesteps", "update_epochs", "eval_episodes", "learning_rate", "clip_coef", "max_grad_norm")
+    for name in positive + ("frame_skip", "frame_stack", "cnn_feature_size"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("eval_every", "checkpoint_every", "torch_threads", "ent_coef"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("max_episode_steps", "max_negative_steps", "target_kl"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
+    if args.resize is not None and min(args.resize) <= 0:
+        raise UsageError(f"--resize needs a positive height and width, got {args.resize}")
+    cnn = (args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides)
+    if not args.cnn_channels or len(set(map(len, cnn))) != 1 or min(min(c) for c in cnn) <= 0:
+        raise UsageError(f"--cnn-channels/-kernel-sizes/-strides need one positive entry per convolution each, got {cnn}")
+    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
+        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
+
+
+def check_args(args):
+    """Every argument a user can get wrong, checked before anything is written; sets CleanRL's derived batch sizes."""
+    check_common_args(args)
+    for name in ("num_envs", "num_steps", "num_minibatches", "clip_reward"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
+        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    args.batch_size = args.num_envs * args.num_steps
+    if args.batch_size % args.num_minibatches:
+        raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} steps")
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations == 0:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} steps)")
+
+
 # ==== plumbing: begin (the same text in every training script; tests/test_plumbing.py) ====
 ALGO = Path(__file__).stem
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
@@ -429,471 +894,6 @@ def cli(main_fn, args_type):
 
 
 # ==== plumbing: end ====
-
-
-class FrameSkip(gym.Wrapper):
-    """Repeat the action `skip` frames, summing their rewards; end early after `max_negative_steps` steps of losses."""
-
-    def __init__(self, env, skip, max_negative_steps=None):
-        super().__init__(env)
-        self.skip, self.max_negative_steps, self.negative_steps = skip, max_negative_steps or math.inf, 0
-        self.metadata = {**env.metadata, "render_fps": env.metadata.get("render_fps", 50) / skip}  # real-time videos
-
-    def reset(self, **kwargs):
-        self.negative_steps = 0
-        return self.env.reset(**kwargs)
-
-    def step(self, action):
-        total_reward = 0.0
-        for _ in range(self.skip):
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            total_reward += float(reward)
-            if terminated or truncated:
-                break
-        self.negative_steps = self.negative_steps + 1 if total_reward < 0 else 0
-        return obs, total_reward, terminated, truncated or self.negative_steps >= self.max_negative_steps, info
-
-
-def area_weights(n_in, n_out):
-    """(n_out, n_in) weights of area resampling: output pixel i averages the input interval it covers."""
-    edges = np.linspace(0.0, n_in, n_out + 1)
-    lo, hi, j = edges[:-1, None], edges[1:, None], np.arange(n_in)[None]
-    return (np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None) / (hi - lo)).astype(np.float32)
-
-
-def preprocess(args, frames):
-    """(N, H, W, 3) uint8 frames -> (N, h, w, channels) uint8 on both backends: gymnasium's grayscale, area resizing."""
-    if args.grayscale:
-        x = frames.astype(np.float64)
-        frames = (x[..., 0:1] * 0.2125 + x[..., 1:2] * 0.7154 + x[..., 2:3] * 0.0721).astype(np.uint8)
-    if args.resize:
-        rows, cols = area_weights(frames.shape[1], args.resize[0]), area_weights(frames.shape[2], args.resize[1])
-        resized = rows @ frames.transpose(0, 3, 1, 2).astype(np.float32) @ cols.T  # (N, channels, h, w)
-        frames = np.rint(resized).astype(np.uint8).transpose(0, 2, 3, 1)
-    return frames
-
-
-def make_carracing_env(args, render_mode=None):
-    render = {"render_mode": render_mode} if render_mode else {}
-    env = gym.make(args.env_id, max_episode_steps=args.max_episode_steps, **render)
-    env = FrameSkip(env, args.frame_skip, args.max_negative_steps)
-    shape = preprocess(args, np.zeros((1, *env.observation_space.shape), np.uint8)).shape[1:]  # of a preprocessed frame
-    space = gym.spaces.Box(0, 255, shape, np.uint8)
-    env = gym.wrappers.TransformObservation(env, lambda frame: preprocess(args, frame[None])[0], space)
-    return gym.wrappers.FrameStackObservation(env, args.frame_stack)  # oldest first, the first frame repeated at reset
-
-
-class CarRacingEnvPool:
-    """EnvPool's batched env as a SAME_STEP vector env with make_carracing_env's wrappers (EnvPool's own is NEXT_STEP)."""
-
-    def __init__(self, args, num_envs):
-        import envpool
-
-        kwargs = {"max_episode_steps": args.max_episode_steps} if args.max_episode_steps else {}
-        kwargs |= {"num_envs": num_envs, "num_threads": min(num_envs, len(os.sched_getaffinity(0)))}  # the usable cores
-        self.make = lambda seeds: envpool.make(args.env_id, "gymnasium", env_seed=seeds, **kwargs)
-        self.args, self.num_envs, self.pool = args, num_envs, None
-
-    def reset(self, seed):
-        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed  # as gymnasium seeds envs
-        self.close()  # EnvPool seeds its envs when it makes a pool (its reset takes no seed): a new pool
-        self.pool = self.make([s & 0x7FFFFFFF for s in seeds])  # EnvPool's seeds are int32
-        self.raw = self.pool.reset()[0]  # the latest frame of each env (EnvPool answers in the order of the env ids asked)
-        self.stack = np.repeat(preprocess(self.args, self.raw)[:, None], self.args.frame_stack, axis=1)  # as gymnasium's
-        self.negative_steps = np.zeros(self.num_envs)  # consecutive steps of negative reward, as FrameSkip counts them
-        return self.stack.copy(), {}
-
-    def step(self, actions):
-        N = self.num_envs
-        reward, terminated, truncated, live = np.zeros(N), np.zeros(N, bool), np.zeros(N, bool), np.arange(N, dtype=np.int32)
-        for _ in range(self.args.frame_skip):  # FrameSkip on the batch: an env that ends stops there
-            raw, r, term, trunc, _ = self.pool.step(actions[live], live)
-            self.raw[live], reward[live], terminated[live], truncated[live] = raw, reward[live] + r, term, trunc
-            live = live[~(term | trunc)]
-            if not len(live):
-                break
-        self.negative_steps = np.where(reward < 0, self.negative_steps + 1, 0)
-        truncated |= self.negative_steps >= (self.args.max_negative_steps or math.inf)
-        self.stack = np.concatenate([self.stack[:, 1:], preprocess(self.args, self.raw)[:, None]], axis=1)
-        done, info = np.flatnonzero(terminated | truncated), {}
-        if len(done):
-            info["final_obs"] = self.stack.copy()
-            self.stack[done] = preprocess(self.args, self.pool.reset(done)[0])[:, None]
-            self.negative_steps[done] = 0
-        return self.stack.copy(), reward, terminated, truncated, info
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-
-
-def make_carracing_envs(args, num_envs):
-    if args.env_backend == "envpool":
-        return CarRacingEnvPool(args, num_envs)
-    # SAME_STEP, not gymnasium's default NEXT_STEP, which would add a reset step whose action is ignored
-    vector_env = gym.vector.SyncVectorEnv if args.vector_mode == "sync" else gym.vector.AsyncVectorEnv
-    env_fns = [lambda: make_carracing_env(args)] * num_envs
-    return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)  # we copy what we keep
-
-
-def check_env(args):
-    """Make one env to check its spaces, and the CNN on its frames, before anything is written; (obs shape, act space)."""
-    with warnings.catch_warnings(action="ignore"):  # gymnasium's v4 deprecation warning would precede a one-line error
-        try:
-            env = gym.make(args.env_id)
-        except Exception as e:  # unknown id, a missing dependency, a broken env
-            raise UsageError(f"cannot make env {args.env_id!r} ({str(e).splitlines()[0]}): pass a registered --env-id")
-    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
-    env.close()
-    if not isinstance(act_space, gym.spaces.Box):
-        raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
-    if args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):  # evaluation (and GRPO)
-        raise UsageError(f"{args.env_id} has no time limit and episodes are run to their end: pass --max-episode-steps")
-    if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
-        raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds")
-    shape = getattr(obs_space, "shape", obs_space)
-    if not (isinstance(obs_space, gym.spaces.Box) and len(shape) == 3 and shape[2] == 3 and obs_space.dtype == np.uint8):
-        raise UsageError(f"{args.env_id} has observations of shape {shape}; this CNN script needs (H, W, 3) uint8 images")
-    if args.env_backend == "envpool":
-        check_envpool_env(args, obs_space, act_space)
-    obs_shape = make_carracing_env(args).observation_space.shape  # (frame_stack, height, width, channels)
-    try:  # the convolutions' output size, as the network computes it
-        CNNFeatureExtractor(obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, 1)
-    except RuntimeError:
-        raise UsageError(f"--cnn-kernel-sizes and --cnn-strides shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing")
-    return obs_shape, act_space
-
-
-def check_envpool_env(args, obs_space, act_space):
-    """The EnvPool env must exist and look like gymnasium's (the evaluation env) to the policy."""
-    try:
-        import envpool
-    except ImportError:
-        raise UsageError("--env-backend envpool needs EnvPool, which is not installed: pip install envpool (Linux x86_64)")
-    if args.env_id not in envpool.list_all_envs():
-        raise UsageError(f"EnvPool has no env {args.env_id!r}: use --env-backend gymnasium")
-    with warnings.catch_warnings(action="ignore"):
-        spec = envpool.make_spec(args.env_id)
-        ep_obs, ep_act = spec.observation_space, spec.action_space  # gymnasium warns of their dtypes here
-    same = (ep_obs.shape, ep_obs.dtype, ep_act.shape) == (obs_space.shape, obs_space.dtype, act_space.shape)
-    if not (same and np.allclose(ep_act.low, act_space.low) and np.allclose(ep_act.high, act_space.high)):
-        raise UsageError(f"EnvPool's {args.env_id} differs from gymnasium's ({ep_obs}, {ep_act}): use --env-backend gymnasium")
-
-
-def check_common_args(args):
-    """The arguments both CNN scripts take, checked before anything is written."""
-    if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
-        raise UsageError(f"--exp-name must be a non-empty name without path separators, got {args.exp_name!r}")
-    positive = ("total_timesteps", "update_epochs", "eval_episodes", "learning_rate", "clip_coef", "max_grad_norm")
-    for name in positive + ("frame_skip", "frame_stack", "cnn_feature_size"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("eval_every", "checkpoint_every", "torch_threads", "ent_coef"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("max_episode_steps", "max_negative_steps", "target_kl"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
-    if args.resize is not None and min(args.resize) <= 0:
-        raise UsageError(f"--resize needs a positive height and width, got {args.resize}")
-    cnn = (args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides)
-    if not args.cnn_channels or len(set(map(len, cnn))) != 1 or min(min(c) for c in cnn) <= 0:
-        raise UsageError(f"--cnn-channels/-kernel-sizes/-strides need one positive entry per convolution each, got {cnn}")
-    if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
-        raise UsageError(f"every --hidden-sizes entry must be positive, got {args.hidden_sizes}")
-
-
-def check_args(args):
-    """Every argument a user can get wrong, checked before anything is written; sets CleanRL's derived batch sizes."""
-    check_common_args(args)
-    for name in ("num_envs", "num_steps", "num_minibatches", "clip_reward"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
-        raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
-    args.batch_size = args.num_envs * args.num_steps
-    if args.batch_size % args.num_minibatches:
-        raise UsageError(f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} steps")
-    args.minibatch_size = args.batch_size // args.num_minibatches
-    args.num_iterations = args.total_timesteps // args.batch_size
-    if args.num_iterations == 0:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} steps)")
-
-
-class RunningMeanStd:
-    """Running mean and variance of batches (Chan et al.), float64; numpy: a torch call would cost 10x on every env step."""
-
-    def __init__(self, shape=()):
-        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
-
-    def update(self, x):
-        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
-        batch_mean = add(x, 0) / n
-        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
-        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
-        self.mean, self.var, self.count = self.mean + delta * (n / total), m2 / total, total
-
-    def state_dict(self):  # tensors, which a weights_only checkpoint can hold
-        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
-
-    def load_state_dict(self, state):
-        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
-
-
-class RewardScaler:
-    """CleanRL's reward scaling: each reward over the running std of the discounted return, which takes it in first."""
-
-    def __init__(self, num_envs, gamma, clip, enabled=True):
-        self.rms, self.returns = RunningMeanStd(), np.zeros(num_envs)
-        self.gamma, self.clip, self.enabled = gamma, clip, enabled
-
-    def __call__(self, rewards, dones):
-        if not self.enabled:
-            return rewards.astype(np.float32)
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        self.returns[dones] = 0.0
-        return np.minimum(np.maximum(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip), self.clip).astype(np.float32)
-
-    def state_dict(self):
-        return {"rms": self.rms.state_dict(), "returns": torch.as_tensor(self.returns)}
-
-    def load_state_dict(self, state):
-        self.rms.load_state_dict(state["rms"])
-        self.returns = state["returns"].numpy()
-
-
-def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim, hidden_sizes, out_dim, out_std):
-    layers, last = [], in_dim
-    for size in hidden_sizes:
-        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
-        last = size
-    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
-
-
-class CNNFeatureExtractor(nn.Module):
-    """uint8 frames (B, stack, H, W, C), scaled to [0, 1] here, -> features: convolutions and a linear layer, with ReLU."""
-
-    def __init__(self, obs_shape, channels, kernel_sizes, strides, feature_size):
-        super().__init__()
-        layers, last = [], obs_shape[0] * obs_shape[3]
-        for out, kernel, stride in zip(channels, kernel_sizes, strides):
-            layers += [layer_init(nn.Conv2d(last, out, kernel, stride)), nn.ReLU()]
-            last = out
-        # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW
-        self.convs = nn.Sequential(*layers, nn.Flatten()).to(memory_format=torch.channels_last)
-        flat = self.convs(torch.zeros(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])).shape[1]
-        self.fc = nn.Sequential(layer_init(nn.Linear(flat, feature_size)), nn.ReLU())
-
-    def forward(self, obs):
-        B, S, H, W, C = obs.shape  # -> (B, S * C, H, W), channel s * C + c, as an NHWC view of the bytes
-        x = obs.permute(0, 2, 3, 1, 4).reshape(B, H, W, S * C).permute(0, 3, 1, 2).float() / 255.0
-        return self.fc(self.convs(x))
-
-
-BETA_EPS = 1e-6  # samples are kept this far from 0 and 1, where float32 rounding would make log x or log(1 - x) infinite
-
-
-def beta_dist(out):
-    """The actor's 2 * act_dim outputs -> Beta(alpha, beta), alpha and beta = 1 + softplus > 1: unimodal (Chou et al.)."""
-    alpha, beta = (1.0 + nn.functional.softplus(out)).chunk(2, dim=-1)
-    return Beta(alpha, beta, validate_args=False)
-
-
-class Agent(nn.Module):
-    def __init__(self, obs_shape, act_dim, args):
-        super().__init__()
-        cnn = (obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, args.cnn_feature_size)
-        self.actor_trunk = CNNFeatureExtractor(*cnn)
-        self.critic_trunk = None if args.shared_trunk else CNNFeatureExtractor(*cnn)
-        self.critic = mlp(args.cnn_feature_size, args.hidden_sizes, 1, out_std=1.0)
-        self.actor = mlp(args.cnn_feature_size, args.hidden_sizes, 2 * act_dim, out_std=0.01)
-
-    def dist(self, obs):
-        return beta_dist(self.actor(self.actor_trunk(obs)))
-
-    def dist_and_value(self, obs):  # the trunk runs once when it is shared
-        features = self.actor_trunk(obs)
-        critic_features = features if self.critic_trunk is None else self.critic_trunk(obs)
-        return beta_dist(self.actor(features)), self.critic(critic_features)
-
-    def sample(self, obs):
-        return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
-
-
-def env_action(x, low, high):
-    """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
-    constant, which cancels in the PPO ratio."""
-    return low + (high - low) * x
-
-
-def compute_gae(rewards, values, next_values, dones, gamma, gae_lambda):
-    """GAE(lambda) over (T, N); next_values[t]: V(final obs) after a truncation, 0 after a termination (Pardo et al. 2018)."""
-    deltas = rewards + gamma * next_values - values
-    carry = gamma * gae_lambda * (1.0 - dones)
-    advantages, lastgaelam = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
-    for t in reversed(range(len(rewards))):
-        lastgaelam = advantages[t] = deltas[t] + carry[t] * lastgaelam
-    return advantages, advantages + values
-
-
-LOSS_STATS = [f"losses/{k}" for k in ("approx_kl", "old_approx_kl", "clipfrac", "policy_loss", "value_loss", "entropy")]
-
-
-def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, args):
-    """The PPO loss of a minibatch, and its statistics (LOSS_STATS) as one tensor."""
-    dist, newvalue = agent.dist_and_value(obs)
-    logratio = dist.log_prob(actions).sum(-1) - logprobs
-    ratio = logratio.exp()
-    if args.norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
-    newvalue = newvalue.view(-1)
-    v_loss = (newvalue - returns) ** 2
-    if args.clip_vloss:
-        v_clipped = values + (newvalue - values).clamp(-args.clip_coef, args.clip_coef)
-        v_loss = torch.max(v_loss, (v_clipped - returns) ** 2)
-    v_loss = 0.5 * v_loss.mean()
-    entropy = dist.entropy().sum(-1).mean()
-    with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
-        kls = ((ratio - 1) - logratio).mean(), (-logratio).mean()
-        stats = torch.stack([*kls, ((ratio - 1).abs() > args.clip_coef).float().mean(), pg_loss, v_loss, entropy])
-    return pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss, stats
-
-
-def make_update_step(agent, optimizer, loss_fn, args):
-    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
-
-    def update_step(*minibatch):
-        optimizer.zero_grad(set_to_none=True)
-        loss, stats = loss_fn(agent, *minibatch, args)
-        loss.backward()
-        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-        optimizer.step()
-        return stats
-
-    return torch.compile(update_step) if args.compile else update_step
-
-
-def update(update_step, batch, args):
-    """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
-    first, stats = next(iter(batch.values())), []
-    for _ in range(args.update_epochs):
-        perm = torch.randperm(len(first), device=first.device)
-        shuffled = [v[perm] for v in batch.values()]  # one gather per epoch; the minibatches are then views
-        for start in range(0, len(first), args.minibatch_size):
-            stats.append(update_step(*(v[start : start + args.minibatch_size] for v in shuffled)))
-        if args.target_kl is not None and stats[-1][0] > args.target_kl:  # approx_kl of the epoch's last minibatch
-            break
-    return dict(zip(LOSS_STATS, torch.stack(stats).mean(0).tolist()))
-
-
-def collect_rollout(envs, next_obs, policy, reward_scaler, buf, low, high, episodes, on_episode):
-    """ppo_beta_continuous.py's collect_rollout on uint8 frames, not normalized: the final observations as [(t, env, obs)]."""
-    T, N = buf["rewards"].shape
-    final, env_step_s = [], 0.0
-    for t in range(T):
-        buf["obs"][t] = next_obs
-        buf["actions"][t] = action = policy(torch.from_numpy(buf["obs"][t])).numpy()
-        t0 = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
-        env_step_s += time.perf_counter() - t0
-        done = terminated | truncated
-        buf["rewards"][t], buf["dones"][t], buf["terminations"][t] = reward_scaler(reward, done), done, terminated
-        episodes[0] += reward
-        episodes[1] += 1
-        for i in np.flatnonzero(done):
-            final.append((t, i, np.array(info["final_obs"][i])))
-            on_episode(episodes[0, i], episodes[1, i], t)
-            episodes[:, i] = 0
-    return next_obs, final, env_step_s
-
-
-def make_batch(agent, buf, next_obs, final, args, device, chunk=1024):
-    """Values and log-probs `chunk` frames at a time (a rollout of frames at once would hold gigabytes), then GAE."""
-    T, N = buf["rewards"].shape
-    rollout = {k: torch.from_numpy(v) for k, v in buf.items()}
-    obs, actions = rollout["obs"].flatten(0, 1), rollout["actions"].flatten(0, 1)
-    bootstrap = torch.from_numpy(np.concatenate([next_obs, *(o[None] for *_, o in final)]))
-    with torch.no_grad():  # a dist holds only its parameters
-        parts = [agent.dist_and_value(o.to(device)) for o in (*obs.split(chunk), *bootstrap.split(chunk))]
-        logprobs = torch.cat([d.log_prob(a.to(device)).sum(-1) for (d, _), a in zip(parts, actions.split(chunk))])
-        all_values = torch.cat([v.view(-1) for _, v in parts]).cpu()
-    values, next_values = all_values[: T * N].view(T, N), all_values[N : T * N + N].view(T, N).clone()
-    for k, (t, i, _) in enumerate(final):  # the env reset after step t: the next state is the final observation
-        next_values[t, i] = all_values[T * N + N + k]
-    next_values *= 1.0 - rollout["terminations"]
-    advantages, returns = compute_gae(rollout["rewards"], values, next_values, rollout["dones"], args.gamma, args.gae_lambda)
-    batch = {"obs": obs, "actions": actions, "logprobs": logprobs}  # in ppo_loss's argument order
-    batch |= {"advantages": advantages.view(-1), "returns": returns.view(-1), "values": values.reshape(-1)}
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def main(args: Args):
-    check_args(args)
-    obs_shape, act_space = check_env(args)
-    run_dir, ckpt = open_run(args)
-    # -- nothing has been written before this line --
-    run = Run(args, run_dir, ckpt, total_steps=args.num_iterations * args.batch_size)
-    device, act_dim = run.device, act_space.shape[0]
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
-    agent = Agent(obs_shape, act_dim, args).to(device)
-    # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
-    optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
-    reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward, args.norm_reward)
-    run.restore(agent=agent, optimizer=optimizer, reward_scaler=reward_scaler)
-
-    def sample(obs):  # the rollout's policy call
-        return agent.sample(obs.to(device)).cpu()
-
-    def act_deterministic(obs):  # the evaluation policy: the mean of the Beta
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
-
-    make_eval_env = partial(make_carracing_env, args)  # render_mode -> an env with the training wrappers
-
-    def on_episode(episodic_return, length, t):  # an episode ended at step t of the rollout
-        run.episode(global_step + (t + 1) * N, episodic_return, length)
-
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        return run.evaluate(make_eval_env, act_deterministic)
-
-    policy = torch.compile(sample) if args.compile else sample
-    update_step = make_update_step(agent, optimizer, ppo_loss, args)
-    envs = make_carracing_envs(args, args.num_envs)
-    # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.
-    next_obs, _ = envs.reset(seed=args.seed + args.num_envs * run.iteration)
-    T, N = args.num_steps, args.num_envs
-    buf = {"obs": np.zeros((T, N, *obs_shape), np.uint8), "actions": np.zeros((T, N, act_dim), np.float32)}
-    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
-    episodes = np.zeros((2, N))  # the running episodes' returns and lengths
-
-    global_step = run.global_step
-    for iteration in range(run.iteration + 1, args.num_iterations + 1):
-        t_iter = time.perf_counter()
-        progress = (iteration - 1.0) / args.num_iterations  # of the run, for --lr-schedule
-        decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
-        optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
-        with torch.inference_mode():
-            next_obs, final, env_step_s = collect_rollout(
-                envs, next_obs, policy, reward_scaler, buf, low, high, episodes, on_episode
-            )
-        global_step += args.batch_size
-        t_rollout = time.perf_counter()
-        batch = make_batch(agent, buf, next_obs, final, args, device)
-        stats = update(update_step, batch, args)
-        y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
-        stats["losses/explained_variance"] = float(1 - np.var(y_true - y_pred) / np.var(y_true)) if np.var(y_true) else 0.0
-        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
-    envs.close()
-    run.close()
 
 
 if __name__ == "__main__":
