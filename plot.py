@@ -36,12 +36,14 @@ SETUP_ARGS = {
     *("vector_mode", "capture_video", "checkpoint_every", "eval_every", "eval_episodes", "eval_checkpoint", "video_path"),
     *("track", "wandb_project_name", "wandb_entity", "total_timesteps", "batch_size", "num_iterations"),
 }
-TIME_PARTS = [  # (label, color): the disjoint parts of an iteration's time_s
-    ("env step", "#1f77b4"),
-    ("rest of rollout (policy, normalization, bookkeeping)", "#c6dbef"),
-    ("update", "#ff7f0e"),
-    ("eval", "#2ca02c"),
-    ("io (checkpoints, logs)", "#999999"),
+TIMING_KEYS = ("time_s", "rollout_s", "env_step_s", "update_s", "eval_s", "io_s")  # in every row of timings.jsonl
+TIME_PARTS = [  # (key, label, color): the disjoint parts of an iteration's time_s
+    ("env_step_s", "env step", "#1f77b4"),
+    ("policy_forward_s", "policy forward", "#9467bd"),
+    ("rest_s", "rest of rollout (normalization, bookkeeping)", "#c6dbef"),
+    ("update_s", "update", "#ff7f0e"),
+    ("eval_s", "eval", "#2ca02c"),
+    ("io_s", "io (checkpoints, logs)", "#999999"),
 ]
 
 
@@ -204,7 +206,10 @@ def read_timings(run_dir: Path) -> list[dict]:
     for line in lines:
         try:
             row = json.loads(line)
-            rows.append({k: float(row[k]) for k in ("time_s", "rollout_s", "env_step_s", "update_s", "eval_s", "io_s")})
+            timed = {k: float(row[k]) for k in TIMING_KEYS}
+            if "policy_forward_s" in row:  # not in runs older than it
+                timed["policy_forward_s"] = float(row["policy_forward_s"])
+            rows.append(timed)
         except (ValueError, KeyError, TypeError):  # a line cut by kill -9, or not ours
             continue
     return rows
@@ -554,6 +559,16 @@ def duration(seconds):
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def time_breakdown(rows):
+    """Seconds per TIME_PARTS key summed over timings rows. Policy forward is None (not timed: it stays in the rest
+    of the rollout) unless every row has it."""
+    total = {k: sum(row[k] for row in rows) for k in TIMING_KEYS}
+    timed = all("policy_forward_s" in row for row in rows)
+    policy = sum(row["policy_forward_s"] for row in rows) if timed else None
+    rest = max(0.0, total["rollout_s"] - total["env_step_s"] - (policy or 0.0))
+    return total | {"policy_forward_s": policy, "rest_s": rest}
+
+
 def figure_time_breakdown(runs):
     """Share of wall time per part of an iteration, per algorithm (all its runs, all envs)."""
     shares, notes = {}, {}
@@ -562,13 +577,13 @@ def figure_time_breakdown(runs):
         rows = [row for r in group for row in read_timings(r.path)]
         if not rows:
             continue
-        total = {k: sum(row[k] for row in rows) for k in rows[0]}
-        rest = max(0.0, total["rollout_s"] - total["env_step_s"])
-        parts = np.array([total["env_step_s"], rest, total["update_s"], total["eval_s"], total["io_s"]])
-        shares[exp] = 100 * parts / max(parts.sum(), 1e-12)
+        total = time_breakdown(rows)
+        parts = np.array([np.nan if total[key] is None else total[key] for key, _, _ in TIME_PARTS])
+        shares[exp] = 100 * parts / max(np.nansum(parts), 1e-12)  # nan: not timed, no segment
         envs = ", ".join(sorted({r.env for r in group}))
+        untimed = ", policy forward not timed (in rest)" if total["policy_forward_s"] is None else ""
         notes[exp] = (
-            f"rollout {shares[exp][:2].sum():.0f}%, {np.mean([r.sps for r in group]):,.0f} SPS, "
+            f"rollout {np.nansum(shares[exp][:3]):.0f}%{untimed}, {np.mean([r.sps for r in group]):,.0f} SPS, "
             f"{duration(total['time_s'])} in all ({envs})"
         )
     if not shares:
@@ -576,8 +591,8 @@ def figure_time_breakdown(runs):
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.55 * len(shares)))
     names = list(shares)[::-1]
     left = np.zeros(len(names))
-    for j, (label, color) in enumerate(TIME_PARTS):
-        widths = np.array([shares[n][j] for n in names])
+    for j, (_, label, color) in enumerate(TIME_PARTS):
+        widths = np.nan_to_num([shares[n][j] for n in names])
         ax.barh(names, widths, left=left, color=color, label=label, edgecolor="white", linewidth=0.5)
         for y, (x0, w) in enumerate(zip(left, widths)):
             if w >= 6:
@@ -586,7 +601,7 @@ def figure_time_breakdown(runs):
     for y, name in enumerate(names):
         ax.text(101, y, notes[name], va="center", fontsize=8)
     ax.set_xlim(0, 100)
-    ax.set_xlabel("share of wall time (%), from timings.jsonl; env step + rest = rollout")
+    ax.set_xlabel("share of wall time (%), from timings.jsonl; env step + policy forward + rest = rollout")
     ax.set_title("Where the time goes", fontsize=11, pad=24)
     ax.legend(ncol=len(TIME_PARTS), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return fig

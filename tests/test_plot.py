@@ -30,6 +30,7 @@ def write_run(
     status="completed",
     sps=1000.0,
     timings=True,
+    policy_forward_s=1.0,
     args=None,
 ):
     """A run directory as the training scripts write it; evals and episodes evenly spaced up to `step`."""
@@ -59,7 +60,7 @@ def write_run(
         "eval": {"global_step": eval_steps, "mean_return": list(eval_returns), "std_return": [0.0] * len(eval_returns)},
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    if timings:  # per iteration: env step 2, other rollout 2, update 3, eval 2, io 1 (seconds)
+    if timings:  # per iteration: env step 2, policy forward 1, other rollout 1, update 3, eval 2, io 1 (seconds)
         row = {
             "iteration": 1,
             "global_step": step,
@@ -70,14 +71,14 @@ def write_run(
             "eval_s": 2.0,
             "io_s": 1.0,
             "sps": sps,
-        }
+        } | ({} if policy_forward_s is None else {"policy_forward_s": policy_forward_s})  # None: a run older than it
         (run_dir / "timings.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "iteration": 2}) + "\n")
     return run_dir
 
 
 @pytest.fixture
 def synthetic(runs_dir):
-    """Toy-v0: algo_a (4 seeds, known finals), algo_b (1 seed, still running), GRPO at G=4 and 8;
+    """Toy-v0: algo_a (4 seeds, known finals), algo_b (1 seed, still running, no policy forward times), GRPO at G=4 and 8;
     Other-v0: algo_a without any evaluation."""
     for seed, final in enumerate(FINALS, 1):
         write_run(
@@ -89,7 +90,8 @@ def synthetic(runs_dir):
             train_returns=[0.0] * 9 + [final],
             sps=1000.0 * seed,
         )
-    write_run(runs_dir, "Toy-v0", "algo_b", 1, eval_returns=[50.0], train_returns=[5.0, 7.0], step=500, status="running")
+    old = {"step": 500, "status": "running", "policy_forward_s": None}  # still running, written before policy forward times
+    write_run(runs_dir, "Toy-v0", "algo_b", 1, eval_returns=[50.0], train_returns=[5.0, 7.0], **old)
     for g, seed in itertools.product((4, 8), (1, 2, 3)):
         write_run(
             runs_dir, "Toy-v0", f"grpo_g{g}", seed, eval_returns=[g, g * 10.0 + seed], train_returns=[1.0, 2.0], group_size=g
@@ -289,8 +291,28 @@ def test_figures_are_real_images(synthetic):
     for alpha in (0.08, 1 - 0.92 * 0.75):  # algo_a's min-max band alone, and under its std band
         assert (np.abs(curves - (1 - alpha + alpha * tab10[0])).max(axis=-1) < 0.01).sum() > 1000, alpha
     breakdown = matplotlib.image.imread(out / "time_breakdown.png")[..., :3]
-    for _, color in plot.TIME_PARTS:  # every part of the iteration has its segment
+    for _, _, color in plot.TIME_PARTS:  # every part of the iteration has its segment
         assert (np.abs(breakdown - matplotlib.colors.to_rgb(color)).max(axis=-1) < 0.02).sum() > 500, color
+
+
+def test_time_breakdown_splits_the_rollout_into_env_step_policy_forward_and_rest(runs_dir):
+    breakdown = plot.time_breakdown(plot.read_timings(write_run(runs_dir, "Toy-v0", "algo_a", 1)))  # 2 iterations
+    parts = {key: breakdown[key] for key, _, _ in plot.TIME_PARTS}
+    assert parts == {"env_step_s": 4, "policy_forward_s": 2, "rest_s": 2, "update_s": 6, "eval_s": 4, "io_s": 2}
+    assert sum(parts.values()) == breakdown["time_s"] == 20
+
+
+def test_runs_without_policy_forward_times_have_no_policy_segment(runs_dir):
+    old = plot.read_timings(write_run(runs_dir, "Toy-v0", "algo_a", 1, policy_forward_s=None))
+    new = plot.read_timings(write_run(runs_dir, "Toy-v0", "algo_b", 1))
+    breakdown = plot.time_breakdown(old)
+    assert breakdown["policy_forward_s"] is None and breakdown["rest_s"] == 4  # unknown, not 0: it is in the rest
+    assert plot.time_breakdown(old + new)["policy_forward_s"] is None  # resumed by newer code: still not all timed
+    ax = plot.figure_time_breakdown(plot.load_runs(runs_dir)).axes[0]
+    policy = next(bars for bars in ax.containers if bars.get_label() == "policy forward")
+    assert [bar.get_width() for bar in policy] == [10, 0]  # bottom to top: algo_b, algo_a
+    notes = [t.get_text() for t in ax.texts if "SPS" in t.get_text()]
+    assert ["not timed" in note for note in notes] == [False, True] and all("rollout 40%" in n for n in notes)
 
 
 def test_corrupt_and_partial_runs_are_skipped_with_a_warning(runs_dir):
