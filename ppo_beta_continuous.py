@@ -21,15 +21,18 @@ import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal, Optional
 
 import gymnasium as gym
+import imageio
 import numpy as np
 import torch
 import torch.nn as nn
 import tyro
 from torch.distributions import Beta
+from torch.utils.tensorboard import SummaryWriter
 
 
 @dataclass
@@ -43,7 +46,7 @@ class Args:
     cuda: bool = False
     """if toggled, train on CUDA when it is available (else on CPU: the log's first line says which)"""
     compile: bool = False
-    """if toggled, compile the update step and the policy call with `torch.compile` (a one-off cost of ~30-60 s)"""
+    """if toggled, `torch.compile` the update step, and on CUDA the policy call (a one-off ~5 s; ~30 s on a cold cache)"""
     torch_threads: int = 1
     """torch CPU threads (1 is fastest for small networks; 0 keeps torch's default)"""
     runs_dir: str = "runs"
@@ -124,14 +127,11 @@ class Args:
 
 
 def make_env(env_id, max_episode_steps=None, render_mode=None):
-    def thunk():
-        env = gym.make(env_id, max_episode_steps=max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
-        vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
-        if render_mode and vis is not None:  # MuJoCo on a software GL spends ~85% of a frame on the shadow map
-            vis.quality.shadowsize, vis.quality.offsamples = 0, 0
-        return env
-
-    return thunk
+    env = gym.make(env_id, max_episode_steps=max_episode_steps, **({"render_mode": render_mode} if render_mode else {}))
+    vis = getattr(getattr(env.unwrapped, "model", None), "vis", None)
+    if render_mode and vis is not None:  # MuJoCo on a software GL spends ~85% of a frame on the shadow map
+        vis.quality.shadowsize, vis.quality.offsamples = 0, 0
+    return env
 
 
 class EnvPoolVectorEnv:
@@ -172,7 +172,7 @@ def make_vector_env(args):
         return EnvPoolVectorEnv(args.env_id, args.num_envs, args.max_episode_steps)
     # SAME_STEP, not gymnasium's default NEXT_STEP, which would add a reset step whose action is ignored
     vector_env = gym.vector.SyncVectorEnv if args.vector_mode == "sync" else gym.vector.AsyncVectorEnv
-    env_fns = [make_env(args.env_id, args.max_episode_steps) for _ in range(args.num_envs)]
+    env_fns = [partial(make_env, args.env_id, args.max_episode_steps) for _ in range(args.num_envs)]
     return vector_env(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)  # we copy what we keep
 
 
@@ -312,20 +312,27 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, args):
 
 
 def make_update_step(agent, optimizer, loss_fn, args):
-    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles all of it (LeanRL)."""
+    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles the loss (AOTAutograd
+    compiles its backward too) and the clipped Adam step, as two graphs: backward() and zero_grad() break a graph."""
+
+    def optimizer_step():
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+        optimizer.step()
+
+    if args.compile:
+        loss_fn, optimizer_step = torch.compile(loss_fn), torch.compile(optimizer_step)
 
     def update_step(*minibatch):
         optimizer.zero_grad(set_to_none=True)
         loss, stats = loss_fn(agent, *minibatch, args)
         loss.backward()
-        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-        optimizer.step()
+        optimizer_step()
         return stats
 
-    return torch.compile(update_step) if args.compile else update_step
+    return update_step
 
 
-def update(update_step, batch, args):
+def ppo_update(update_step, batch, args):
     """`update_epochs` passes of minibatch SGD over the batch (tensors in update_step's argument order); mean LOSS_STATS."""
     first, stats = next(iter(batch.values())), []
     for _ in range(args.update_epochs):
@@ -340,15 +347,16 @@ def update(update_step, batch, args):
 
 def collect_rollout(envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode):
     """Fill `buf` with T steps of every env (SAME_STEP autoreset: a done's final observation is in info["final_obs"]).
-    Returns next_obs, the final observations as [(t, env, normalized obs)], and the seconds spent in envs.step."""
-    T, N = buf["rewards"].shape
-    final, env_step_s = [], 0.0
-    for t in range(T):
+    Returns next_obs, the final observations as [(t, env, normalized obs)], and the seconds in the policy and the envs."""
+    final, timings = [], {"policy_forward_s": 0.0, "env_step_s": 0.0}
+    for t in range(len(buf["rewards"])):
         buf["obs"][t] = obs = obs_norm(next_obs, update=True)
-        buf["actions"][t] = action = policy(torch.from_numpy(obs)).numpy()
         t0 = time.perf_counter()
+        buf["actions"][t] = action = policy(torch.from_numpy(obs)).numpy()
+        t1 = time.perf_counter()
         next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
-        env_step_s += time.perf_counter() - t0
+        timings["policy_forward_s"] += t1 - t0
+        timings["env_step_s"] += time.perf_counter() - t1
         done = terminated | truncated
         buf["rewards"][t], buf["dones"][t], buf["terminations"][t] = reward_scaler(reward, done), done, terminated
         episodes[0] += reward
@@ -357,7 +365,7 @@ def collect_rollout(envs, next_obs, policy, obs_norm, reward_scaler, buf, low, h
             final.append((t, i, obs_norm(info["final_obs"][i][None])))
             on_episode(episodes[0, i], episodes[1, i], t)
             episodes[:, i] = 0
-    return next_obs, final, env_step_s
+    return next_obs, final, timings
 
 
 def make_batch(agent, buf, next_obs, final, args, device):
@@ -386,7 +394,14 @@ def main(args: Args):
     run_dir, ckpt = open_run(args)
     # -- nothing has been written before this line --
     run = Run(args, run_dir, ckpt, total_steps=args.num_iterations * args.batch_size)
-    device, obs_dim, act_dim = run.device, obs_space.shape[0], act_space.shape[0]
+    random.seed(args.seed)  # a resume restores torch's generator from the checkpoint (run.restore)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
     low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
     agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
@@ -399,8 +414,7 @@ def main(args: Args):
         with torch.inference_mode():
             return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
 
-    def make_eval_env(render_mode):
-        return make_env(args.env_id, args.max_episode_steps, render_mode)()
+    make_eval_env = partial(make_env, args.env_id, args.max_episode_steps)  # render_mode -> an env
 
     def on_episode(episodic_return, length, t):  # an episode ended at step t of the rollout
         run.episode(global_step + (t + 1) * N, episodic_return, length)
@@ -411,7 +425,8 @@ def main(args: Args):
     def sample(obs):  # the rollout's policy call
         return agent.sample(obs.to(device)).cpu()
 
-    policy = torch.compile(sample) if args.compile else sample
+    # on a CPU a compiled one-row policy call costs more than the eager one (docs/speed.md)
+    policy = torch.compile(sample) if args.compile and device.type == "cuda" else sample
     update_step = make_update_step(agent, optimizer, ppo_loss, args)
     envs = make_vector_env(args)
     # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.
@@ -428,16 +443,17 @@ def main(args: Args):
         decay = {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}
         optimizer.param_groups[0]["lr"].fill_(decay[args.lr_schedule] * args.learning_rate)
         with torch.inference_mode():
-            next_obs, final, env_step_s = collect_rollout(
+            next_obs, final, timings = collect_rollout(
                 envs, next_obs, policy, obs_norm, reward_scaler, buf, low, high, episodes, on_episode
             )
+        timings["rollout_s"] = time.perf_counter() - t_iter
         global_step += args.batch_size
-        t_rollout = time.perf_counter()
         batch = make_batch(agent, buf, obs_norm(next_obs), final, args, device)
-        stats = update(update_step, batch, args)
+        stats = ppo_update(update_step, batch, args)
         y_pred, y_true = batch["values"].cpu().numpy(), batch["returns"].cpu().numpy()
         stats["losses/explained_variance"] = float(1 - np.var(y_true - y_pred) / np.var(y_true)) if np.var(y_true) else 0.0
-        run.end_iteration(iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act_deterministic)
+        timings["update_s"] = time.perf_counter() - t_iter - timings["rollout_s"]
+        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
     envs.close()
     run.close()
 
@@ -456,10 +472,7 @@ def check_env(args):
     if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
         raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds: use ppo_continuous.py")
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(
-            f"{args.env_id} has observations of shape {getattr(obs_space, 'shape', obs_space)}; this MLP script needs flat "
-            "vectors: for images use ppo_cnn_carracing.py"
-        )
+        raise UsageError(f"{args.env_id} has observations of shape {obs_space.shape}; this script needs flat vectors")
     if args.env_backend == "envpool":
         check_envpool_env(args, obs_space, act_space)
     return obs_space, act_space
@@ -570,8 +583,6 @@ class Run:
     rewinds all of them to the checkpoint, so curves have no gap and no duplicate."""
 
     def __init__(self, args, run_dir, ckpt, total_steps, group_size=None):
-        from torch.utils.tensorboard import SummaryWriter
-
         self.args, self.dir, self.ckpt, self.total_steps = args, run_dir, ckpt, total_steps
         self.iteration = ckpt["iteration"] if ckpt else 0
         run = {"env_id": args.env_id, "algo": ALGO, "exp_name": args.exp_name, "seed": args.seed, "group_size": group_size}
@@ -580,14 +591,7 @@ class Run:
         curves["eval"] = {"global_step": [], "mean_return": [], "std_return": []}
         new = {**run, "args": asdict(args), **progress, "sps": 0.0, "wall_time_s": 0.0, "best_eval_return": None, **curves}
         self.metrics, self.wandb, self.ckpt_s = ckpt["metrics"] if ckpt else new, None, 0.0
-        self.global_step = self.last_ckpt_step = self.steps_at_start = self.metrics["global_step"]
-        random.seed(args.seed)
-        np.random.seed(args.seed)
-        torch.manual_seed(args.seed)
-        torch.backends.cudnn.deterministic = args.torch_deterministic
-        if args.torch_threads:
-            torch.set_num_threads(args.torch_threads)
-        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+        self.global_step = self.last_ckpt_step = self.metrics["global_step"]
         self.log = logging.getLogger(f"{ALGO}.{run_dir}")
         if args.eval_checkpoint:  # an evaluation writes nothing in the run directory
             return
@@ -602,7 +606,6 @@ class Run:
         for old in [] if ckpt else run_dir.glob("events.out.tfevents.*"):  # fresh start: no stale curves
             old.unlink()
         atomic_write(timings, lambda tmp: Path(tmp).write_text("".join(kept)))
-        self.timings = open(timings, "a")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
         for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "logs" / "train.log")):
@@ -626,14 +629,13 @@ class Run:
             except Exception as e:  # not logged in, no network: nothing trained yet, so the same command with --resume
                 raise UsageError(f"--track: W&B did not start ({e}); `wandb login` or WANDB_MODE=offline, then --resume")
         self.writer = SummaryWriter(str(run_dir), purge_step=self.metrics["global_step"] + 1 if ckpt else None)
-        self.last_eval_step = (self.metrics["eval"]["global_step"] or [0])[-1]
         self.t_start, self.wall_time_before = time.perf_counter(), self.metrics["wall_time_s"]
         self.flush()
 
     def restore(self, **state):
         """Keeps `state` (objects with state_dict/load_state_dict) for the checkpoints; loads it from one if there is one."""
-        self.state, fallback = state, self.args.cuda and self.device.type == "cpu"
-        on = f"on {self.device}" + (" (--cuda: CUDA is not available)" if fallback else "")
+        self.state, device = state, next(state["agent"].parameters()).device
+        on = f"on {device}" + (" (--cuda: CUDA is not available)" if self.args.cuda and device.type == "cpu" else "")
         if not self.ckpt:
             return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps {on}")
         try:
@@ -659,42 +661,42 @@ class Run:
         self.writer.add_scalar("charts/episodic_return", episodic_return, global_step)
         self.writer.add_scalar("charts/episodic_length", episodic_length, global_step)
 
-    def end_iteration(self, iteration, global_step, stats, t_iter, t_rollout, env_step_s, make_eval_env, act):
-        """The NaN stop, evaluation and checkpoint when due, metrics.json, TensorBoard, the log, timings.jsonl."""
-        steps, self.iteration, self.global_step = global_step - self.global_step, iteration, global_step
-        t_update, args = time.perf_counter(), self.args
+    def end_iteration(self, iteration, global_step, stats, timings, make_eval_env, act):
+        """The NaN stop, evaluation and checkpoint when due, metrics.json, TensorBoard, the log, timings.jsonl's row."""
+        steps, self.iteration, self.global_step, args = global_step - self.global_step, iteration, global_step, self.args
+        t_eval = time.perf_counter()
         params = torch.cat([p.detach().reshape(-1) for p in self.state["agent"].parameters()])
         if not (all(math.isfinite(v) for v in stats.values()) and bool(params.isfinite().all())):
             self.metrics["status"] = "diverged"
-            self.log.error(f"NaN/inf in the losses or parameters at step {global_step:,}; stopped")
+            error = f"training diverged (NaN/inf) at step {global_step:,}; latest.pt holds step {self.last_ckpt_step:,}"
+            self.log.error(error)
             self.close()
-            raise FloatingPointError(
-                f"training diverged (NaN/inf) at step {global_step:,}; {self.dir}/checkpoints/latest.pt holds "
-                f"step {self.last_ckpt_step:,}: lower --learning-rate or --max-grad-norm"
-            )
+            raise FloatingPointError(f"{error}: lower --learning-rate or --max-grad-norm")
         final, eval_return = global_step >= self.total_steps, None
-        if args.eval_every and (global_step - self.last_eval_step >= args.eval_every or final):
-            self.last_eval_step, eval_return = global_step, self.evaluate(make_eval_env, act)
-        t_eval = time.perf_counter()
+        last_eval_step = (self.metrics["eval"]["global_step"] or [0])[-1]
+        if args.eval_every and (global_step - last_eval_step >= args.eval_every or final):
+            eval_return = self.evaluate(make_eval_env, act)
+        t_io = time.perf_counter()
         m = self.metrics
-        m["global_step"], m["wall_time_s"] = global_step, self.wall_time_before + t_eval - self.t_start
-        m["sps"], sps = global_step / m["wall_time_s"], (global_step - self.steps_at_start) / (t_eval - self.t_start)
+        m["global_step"], m["wall_time_s"] = global_step, self.wall_time_before + t_io - self.t_start
+        m["sps"] = sps = global_step / m["wall_time_s"]
         lr = float(self.state["optimizer"].param_groups[0]["lr"])
         for tag, value in {**stats, "charts/learning_rate": lr, "charts/SPS": sps}.items():
             self.writer.add_scalar(tag, value, global_step)
         if final:
             m["completed"], m["status"] = True, "completed"
         self.flush()
-        t_end = time.perf_counter()
-        dt, io_s, self.ckpt_s = t_end - t_iter + self.ckpt_s, t_end - t_eval + self.ckpt_s, 0.0
-        timing = {"iteration": iteration, "global_step": global_step, "time_s": dt, "sps": steps / dt}
-        timing |= {"rollout_s": t_rollout - t_iter, "env_step_s": env_step_s, "update_s": t_update - t_rollout}
-        self.timings.write(json.dumps({**timing, "eval_s": t_eval - t_update, "io_s": io_s}) + "\n")
-        self.timings.flush()
+        timings["eval_s"] = t_io - t_eval
+        timings["io_s"] = time.perf_counter() - t_io + self.ckpt_s
+        time_s = timings["rollout_s"] + timings["update_s"] + timings["eval_s"] + timings["io_s"]  # phases in sequence
+        row = {"iteration": iteration, "global_step": global_step, "time_s": time_s, "sps": steps / time_s}
+        with open(self.dir / "timings.jsonl", "a") as f:  # a kill -9 can cut only this line, which a resume drops
+            f.write(json.dumps(row | timings) + "\n")
+        t_ckpt = time.perf_counter()
         if final or (args.checkpoint_every and global_step - self.last_ckpt_step >= args.checkpoint_every):
             self.last_ckpt_step = global_step
             self.save("latest.pt")  # last: a checkpoint never runs ahead of the records a kill -9 could lose
-            self.ckpt_s = time.perf_counter() - t_end  # the next iteration's io_s counts it
+        self.ckpt_s = time.perf_counter() - t_ckpt  # the next row's io_s counts it
         rets, eta = m["train"]["episodic_return"][-10:], max(self.total_steps - global_step, 0) / max(sps, 1e-9)
         self.log.info(
             f"step {global_step:,}/{self.total_steps:,} ({100 * global_step / self.total_steps:.0f}%) | SPS {sps:,.0f}"
@@ -707,7 +709,7 @@ class Run:
         """Deterministic episodes on fixed seeds; keeps the best policy (best.pt) and films the best episode."""
         args, seeds = self.args, [1_000_000 * (1 + self.args.seed) + k for k in range(self.args.eval_episodes)]
         with make_eval_env(None) as env:
-            returns = np.array([run_episode(env, act, seed)[0] for seed in seeds])
+            returns = np.array([run_episode(env, act, seed) for seed in seeds])
         mean, std = float(returns.mean()), float(returns.std())
         if args.eval_checkpoint:  # print, film next to the checkpoint (or to --video-path), nothing else
             print(f"{args.eval_checkpoint} on {args.env_id}: return {mean:.2f} +- {std:.2f} over {len(seeds)} episodes")
@@ -738,7 +740,6 @@ class Run:
     def close(self):
         self.flush()
         self.writer.close()
-        self.timings.close()
         if self.wandb:
             self.wandb.finish()
         for handler in list(self.log.handlers):
@@ -747,7 +748,7 @@ class Run:
 
 
 def run_episode(env, act, seed, on_frame=None, frame_every=1):
-    """One episode of `act` from `env.reset(seed=seed)`: (return, length). `on_frame` gets every frame_every-th frame."""
+    """One episode of `act` from `env.reset(seed=seed)`: its return. `on_frame` gets every frame_every-th frame."""
     obs, _ = env.reset(seed=seed)
     episodic_return, length, done = 0.0, 0, False
     while not done:
@@ -755,13 +756,11 @@ def run_episode(env, act, seed, on_frame=None, frame_every=1):
             on_frame(env.render())
         obs, reward, terminated, truncated, _ = env.step(act(obs[None])[0])
         episodic_return, length, done = episodic_return + float(reward), length + 1, terminated or truncated
-    return episodic_return, length
+    return episodic_return
 
 
 def record_video(make_eval_env, act, seed, path: Path):
     """Film an episode by re-running it from its seed (all is deterministic), at most ~30 frames per simulated second."""
-    import imageio
-
     tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)  # --video-path may name a new directory
     with make_eval_env("rgb_array") as env:
@@ -775,12 +774,12 @@ def record_video(make_eval_env, act, seed, path: Path):
             tmp.unlink(missing_ok=True)
 
 
-def cli(main_fn, args_type):
+def cli(main_fn, args_type, default=None):
     """tyro reports a bad flag in a multi-line box, and main's errors are exceptions: each becomes one line on stderr."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            args = tyro.cli(args_type)
+            args = tyro.cli(args_type, default=default)
     except SystemExit as e:
         box = [line.strip("│╭╮╰╯ ") for line in captured.getvalue().splitlines()[1:]]
         body = " ".join(" ".join(itertools.takewhile(lambda line: not line.startswith("─"), box)).split())
@@ -788,10 +787,10 @@ def cli(main_fn, args_type):
         raise
     sys.stderr.write(captured.getvalue())
     try:
-        if args.eval_checkpoint:  # the run's own arguments, except RESUME_MAY_DIFFER, EVAL_OWN and the ones given here
-            saved, default = load_checkpoint(args.eval_checkpoint)["args"], {f.name: f.default for f in fields(args)}
-            keep = set(RESUME_MAY_DIFFER + EVAL_OWN) | {k for k in default if getattr(args, k) != default[k]}
-            args = replace(args, **{k: v for k, v in saved.items() if k in default and k not in keep})
+        if args.eval_checkpoint and default is None:  # read again, the run's arguments as defaults: the flags given win
+            names, own = {f.name for f in fields(args)}, RESUME_MAY_DIFFER + EVAL_OWN
+            saved = {k: v for k, v in load_checkpoint(args.eval_checkpoint)["args"].items() if k in names and k not in own}
+            return cli(main_fn, args_type, default=replace(args_type(), **saved))
         main_fn(args)
     except (UsageError, FloatingPointError, OSError) as e:  # training diverged; a --runs-dir that cannot be written
         print(f"error: {e}", file=sys.stderr)

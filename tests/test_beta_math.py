@@ -48,12 +48,23 @@ def test_edge_samples_give_finite_log_probs_and_gradients(a, b):
     assert torch.isfinite(out.grad).all()
 
 
-def test_evaluation_acts_with_the_mean_of_the_beta():
-    agent = beta.Agent(3, 3, (8,))
-    obs = torch.randn(4, 3)
+def test_evaluation_acts_with_the_mean_of_the_beta(tmp_path, monkeypatch):
+    """The policy that evaluation runs (main's, on a saved run) is the Beta's mean alpha / (alpha + beta), computed here
+    from the actor's outputs, on the frozen observation statistics, mapped onto InvertedPendulum's bounds [-3, 3]."""
+    args = dict(env_id="InvertedPendulum-v4", total_timesteps=64, num_steps=64, num_minibatches=2, update_epochs=1)
+    beta.main(beta.Args(**args, eval_every=0, capture_video=False, runs_dir=str(tmp_path)))
+    path = tmp_path / "InvertedPendulum-v4__ppo_beta_continuous__seed1" / "checkpoints" / "latest.pt"
+    policies = []
+    monkeypatch.setattr(beta.Run, "evaluate", lambda run, make_eval_env, act: policies.append(act))
+    beta.main(beta.Args(**args, eval_checkpoint=str(path)))
+    ckpt, obs = torch.load(path, weights_only=True), np.random.default_rng(0).normal(size=(5, 4))
+    agent = beta.Agent(4, 1, (64, 64))
+    agent.load_state_dict(ckpt["agent"])
+    mean, var = ckpt["obs_norm"]["mean"].numpy(), ckpt["obs_norm"]["var"].numpy()
+    normalized = np.clip((obs - mean) / np.sqrt(var + 1e-8), -10, 10).astype(np.float32)
     with torch.no_grad():
-        dist = agent.dist(obs)
-    torch.testing.assert_close(dist.mean, dist.concentration1 / (dist.concentration1 + dist.concentration0))
+        alpha, b = 1 + torch.nn.functional.softplus(agent.actor(torch.from_numpy(normalized))).numpy().T
+    np.testing.assert_allclose(policies[0](obs)[:, 0], -3 + 6 * alpha / (alpha + b), rtol=1e-5, atol=1e-6)
 
 
 class UnboundedEnv(gym.Env):

@@ -96,7 +96,8 @@ def test_grpo_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir
     assert run_script("grpo_cnn_carracing", *args, "--exp-name", "whole").returncode == 0
     run_dir = runs_dir / "CarRacing-v3__killed__seed1"
     killed = [*args, "--exp-name", "killed", "--vector-mode", "async"]
-    assert 0 < kill_when(start_killable("grpo_cnn_carracing", *killed), run_dir, 100) < 300
+    # an iteration is 100 steps (2 groups of 2, 25 steps each): past the first, whose checkpoint the resume needs
+    assert 100 < kill_when(start_killable("grpo_cnn_carracing", *killed), run_dir, 200) < 300
     result = run_script("grpo_cnn_carracing", *killed, "--resume")
     assert result.returncode == 0, result.stderr
     assert "resuming" in (run_dir / "logs" / "train.log").read_text()

@@ -51,6 +51,18 @@ def test_a_damaged_or_missing_checkpoint_is_refused_in_one_line(monkeypatch, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt"]
 
 
+def test_eval_checkpoint_takes_the_runs_arguments_and_every_flag_given_wins_even_at_its_default(monkeypatch, checkpoint):
+    """The run had --num-steps 128 and --max-episode-steps 50. Given --num-steps 2048, the default, the evaluation
+    must take 2048: a flag the user typed wins whatever its value (as --seed 1 on a seed-2 checkpoint must)."""
+    import ppo_continuous
+
+    seen = []
+    for flags, num_steps in (([], 128), (["--num-steps", "2048"], 2048)):
+        monkeypatch.setattr(sys, "argv", ["ppo_continuous.py", "--eval-checkpoint", str(checkpoint), *flags])
+        ppo_continuous.cli(seen.append, ppo_continuous.Args)
+        assert (seen[-1].num_steps, seen[-1].max_episode_steps, seen[-1].eval_checkpoint) == (num_steps, 50, str(checkpoint))
+
+
 def test_eval_checkpoint_writes_its_video_to_video_path(monkeypatch, capsys, checkpoint, tmp_path):
     video = tmp_path / "new" / "hopper.mp4"
     result = run_cli(monkeypatch, capsys, "ppo_continuous", "--eval-checkpoint", checkpoint, "--video-path", video)

@@ -1,12 +1,17 @@
 """grpo_continuous.py end to end: the run layout, an exact resume after kill -9, the NaN stop, learning. The command line
 and bad input are in test_cli.py."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 import grpo_continuous as grpo
-from conftest import TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, start_killable, tb_scalars
+from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, start_killable, tb_scalars
 
 CHARTS = "episodic_return episodic_length SPS learning_rate group_return_mean group_return_std batch_steps"
 LOSSES = "policy_loss kl_ref entropy approx_kl old_approx_kl clipfrac advantage_mean advantage_std advantage_abs_max"
@@ -32,22 +37,10 @@ def test_smoke_writes_the_whole_run_layout(runs_dir):
     assert steps["charts/SPS"] == [row["global_step"] for row in timings]
 
 
-@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
-def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, backend):
-    """Each iteration's groups start from seeds of (seed, iteration), every episode ends within its iteration, and the
-    checkpoint holds torch's generator: a resumed run is the uninterrupted run, bit for bit, on either backend."""
-    if backend == "envpool":
-        pytest.importorskip("envpool")
-    args = [*TINY["grpo_continuous"], "--total-timesteps", 3000, "--eval-every", 1000, "--eval-episodes", 2]
-    args += ["--checkpoint-every", 200, "--no-capture-video", "--env-backend", backend, "--runs-dir", runs_dir]
-    assert run_script("grpo_continuous", *args, "--exp-name", "whole").returncode == 0
-    whole_dir, run_dir = runs_dir / "Hopper-v4__whole__seed1", runs_dir / "Hopper-v4__killed__seed1"
-    assert 0 < kill_when(start_killable("grpo_continuous", *args, "--exp-name", "killed"), run_dir, 1200) < 3000
-    (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
-    result = run_script("grpo_continuous", *args, "--exp-name", "killed", "--resume")
-    assert result.returncode == 0, result.stderr
-    assert "resuming" in (run_dir / "logs" / "train.log").read_text()
+RESUME_ARGS = [*TINY["grpo_continuous"], "--total-timesteps", 3000, "--eval-every", 1000, "--eval-episodes", 2]
 
+
+def assert_resumed_run_is_the_whole_run(whole_dir, run_dir):
     (whole, whole_timings), (resumed, resumed_timings) = read_run(whole_dir), read_run(run_dir)
     assert resumed["completed"] and resumed["train"] == whole["train"] and resumed["eval"] == whole["eval"]
     assert [row["global_step"] for row in resumed_timings] == [row["global_step"] for row in whole_timings]
@@ -57,6 +50,44 @@ def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, bac
         for name, value in ckpts[0][key].items():
             assert torch.equal(ckpts[1][key][name], value), (key, name)
     assert not list(run_dir.rglob("*.tmp*"))
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, backend):
+    """Each iteration's groups start from seeds of (seed, iteration), every episode ends within its iteration, and the
+    checkpoint holds torch's generator: a resumed run is the uninterrupted run, bit for bit, on either backend."""
+    if backend == "envpool":
+        pytest.importorskip("envpool")
+    args = [*RESUME_ARGS, "--checkpoint-every", 200, "--no-capture-video", "--env-backend", backend, "--runs-dir", runs_dir]
+    assert run_script("grpo_continuous", *args, "--exp-name", "whole").returncode == 0
+    whole_dir, run_dir = runs_dir / "Hopper-v4__whole__seed1", runs_dir / "Hopper-v4__killed__seed1"
+    assert 0 < kill_when(start_killable("grpo_continuous", *args, "--exp-name", "killed"), run_dir, 1200) < 3000
+    (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
+    result = run_script("grpo_continuous", *args, "--exp-name", "killed", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in (run_dir / "logs" / "train.log").read_text()
+    assert_resumed_run_is_the_whole_run(whole_dir, run_dir)
+
+
+@pytest.mark.parametrize("point", ["before_row", "before_checkpoint", "after_checkpoint"])
+def test_a_kill_at_any_point_of_the_bookkeeping_resumes_to_the_whole_run(runs_dir, point):
+    """kill -9 exactly between two of an iteration's writes (metrics.json, the timings row, the checkpoint; see
+    tests/kill_at.py), not wherever a poll happens to land: the resumed run is still the uninterrupted run."""
+    args = [*RESUME_ARGS, "--checkpoint-every", 1, "--no-capture-video", "--runs-dir", runs_dir]
+    assert run_script("grpo_continuous", *args, "--exp-name", "whole").returncode == 0
+    command = [sys.executable, str(ROOT / "tests" / "kill_at.py"), "grpo_continuous", point, "1200", *map(str, args)]
+    killed = subprocess.run(
+        [*command, "--exp-name", "killed"], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_dir = runs_dir / "Hopper-v4__killed__seed1"
+    metrics, timings = read_run(run_dir)
+    latest = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"]
+    row_written, checkpointed = point != "before_row", point == "after_checkpoint"
+    assert (timings[-1]["global_step"] == metrics["global_step"]) == row_written  # the state the kill left
+    assert (latest == metrics["global_step"]) == checkpointed
+    assert run_script("grpo_continuous", *args, "--exp-name", "killed", "--resume").returncode == 0
+    assert_resumed_run_is_the_whole_run(runs_dir / "Hopper-v4__whole__seed1", run_dir)
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch):
