@@ -69,12 +69,20 @@ def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, bac
     assert_resumed_run_is_the_whole_run(whole_dir, run_dir)
 
 
+@pytest.fixture(scope="module")
+def whole_dir(tmp_path_factory):
+    """The uninterrupted run that the kill tests resume to (how often a run checkpoints changes nothing it computes)."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    args = [*RESUME_ARGS, "--no-capture-video", "--runs-dir", runs_dir, "--exp-name", "whole"]
+    assert run_script("grpo_continuous", *args).returncode == 0
+    return runs_dir / "Hopper-v4__whole__seed1"
+
+
 @pytest.mark.parametrize("point", ["before_row", "before_checkpoint", "after_checkpoint"])
-def test_a_kill_at_any_point_of_the_bookkeeping_resumes_to_the_whole_run(runs_dir, point):
+def test_a_kill_at_any_point_of_the_bookkeeping_resumes_to_the_whole_run(runs_dir, whole_dir, point):
     """kill -9 exactly between two of an iteration's writes (metrics.json, the timings row, the checkpoint; see
     tests/kill_at.py), not wherever a poll happens to land: the resumed run is still the uninterrupted run."""
     args = [*RESUME_ARGS, "--checkpoint-every", 1, "--no-capture-video", "--runs-dir", runs_dir]
-    assert run_script("grpo_continuous", *args, "--exp-name", "whole").returncode == 0
     command = [sys.executable, str(ROOT / "tests" / "kill_at.py"), "grpo_continuous", point, "1200", *map(str, args)]
     killed = subprocess.run(
         [*command, "--exp-name", "killed"], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
@@ -87,7 +95,7 @@ def test_a_kill_at_any_point_of_the_bookkeeping_resumes_to_the_whole_run(runs_di
     assert (timings[-1]["global_step"] == metrics["global_step"]) == row_written  # the state the kill left
     assert (latest == metrics["global_step"]) == checkpointed
     assert run_script("grpo_continuous", *args, "--exp-name", "killed", "--resume").returncode == 0
-    assert_resumed_run_is_the_whole_run(runs_dir / "Hopper-v4__whole__seed1", run_dir)
+    assert_resumed_run_is_the_whole_run(whole_dir, run_dir)
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(runs_dir, monkeypatch):
