@@ -33,6 +33,7 @@ SCRIPTS = ("ppo_continuous", "ppo_beta_continuous", "grpo_continuous", "ppo_cnn_
 CNN_SCRIPTS = ("ppo_cnn_carracing", "grpo_cnn_carracing")
 CLEANRL = ROOT.parent / "shared" / "peers" / "cleanrl_ppo_continuous_action.py"
 # whose make_vector_env gives the raw env rate: GRPO's members run one episode each, a vector env of the same envs does not
+PHASES = ("rollout_s", "update_s")  # timings.jsonl's, as the table's "rollout s" and "update s" per iteration
 ENVS_OF = {"cleanrl": "ppo_continuous", "grpo_continuous": "ppo_continuous", "grpo_cnn_carracing": "ppo_cnn_carracing"}
 
 
@@ -156,7 +157,12 @@ def train(script, argv, budget, workdir):
     steps = rows[-1]["global_step"] - (rows[0]["global_step"] if len(rows) > 1 else 0)
     first_extra = rows[0]["time_s"] - statistics.median(r["time_s"] for r in steady)
     sps = json.loads((run_dir / "metrics.json").read_text())["sps"]
-    return {"sps": sps, "steady_sps": steps / sum(r["time_s"] for r in steady), "first_iteration_extra_s": first_extra}
+    phases = {k: statistics.mean(r[k] for r in steady) for k in PHASES}  # seconds per steady iteration
+    return {
+        "sps": sps,
+        "steady_sps": steps / sum(r["time_s"] for r in steady),
+        "first_iteration_extra_s": first_extra,
+    } | phases
 
 
 def cleanrl(python, script, env_id, budget, workdir):
@@ -171,8 +177,9 @@ def cleanrl(python, script, env_id, budget, workdir):
 
 def table(rows):
     head = "| round | script | flags | raw env steps/s | train SPS | steady SPS | 1st iteration extra s | train / raw |"
-    lines = [head + " SPS / CleanRL's |"]
-    lines.append("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    lines = [head + " SPS / CleanRL's | rollout s | update s | steady / eager |"]
+    lines.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    nan = float("nan")
     for r in rows:
         cells = (str(r["round"]), r["script"], r["argv"] or "(defaults)", f"{r['raw']:,.0f}", f"{r['sps']:,.0f}")
         cells += (
@@ -180,6 +187,8 @@ def table(rows):
             f"{r['first_iteration_extra_s']:.1f}",
             f"**{r['ratio']:.2f}**",
             f"{r['vs_cleanrl']:.2f}",
+            *(f"{r.get(k, nan):.3f}" for k in PHASES),  # rows of an older FILE.json have no phases
+            f"{r.get('vs_eager', nan):.2f}",
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines).replace("nan", "-")
@@ -227,6 +236,10 @@ def main(argv=None):
         cleanrl_sps = [r["sps"] for r in rows if r["script"] == "cleanrl" and r["round"] == row["round"]]
         same_env = row["script"] not in CNN_SCRIPTS and "--env-id" not in row["argv"]
         row["vs_cleanrl"] = row["sps"] / cleanrl_sps[0] if cleanrl_sps and same_env else float("nan")
+        without = row["argv"].removesuffix("--compile").strip()
+        eager = [r for r in rows if (r["round"], r["script"], r["argv"]) == (row["round"], row["script"], without)]
+        if row["argv"].endswith("--compile") and eager:  # the same script and flags without --compile, in this round
+            row["vs_eager"] = row["steady_sps"] / eager[0]["steady_sps"]
     text = table(rows)
     print(f"\n{text}\n\n({len(rows)} measurements in {time.time() - started:.0f}s; raw = the training envs, random actions)")
     if args.output:

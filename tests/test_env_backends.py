@@ -89,12 +89,34 @@ def test_speed_benchmark_measures_the_raw_env_and_the_training_run_and_their_rat
         assert r["raw"] > 0 and r["sps"] > 0 and r["steady_sps"] > 0 and r["ratio"] == pytest.approx(r["sps"] / r["raw"])
         assert r["round"] == 1 and r["vs_cleanrl"] != r["vs_cleanrl"]  # NaN: no CleanRL run to compare with
         assert f"| {r['sps']:,.0f} | {r['steady_sps']:,.0f} |" in out.read_text() and f"**{r['ratio']:.2f}**" in result.stdout
+        assert (
+            0 < r["rollout_s"] and 0 < r["update_s"] and f"| {r['rollout_s']:.3f} | {r['update_s']:.3f} | - |" in result.stdout
+        )
     assert list(tmp_path.iterdir()) == [out, out.with_suffix(".json")]  # the training runs went to a temporary directory
     again = tmp_path / "again.md"  # the table again from the numbers, measuring nothing
     subprocess.run(
         [sys.executable, str(ROOT / "speed.py"), "--from-json", str(out.with_suffix(".json")), "--output", str(again)]
     )
     assert again.read_text() == out.read_text()
+
+
+def test_speed_table_gives_compile_over_eager_in_the_same_round(tmp_path):
+    """The --compile row's steady SPS over the eager row's of its round, script and other flags; rows of an older
+    FILE.json, without the phase columns, still make a table."""
+    row = {"raw": 1000.0, "sps": 500.0, "first_iteration_extra_s": 0.0, "ratio": 0.5, "rollout_s": 1.0, "update_s": 0.5}
+    rows = [{**row, "round": 1, "script": "ppo_continuous", "argv": "", "steady_sps": 400.0}]
+    rows += [{**row, "round": 1, "script": "ppo_continuous", "argv": "--compile", "steady_sps": 520.0, "update_s": 0.2}]
+    rows += [{**row, "round": 2, "script": "ppo_continuous", "argv": "--compile", "steady_sps": 600.0}]  # no eager row
+    rows += [{k: v for k, v in row.items() if not k.endswith("_s")} | {"round": 1, "script": "grpo_continuous", "argv": ""}]
+    rows[-1] |= {"steady_sps": 300.0, "first_iteration_extra_s": 0.0}
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "speed.py"), "--from-json", str(tmp_path / "in.json")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert lines[0].endswith("| 1.000 | 0.500 | - |") and lines[1].endswith("| 1.000 | 0.200 | 1.30 |")
+    assert lines[2].endswith("| - |") and lines[3].endswith("| - | - | - |")
 
 
 def test_speed_benchmark_rejects_bad_input_in_one_line(tmp_path):
