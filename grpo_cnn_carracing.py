@@ -503,7 +503,7 @@ def main(args: Args):
     if args.eval_checkpoint:  # evaluate the saved policy; no training
         return run.evaluate(make_eval_env, act_deterministic)
 
-    policy = torch.compile(sample) if args.compile else sample  # the CNN pays for it on a CPU too (docs/speed.md)
+    policy = torch.compile(sample) if args.compile and device.type == "cuda" else sample  # on a CPU it does not pay
     update_step = make_update_step(agent, optimizer, grpo_loss, args)
     members = make_carracing_members(args)
 

@@ -447,8 +447,7 @@ def main(args: Args):
     if args.eval_checkpoint:  # evaluate the saved policy; no training
         return run.evaluate(make_eval_env, act_deterministic)
 
-    # on a CPU a compiled one-row policy call costs more than the eager one (docs/speed.md)
-    policy = torch.compile(sample) if args.compile and device.type == "cuda" else sample
+    policy = torch.compile(sample) if args.compile and device.type == "cuda" else sample  # on a CPU it does not pay
     update_step = make_update_step(agent, optimizer, grpo_loss, args)
     members = make_members(args)
 

@@ -421,8 +421,7 @@ def main(args: Args):
     def sample(obs):  # the rollout's policy call
         return agent.sample(obs.to(device)).cpu()
 
-    # on a CPU a compiled one-row policy call costs more than the eager one (docs/speed.md)
-    policy = torch.compile(sample) if args.compile and device.type == "cuda" else sample
+    policy = torch.compile(sample) if args.compile and device.type == "cuda" else sample  # on a CPU it does not pay
     update_step = make_update_step(agent, optimizer, ppo_loss, args)
     envs = make_vector_env(args)
     # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.
