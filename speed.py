@@ -236,10 +236,10 @@ def main(argv=None):
         cleanrl_sps = [r["sps"] for r in rows if r["script"] == "cleanrl" and r["round"] == row["round"]]
         same_env = row["script"] not in CNN_SCRIPTS and "--env-id" not in row["argv"]
         row["vs_cleanrl"] = row["sps"] / cleanrl_sps[0] if cleanrl_sps and same_env else float("nan")
-        without = row["argv"].removesuffix("--compile").strip()
-        eager = [r for r in rows if (r["round"], r["script"], r["argv"]) == (row["round"], row["script"], without)]
-        if row["argv"].endswith("--compile") and eager:  # the same script and flags without --compile, in this round
-            row["vs_eager"] = row["steady_sps"] / eager[0]["steady_sps"]
+        if row["argv"].endswith("--compile"):  # over the same script and flags without --compile, in this round
+            eager = (row["round"], row["script"], row["argv"].removesuffix("--compile").strip())
+            steady = [r["steady_sps"] for r in rows if (r["round"], r["script"], r["argv"]) == eager]
+            row["vs_eager"] = row["steady_sps"] / steady[0] if steady else float("nan")
     text = table(rows)
     print(f"\n{text}\n\n({len(rows)} measurements in {time.time() - started:.0f}s; raw = the training envs, random actions)")
     if args.output:

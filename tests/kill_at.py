@@ -16,19 +16,23 @@ module = importlib.import_module(script)
 real_flush, real_save = module.Run.flush, module.Run.save
 
 
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def flush(run):
     real_flush(run)
     if point == "before_row" and run.global_step >= step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        die()
 
 
 def save(run, name):
     due = name == "latest.pt" and run.global_step >= step
     if due and point == "before_checkpoint":
-        os.kill(os.getpid(), signal.SIGKILL)
+        die()
     real_save(run, name)
     if due and point == "after_checkpoint":
-        os.kill(os.getpid(), signal.SIGKILL)
+        die()
 
 
 module.Run.flush, module.Run.save = flush, save
