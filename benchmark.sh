@@ -29,7 +29,12 @@ Lists take spaces or commas. Every option also reads the environment variable sh
   --workers N           runs at once (Slurm: array tasks at once)  [BENCH_WORKERS; default: nproc]
   --runs-dir DIR        where runs, logs and plots go  [BENCH_RUNS_DIR; default: runs]
   --extra-args STRING   more flags for every run, split on spaces; `-- ARGS...` appends more, quoted
-                        as given  [BENCH_EXTRA_ARGS]
+                        as given. In them {env}, {seed} and {runs} become each run's env, seed and the
+                        runs dir: a stage from an earlier one's checkpoints is
+                        -- --init-from '{runs}/{env}__ppo_continuous_300k__seed{seed}/checkpoints/latest.pt'
+                        [BENCH_EXTRA_ARGS]
+  --exp-suffix SUFFIX   appended to every run's exp name (letters, digits, _ . -), to keep a stage's
+                        runs apart from others in one runs dir, e.g. _300k  [BENCH_EXP_SUFFIX]
   --python PATH         the python that runs the scripts  [BENCH_PYTHON; default: $VIRTUAL_ENV's, else
                         this repo's .venv's, else python3]
   --dry-run             print the commands, one per line; run and write nothing  [BENCH_DRY_RUN=1]
@@ -79,6 +84,7 @@ TOTAL_TIMESTEPS=${BENCH_TOTAL_TIMESTEPS:-}
 WORKERS=${BENCH_WORKERS:-$(nproc)}
 RUNS_DIR=${BENCH_RUNS_DIR:-runs}
 EXTRA_STRING=${BENCH_EXTRA_ARGS:-}
+EXP_SUFFIX=${BENCH_EXP_SUFFIX:-}
 PYTHON=${BENCH_PYTHON:-}
 DRY_RUN=${BENCH_DRY_RUN:-0}
 SKIP_PLOTS=${BENCH_SKIP_PLOTS:-0}
@@ -102,12 +108,13 @@ while (($#)); do
         --) shift; EXTRA_QUOTED=("$@"); break ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
         --scripts | --envs | --cnn-envs | --seeds | --group-sizes | --total-timesteps | --workers | --runs-dir | \
-        --extra-args | --python | --partition | --time | --cpus | --gpus | --sbatch-args | --poll)
+        --extra-args | --exp-suffix | --python | --partition | --time | --cpus | --gpus | --sbatch-args | --poll)
             (($# >= 2)) || die "$1 needs a value (see bash benchmark.sh --help)"
             case $1 in
                 --scripts) SCRIPTS=$2 ;; --envs) ENVS=$2 ;; --cnn-envs) CNN_ENVS=$2 ;; --seeds) SEEDS=$2 ;;
                 --group-sizes) GROUP_SIZES=$2 ;; --total-timesteps) TOTAL_TIMESTEPS=$2 ;; --workers) WORKERS=$2 ;;
-                --runs-dir) RUNS_DIR=$2 ;; --extra-args) EXTRA_STRING=$2 ;; --python) PYTHON=$2 ;;
+                --runs-dir) RUNS_DIR=$2 ;; --extra-args) EXTRA_STRING=$2 ;; --exp-suffix) EXP_SUFFIX=$2 ;;
+                --python) PYTHON=$2 ;;
                 --partition) PARTITION=$2 ;; --time) TIME_LIMIT=$2 ;; --cpus) CPUS=$2 ;; --gpus) GPUS=$2 ;;
                 --sbatch-args) SBATCH_STRING=$2 ;; --poll) POLL=$2 ;;
             esac
@@ -149,6 +156,7 @@ check_int --gpus "$GPUS" 0
 check_int --poll "$POLL" 1
 ((SLURM || !SLURM_WAIT)) || die "--wait goes with --slurm (local runs always wait)"
 [[ -n $RUNS_DIR ]] || die "--runs-dir is empty"
+[[ $EXP_SUFFIX =~ ^[A-Za-z0-9_.-]*$ ]] || die "--exp-suffix may hold letters, digits, _ . and - only, got '$EXP_SUFFIX'"
 [[ ! -e $RUNS_DIR || -d $RUNS_DIR ]] || die "--runs-dir $RUNS_DIR is not a directory (pass another --runs-dir)"
 read -r -a EXTRA <<< "$EXTRA_STRING"
 EXTRA+=("${EXTRA_QUOTED[@]}")
@@ -191,7 +199,12 @@ for script in "${SCRIPT_LIST[@]}"; do
                 [[ -n $TOTAL_TIMESTEPS ]] && cmd+=(--total-timesteps "$TOTAL_TIMESTEPS")
                 exp=$script
                 [[ $g != - ]] && cmd+=(--group-size "$g") && exp=${script}_g$g
-                cmd+=(--runs-dir "$RUNS" --resume "${EXTRA[@]}")
+                [[ -n $EXP_SUFFIX ]] && exp+=$EXP_SUFFIX && cmd+=(--exp-name "$exp")
+                cmd+=(--runs-dir "$RUNS" --resume)
+                for a in "${EXTRA[@]}"; do  # the placeholders of --extra-args
+                    a=${a//\{env\}/$env} a=${a//\{seed\}/$seed}
+                    cmd+=("${a//\{runs\}/$RUNS}")
+                done
                 name=${env//\//-}__${exp}__seed$seed
                 [[ -z ${SEEN[$name]:-} ]] || die "run $name is listed twice (a repeat in --scripts, --envs, --seeds or --group-sizes)"
                 SEEN[$name]=1

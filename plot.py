@@ -6,18 +6,26 @@ at the Edge of the Statistical Precipice", NeurIPS 2021): the interquartile mean
 with a 95% percentile confidence interval from a stratified bootstrap (runs resampled with
 replacement within each task), next to the plain mean +- std over seeds.
 
+With --x time the learning curves and the table are against wall-clock seconds instead of env steps: a run's
+seconds at each step are the running sum of timings.jsonl's time_s, interpolated between its rows.
+
+A fine-tuned run (a script's --init-from: metrics.json's init_from names the source run and its step) is its own
+algorithm, labelled with its start ("grpo_continuous_g8 ← ppo_continuous 299k"), and placed on the x axis after its
+source's steps (or seconds): a PPO 300k -> GRPO 700k pipeline ends at 1M, read at the same budget as PPO at 1M.
+
 Run:  python plot.py runs/   (figures, final_performance.md and .csv go to runs/_plots/)
+      python plot.py runs/ --x time   (the same against wall-clock time: curves_ENV_time.png, final_performance_time.md)
 """
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -36,6 +44,8 @@ SETUP_ARGS = {
     *("vector_mode", "capture_video", "checkpoint_every", "eval_every", "eval_episodes", "eval_checkpoint", "video_path"),
     *("track", "wandb_project_name", "wandb_entity", "total_timesteps", "batch_size", "num_iterations"),
 }
+STARTS_AT = {"steps": "global_step", "time": "wall_time_s"}  # init_from's field: where a fine-tuned run starts on x
+UNIT = {"steps": "steps", "time": "seconds"}  # the table's budget column, in the x axis's unit
 TIMING_KEYS = ("time_s", "rollout_s", "env_step_s", "update_s", "eval_s", "io_s")  # in every row of timings.jsonl
 TIME_PARTS = [  # (key, label, color): the disjoint parts of an iteration's time_s
     ("env_step_s", "env step", "#1f77b4"),
@@ -55,7 +65,7 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
-@dataclass
+@dataclasses.dataclass
 class Run:
     path: Path  # the run directory
     env: str
@@ -64,16 +74,24 @@ class Run:
     seed: int
     group_size: int | None
     status: str
-    global_step: int
-    total_timesteps: int
+    global_step: float  # on the x axis: env steps, or seconds (on_axis)
+    total_timesteps: float  # likewise; 0 on the time axis, where no budget is known before the end
     sps: float
-    series: dict  # "eval" / "train" -> (steps, returns), float arrays sorted by step
+    series: dict  # "eval" / "train" -> (x, returns), float arrays sorted by x: steps, or seconds (on_axis)
     args: dict  # the run's arguments, as metrics.json has them
+    init_from: dict | None = None  # a fine-tuned run's start (read_init_from); None from scratch
+    prefix: dict = dataclasses.field(default_factory=dict)  # its source's points before it started (place_runs)
 
 
 def hashable(value):
     """An argument's value as a dict key: JSON lists (tuples in Args) become tuples."""
     return tuple(hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def short_steps(steps, digits=6):
+    """1.5M, 299k, 512: a step count in `digits` significant digits."""
+    scale, suffix = (1e6, "M") if abs(steps) >= 1e6 else (1e3, "k") if abs(steps) >= 1e3 else (1, "")
+    return f"{steps / scale:.{digits}g}{suffix}"
 
 
 def differing_args(runs):
@@ -120,6 +138,22 @@ def read_series(metrics, key, value_key):
     return steps[keep][order], values[keep][order]
 
 
+def read_init_from(metrics):
+    """A fine-tuned run's start, from metrics.json's init_from (None from scratch): the source run's directory name,
+    script and exp_name, and the step and wall-clock seconds of the checkpoint it started from."""
+    init = metrics.get("init_from")
+    if init is None:
+        return None
+    return {
+        "path": str(init.get("path") or ""),
+        "run": str(init.get("run") or ""),
+        "algo": str(init.get("algo") or init["exp_name"]),
+        "exp_name": str(init["exp_name"]),
+        "global_step": int(init["global_step"]),
+        "wall_time_s": float(init["wall_time_s"]),
+    }
+
+
 def load_run(path: Path) -> Run:
     """One metrics.json; a ValueError says what is wrong with it."""
     text = path.read_text()
@@ -130,11 +164,18 @@ def load_run(path: Path) -> Run:
         raise ValueError("not a JSON object")
     try:
         group_size = metrics.get("group_size")
+        init = read_init_from(metrics)
+        args = {**({"group_size": group_size} if group_size is not None else {}), **(metrics.get("args") or {})}
+        # a fine-tuned run is another algorithm than its script from scratch: its start goes into its name; and in place
+        # of its checkpoint path (one per seed), its source's exp_name is the argument that tells two sources apart
+        origin = f" ← {init['algo']} {short_steps(init['global_step'], 3)}" if init else ""
+        if init or "init_from" in args:
+            args["init_from"] = init and init["exp_name"]
         return Run(
             path=path.parent,
             env=str(metrics["env_id"]),
-            exp=str(metrics["exp_name"]),
-            algo=str(metrics.get("algo") or metrics["exp_name"]),
+            exp=str(metrics["exp_name"]) + origin,
+            algo=str(metrics.get("algo") or metrics["exp_name"]) + origin,
             seed=int(metrics["seed"]),
             group_size=None if group_size is None else int(group_size),
             status=str(metrics.get("status", "?")),
@@ -145,7 +186,8 @@ def load_run(path: Path) -> Run:
                 "eval": read_series(metrics, "eval", "mean_return"),
                 "train": read_series(metrics, "train", "episodic_return"),
             },
-            args={**({"group_size": group_size} if group_size is not None else {}), **(metrics.get("args") or {})},
+            args=args,
+            init_from=init,
         )
     except KeyError as e:
         raise ValueError(f"no {e.args[0]!r} field")
@@ -207,12 +249,76 @@ def read_timings(run_dir: Path) -> list[dict]:
         try:
             row = json.loads(line)
             timed = {k: float(row[k]) for k in TIMING_KEYS}
-            if "policy_forward_s" in row:  # not in runs older than it
-                timed["policy_forward_s"] = float(row["policy_forward_s"])
+            timed |= {k: float(row[k]) for k in ("policy_forward_s", "global_step") if k in row}  # not in older runs
             rows.append(timed)
         except (ValueError, KeyError, TypeError):  # a line cut by kill -9, or not ours
             continue
     return rows
+
+
+# ---- the x axis: env steps or wall-clock seconds, after a fine-tuned run's source ----
+
+
+def elapsed_seconds(run_dir: Path):
+    """A function from a run's steps to its seconds since it started: the running sum of timings.jsonl's time_s (all
+    phases of an iteration) at each row's global_step, interpolated in between. None without rows that have a step."""
+    rows = read_timings(run_dir)
+    if not rows or any("global_step" not in row for row in rows):  # a row without its step: its seconds have no place
+        return None
+    steps = np.array([0.0] + [row["global_step"] for row in rows])
+    seconds = np.cumsum([0.0] + [row["time_s"] for row in rows])
+    return lambda x: np.interp(x, steps, seconds)
+
+
+def on_axis(run, x):
+    """A copy of `run` with its series, global_step and total_timesteps on the x axis ("steps" or "time": seconds by
+    elapsed_seconds), after its source's steps or seconds if it is fine-tuned. None for "time" without timings."""
+    to_x = (lambda steps: steps) if x == "steps" else elapsed_seconds(run.path)
+    if to_x is None:
+        return None
+    offset = run.init_from[STARTS_AT[x]] if run.init_from else 0
+    return dataclasses.replace(
+        run,
+        series={metric: (to_x(steps) + offset, values) for metric, (steps, values) in run.series.items()},
+        global_step=to_x(run.global_step) + offset,
+        total_timesteps=run.total_timesteps + offset if x == "steps" else 0,
+    )
+
+
+def find_source(run, candidates):
+    """The run a fine-tuned `run` started from, among `candidates`: the one whose directory is named init_from.run (of
+    copies in several folders, the one whose directory holds the checkpoint); None if not there, or not one."""
+    named = [c for c in candidates if c.path.name == run.init_from["run"] and c.env == run.env and c is not run]
+    if len(named) > 1:
+        checkpoint = Path(run.init_from["path"]).resolve()
+        named = [c for c in named if c.path.resolve() in checkpoint.parents]
+    return named[0] if len(named) == 1 else None
+
+
+def place_runs(runs, x):
+    """Every run on the x axis (on_axis); runs without timings are left out of "time", with a warning. A fine-tuned
+    run whose source is here gets, as its prefix, the source's points up to the step it started from, so that the
+    pipeline's curve runs from 0 (plot_curves draws it; the table reads the run's own points only)."""
+    placed = {}
+    for run in runs:
+        placed[id(run)] = on_axis(run, x)
+        if placed[id(run)] is None:
+            warn(f"skipping {run.path} for --x time: no timings.jsonl with a global_step in each row")
+    sources = [r for r in runs if placed[id(r)] is not None]
+    for run in runs:
+        source = find_source(run, sources) if run.init_from and placed[id(run)] else None
+        if source:  # on_axis keeps the order of a series: the source's own steps pick its points on the axis
+            started = {metric: steps <= run.init_from["global_step"] for metric, (steps, _) in source.series.items()}
+            axis = placed[id(source)].series
+            placed[id(run)].prefix = {metric: (xs[started[metric]], ys[started[metric]]) for metric, (xs, ys) in axis.items()}
+    return [p for p in placed.values() if p is not None]
+
+
+def curve(run, metric):
+    """A run's points of `metric`, after its prefix (place_runs) if it has one."""
+    if metric not in run.prefix:
+        return run.series[metric]
+    return tuple(np.concatenate(parts) for parts in zip(run.prefix[metric], run.series[metric]))
 
 
 # ---- statistics ----
@@ -306,7 +412,7 @@ def exp_order(runs):
     return [exp for _, _, exp in sorted(keys)]
 
 
-def final_table(runs, metric, budgets):
+def final_table(runs, metric, budgets, x="steps"):
     rows = []
     for env in sorted(budgets):
         for exp in exp_order([r for r in runs if r.env == env]):
@@ -319,7 +425,7 @@ def final_table(runs, metric, budgets):
                 "seeds": len(finals),
                 "completed": sum(r.status == "completed" for r in group),
                 "runs": len(group),
-                "steps": budgets[env],
+                UNIT[x]: budgets[env],
                 "final_mean": None,
                 "final_std": None,
                 "iqm": None,
@@ -352,18 +458,20 @@ def with_ratios(rows, to):
         row[f"ratio_to_{to}"] = mean / b if mean is not None and b is not None and b > 0 else None
 
 
-def table_markdown(rows, metric, ref_names=(), ratio_to=None):
+def table_markdown(rows, metric, ref_names=(), ratio_to=None, x="steps"):
+    unit = UNIT[x]
     what = (
         "return of the last evaluation"
         if metric == "eval"
-        else f"training return over the last {TRAIN_FINAL_FRACTION:.0%} of steps"
+        else f"training return over the last {TRAIN_FINAL_FRACTION:.0%} of {'steps' if x == 'steps' else 'the time'}"
     )
+    budget = "`steps`" if x == "steps" else "`seconds` of wall-clock time (the running sum of timings.jsonl's time_s)"
     lines = [
-        f"Final performance: {what} at or before `steps`, over seeds. IQM: interquartile mean with a 95% "
+        f"Final performance: {what} at or before {budget}, over seeds. IQM: interquartile mean with a 95% "
         "stratified-bootstrap confidence interval (Agarwal et al., 2021). `completed`: finished runs / runs (a run "
         "still running or diverged counts with its latest value).",
         "",
-        "| env | algorithm | steps | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |"
+        f"| env | algorithm | {unit} | seeds | completed | final return (mean ± std) | IQM [95% CI] | SPS |"
         + "".join(f" {name} |" for name in ref_names)
         + (f" % of {ratio_to} |" if ratio_to else ""),
         "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(ref_names) + bool(ratio_to)),
@@ -377,7 +485,7 @@ def table_markdown(rows, metric, ref_names=(), ratio_to=None):
             ratio = r[f"ratio_to_{ratio_to}"]
             refs.append("–" if ratio is None else f"{ratio:.0%}")
         lines.append(
-            f"| {r['env']} | {r['algorithm']} | {r['steps']:,} | {r['seeds']} | {r['completed']}/{r['runs']} "
+            f"| {r['env']} | {r['algorithm']} | {r[unit]:,.0f} | {r['seeds']} | {r['completed']}/{r['runs']} "
             f"| {final} | {ci} | {r['sps']:,.0f} |" + "".join(f" {ref} |" for ref in refs)
         )
     return "\n".join(lines) + "\n"
@@ -411,15 +519,12 @@ def save_figure(fig, path: Path):
 
 
 def steps_formatter():
-    def label(x, _):
-        return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"
-
-    return matplotlib.ticker.FuncFormatter(label)
+    return matplotlib.ticker.FuncFormatter(lambda x, _: short_steps(x))
 
 
 def plot_curves(ax, runs, metric, grid, window, label, color, min_max=True):
     """Mean over seeds on the grid, a std band and (lighter) a min/max band. False if no data."""
-    curves = np.array([on_grid(s, smooth(s, v, window), grid) for s, v in (r.series[metric] for r in runs) if len(s)])
+    curves = np.array([on_grid(s, smooth(s, v, window), grid) for s, v in (curve(r, metric) for r in runs) if len(s)])
     if not len(curves):
         return False
     mean, std, low, high = seed_bands(curves)
@@ -444,10 +549,26 @@ def draw_references(ax, refs):
     return bool(refs)
 
 
-def style_axis(ax, title, has_data, empty_text):
+class TimeLocator(matplotlib.ticker.MaxNLocator):
+    """Round ticks in a unit of `scale` seconds: 10 min, not 600 s or 8.33 min."""
+
+    def __init__(self, scale):
+        super().__init__(nbins="auto", steps=[1, 2, 2.5, 5, 10])
+        self.scale = scale
+
+    def tick_values(self, vmin, vmax):
+        return super().tick_values(vmin / self.scale, vmax / self.scale) * self.scale
+
+
+def style_axis(ax, title, has_data, empty_text, x="steps"):
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel("env steps")
-    ax.xaxis.set_major_formatter(steps_formatter())
+    ax.set_xlabel("env steps" if x == "steps" else "wall-clock time")
+    if x == "steps":
+        ax.xaxis.set_major_formatter(steps_formatter())
+    else:  # one unit on every tick, the one that suits the axis's end
+        scale, unit = time_unit(ax.get_xlim()[1])
+        ax.xaxis.set_major_locator(TimeLocator(scale))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / scale:g} {unit}"))
     ax.grid(alpha=0.3)
     if has_data:
         ax.legend(fontsize=8, loc="best")
@@ -455,29 +576,30 @@ def style_axis(ax, title, has_data, empty_text):
         ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
-def curves_panel(ax, env, runs, metric, budget, window, colors, refs, title):
+def curves_panel(ax, env, runs, metric, budget, window, colors, refs, title, x):
     """One env's `metric` curves of every algorithm in `runs`, and the references for that env and metric."""
     grid = np.linspace(0, budget, GRID_POINTS)
     drawn = [
         plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp]) for exp in exp_order(runs)
     ]
     drawn.append(draw_references(ax, [ref for ref in refs if ref["env"] == env and ref["metric"] == metric]))
-    style_axis(ax, title, any(drawn), f"no {metric} data in these runs")
+    style_axis(ax, title, any(drawn), f"no {metric} data in these runs", x)
     ax.set_ylabel("return")
 
 
-def figure_learning_curves(env, runs, budget, window, colors, refs=()):
+def figure_learning_curves(env, runs, budget, window, colors, refs=(), x="steps"):
+    span = f"{window:,.0f} steps" if x == "steps" else duration(window)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, metric, title in (
         (axes[0], "eval", "evaluation return (deterministic policy)"),
-        (axes[1], "train", f"training episodic return (trailing mean over {window:,.0f} steps)"),
+        (axes[1], "train", f"training episodic return (trailing mean over {span})"),
     ):
-        curves_panel(ax, env, runs, metric, budget, window, colors, refs, title)
+        curves_panel(ax, env, runs, metric, budget, window, colors, refs, title, x)
     fig.suptitle(f"{env}: mean over seeds, ±1 std (dark band), min-max (light band)", fontsize=11)
     return fig
 
 
-def figure_env_grid(runs, metric, budgets, windows, colors, refs=()):
+def figure_env_grid(runs, metric, budgets, windows, colors, refs=(), x="steps"):
     """Every env in one figure: the `metric` curves of every algorithm, with the references."""
     envs = sorted(budgets)
     cols = 2 if len(envs) == 4 else min(len(envs), 3)
@@ -485,7 +607,7 @@ def figure_env_grid(runs, metric, budgets, windows, colors, refs=()):
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
     for ax, env in zip(axes.flat, envs):
         env_runs = [r for r in runs if r.env == env]
-        curves_panel(ax, env, env_runs, metric, budgets[env], windows[env], colors, refs, env)
+        curves_panel(ax, env, env_runs, metric, budgets[env], windows[env], colors, refs, env, x)
     for ax in axes.flat[len(envs) :]:
         ax.axis("off")
     what = "evaluation return" if metric == "eval" else "training episodic return"
@@ -555,8 +677,14 @@ def figure_group_sizes(env, runs, metric, budget, window, baselines):
     return fig
 
 
+def time_unit(seconds):
+    """The unit to say `seconds` in, as (seconds per unit, name): s below 2 min, min below 2 h, then h."""
+    return (1, "s") if seconds < 120 else (60, "min") if seconds < 7200 else (3600, "h")
+
+
 def duration(seconds):
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    scale, unit = time_unit(seconds)
+    return f"{seconds / scale:.{1 if unit == 'h' else 0}f} {unit}"
 
 
 def time_breakdown(rows):
@@ -618,20 +746,37 @@ class Parser(argparse.ArgumentParser):
 def parse_args(argv):
     parser = Parser(
         description="Figures and tables of the runs under RUNS_DIR (every metrics.json below it, grouped by "
-        "env and exp_name): curves_ENV.png, curves_all_envs.png (with more than one env), group_size_ENV.png (GRPO "
-        "runs), time_breakdown.png, "
-        "final_performance.md (also printed) and final_performance.csv."
+        "env and exp_name; a fine-tuned run, from a script's --init-from, is its own algorithm, named after its start, "
+        "e.g. 'grpo_continuous_g8 ← ppo_continuous 299k', and placed on the x axis after its source): curves_ENV.png, "
+        "curves_all_envs.png (with more than one env), group_size_ENV.png (GRPO runs), time_breakdown.png, "
+        "final_performance.md (also printed) and final_performance.csv; with --x time curves_ENV_time.png, "
+        "curves_all_envs_time.png, final_performance_time.md and .csv only."
     )
     parser.add_argument(
         "runs_dir", metavar="RUNS_DIR", help="the directory the training scripts wrote their runs to (searched recursively)"
     )
     parser.add_argument("--output-dir", metavar="DIR", help="where the figures and tables go (default: RUNS_DIR/_plots)")
     parser.add_argument(
+        "--x",
+        choices=("steps", "time"),
+        default="steps",
+        help="the x axis of the learning curves and the table's budget: env steps, or wall-clock seconds (time: the "
+        "running sum of timings.jsonl's time_s at each step; runs without timings.jsonl are left out, with a warning); "
+        "default steps",
+    )
+    parser.add_argument(
         "--total-steps",
         type=int,
         metavar="N",
-        help="the x range and the step at which final returns are read "
-        "(default: per env, the largest total_timesteps of its runs)",
+        help="the x range and the step at which final returns are read (default: per env, the largest "
+        "total_timesteps of its runs; a fine-tuned run's counted from 0, its source's steps first)",
+    )
+    parser.add_argument(
+        "--total-time",
+        type=float,
+        metavar="SECONDS",
+        help="with --x time: the x range and the second at which final returns are read "
+        "(default: per env, the longest wall-clock time of its runs)",
     )
     parser.add_argument(
         "--metric",
@@ -650,7 +795,7 @@ def parse_args(argv):
         "--ratio-to",
         metavar="ALGO",
         help="a column of each row's final mean as a percentage of algorithm ALGO's (the table's algorithm column, "
-        "e.g. ppo_continuous) on the same env",
+        "e.g. ppo_continuous; '<-' may stand for '←') on the same env",
     )
     parser.add_argument(
         "--sweep",
@@ -659,20 +804,26 @@ def parse_args(argv):
         metavar="ARG",
         help="a sensitivity figure per env, sensitivity_ARG_ENV.png: the final return (--metric) against each run's "
         "value of the argument ARG (a name in metrics.json's args, e.g. learning_rate), a line per config: the script "
-        "and every other argument that differs; repeat for more arguments",
+        "and every other argument that differs; repeat for more arguments; not with --x time",
     )
     parser.add_argument(
         "--smooth",
         type=float,
-        metavar="STEPS",
-        help="trailing window, in env steps, averaged into each curve point "
+        metavar="WINDOW",
+        help="trailing window, in the x axis's unit (env steps, or seconds with --x time), averaged into each curve point "
         f"(default: {DEFAULT_SMOOTH_FRACTION * 100:.0f}%% of the x range; 0: none)",
     )
     args = parser.parse_args(argv)
     if args.total_steps is not None and args.total_steps <= 0:
         raise UsageError("--total-steps must be positive")
+    if args.total_time is not None and not (args.total_time > 0 and math.isfinite(args.total_time)):
+        raise UsageError("--total-time must be a positive number of seconds")
     if args.smooth is not None and not (args.smooth >= 0 and math.isfinite(args.smooth)):
-        raise UsageError("--smooth must be a number of steps >= 0")
+        raise UsageError("--smooth must be a window >= 0 (steps, or seconds with --x time)")
+    if args.x == "steps" and args.total_time is not None:
+        raise UsageError("--total-time is for --x time (with steps: --total-steps)")
+    if args.x == "time" and (args.total_steps is not None or args.sweep):
+        raise UsageError("--total-steps and --sweep are for --x steps (with --x time: --total-time, no sweep)")
     return args
 
 
@@ -694,18 +845,21 @@ def main(argv=None):
     for name in args.sweep:
         if not any(name in r.args for r in runs):
             raise UsageError(f"--sweep {name}: no run has that argument (see metrics.json's args, e.g. learning_rate)")
+    runs = place_runs(runs, args.x)
+    if not runs:
+        raise UsageError(f"no run under {runs_dir} has a timings.jsonl with steps: nothing to plot against time")
+    args.ratio_to = args.ratio_to and args.ratio_to.replace("<-", "←")  # a fine-tuned run's name, typed
     if args.ratio_to and not any(r.exp == args.ratio_to for r in runs):
         raise UsageError(f"--ratio-to {args.ratio_to}: no runs of that algorithm (see the table's algorithm column)")
     if args.metric == "eval" and not any(len(r.series["eval"][0]) for r in runs):
         warn("no run has an evaluation yet: the table is empty (try --metric train)")
     envs = sorted({r.env for r in runs})
-    budgets = {
-        env: args.total_steps or max(max(r.total_timesteps, r.global_step) for r in runs if r.env == env) for env in envs
-    }
+    total = args.total_steps if args.x == "steps" else args.total_time
+    budgets = {env: total or max(max(r.total_timesteps, r.global_step) for r in runs if r.env == env) for env in envs}
     budgets = {env: max(budget, 1) for env, budget in budgets.items()}
     palette = plt.get_cmap("tab10")
     colors = {exp: palette(i % 10) for i, exp in enumerate(exp_order(runs))}
-    rows = final_table(runs, args.metric, budgets)
+    rows = final_table(runs, args.metric, budgets, args.x)
     ref_names = with_references(rows, [ref for ref in refs if ref["metric"] == args.metric])
     if args.ratio_to:
         with_ratios(rows, args.ratio_to)
@@ -719,11 +873,14 @@ def main(argv=None):
         written.append(name)
 
     slug = {env: env.replace("/", "-") for env in envs}
+    steps = args.x == "steps"  # the group-size, sensitivity and time-breakdown figures are step-based: made with steps only
+    suffix = "" if steps else "_time"  # both kinds of curves and tables can live in one directory
     for env in envs:
         env_runs = [r for r in runs if r.env == env]
         window = windows[env]
-        write(f"curves_{slug[env]}.png", figure_learning_curves(env, env_runs, budgets[env], window, colors, refs))
-        grpo = [r for r in env_runs if r.group_size is not None]
+        figure = figure_learning_curves(env, env_runs, budgets[env], window, colors, refs, args.x)
+        write(f"curves_{slug[env]}{suffix}.png", figure)
+        grpo = [r for r in env_runs if r.group_size is not None and steps]
         if grpo:
             baselines = [
                 (row["algorithm"], row["iqm"])
@@ -736,13 +893,13 @@ def main(argv=None):
             if swept:
                 write(f"sensitivity_{name}_{slug[env]}.png", figure_sweep(env, swept, name, args.metric, budgets[env]))
     if len(envs) > 1:
-        write("curves_all_envs.png", figure_env_grid(runs, args.metric, budgets, windows, colors, refs))
-    breakdown = figure_time_breakdown(runs)
+        write(f"curves_all_envs{suffix}.png", figure_env_grid(runs, args.metric, budgets, windows, colors, refs, args.x))
+    breakdown = figure_time_breakdown(runs) if steps else None
     if breakdown is not None:
         write("time_breakdown.png", breakdown)
-    markdown = table_markdown(rows, args.metric, ref_names, args.ratio_to)
-    write("final_performance.md", markdown.encode())
-    write("final_performance.csv", table_csv(rows).encode())
+    markdown = table_markdown(rows, args.metric, ref_names, args.ratio_to, args.x)
+    write(f"final_performance{suffix}.md", markdown.encode())
+    write(f"final_performance{suffix}.csv", table_csv(rows).encode())
     print(markdown)
     print(
         f"{len(runs)} run{'s' * (len(runs) > 1)}, {len(envs)} env{'s' * (len(envs) > 1)}; wrote to {out}: {', '.join(written)}"

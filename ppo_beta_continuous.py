@@ -53,6 +53,8 @@ class Args:
     """where run directories are created: {runs_dir}/{env_id}__{exp_name}__seed{seed}"""
     resume: bool = False
     """continue the run in the run directory from checkpoints/latest.pt (starts fresh if there is none)"""
+    init_from: Optional[str] = None
+    """start from the networks and normalization statistics of this checkpoint (this script's or its PPO sibling's)"""
 
     env_id: str = "Hopper-v4"
     """the id of the gymnasium environment (continuous actions, flat observations)"""
@@ -100,6 +102,8 @@ class Args:
     """hidden layer sizes of the actor and of the critic MLPs (tanh)"""
     norm_obs: bool = True
     """toggle running observation normalization"""
+    freeze_init_norm: bool = True
+    """with --init-from: keep the loaded observation statistics fixed, as the policy learned them (off: update them)"""
     norm_reward: bool = True
     """toggle reward scaling by the running std of the discounted return"""
     clip_obs: float = 10.0
@@ -197,12 +201,12 @@ class RunningMeanStd:
 
 
 class ObsNormalizer(RunningMeanStd):
-    def __init__(self, shape, clip, enabled=True):
+    def __init__(self, shape, clip, enabled=True, frozen=False):
         super().__init__(shape)
-        self.clip, self.enabled = clip, enabled
+        self.clip, self.enabled, self.frozen = clip, enabled, frozen
 
     def __call__(self, obs, update=False):
-        if self.enabled and update:
+        if self.enabled and update and not self.frozen:
             self.update(obs)
         if self.enabled:
             obs = np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip)
@@ -391,9 +395,9 @@ def make_batch(agent, buf, next_obs, final, args, device):
 def main(args: Args):
     check_args(args)
     obs_space, act_space = check_env(args)
-    run_dir, ckpt = open_run(args)
+    run_dir, ckpt, init = open_run(args)
     # -- nothing has been written before this line --
-    run = Run(args, run_dir, ckpt, total_steps=args.num_iterations * args.batch_size)
+    run = Run(args, run_dir, ckpt, init, total_steps=args.num_iterations * args.batch_size)
     random.seed(args.seed)  # a resume restores torch's generator from the checkpoint (run.restore)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -406,7 +410,7 @@ def main(args: Args):
     agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
-    obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs)
+    obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs, frozen=bool(args.init_from) and args.freeze_init_norm)
     reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward, args.norm_reward)
     run.restore(agent=agent, optimizer=optimizer, obs_norm=obs_norm, reward_scaler=reward_scaler)
 
@@ -526,6 +530,10 @@ CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older f
 # arguments that change how a run computes, not what: a resume may change them
 RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video", "track")
 EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes", "env_backend")  # an evaluation's own (on gymnasium's env)
+INIT_SOURCES = {"grpo_continuous": "ppo_continuous", "grpo_cnn_carracing": "ppo_cnn_carracing"}  # GRPO after PPO
+# what the policy sees and is: --init-from needs a checkpoint with the same values (of those a script has)
+INIT_SAME = ("env_id", "norm_obs", "clip_obs", "frame_skip", "grayscale", "resize", "frame_stack", "hidden_sizes")
+INIT_SAME += ("cnn_channels", "cnn_kernel_sizes", "cnn_strides", "cnn_feature_size", "shared_trunk")
 
 
 class UsageError(Exception):
@@ -539,28 +547,46 @@ def atomic_write(path, write):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, algos=(ALGO,)):
     """weights_only: a checkpoint is tensors and plain containers, so reading one never runs code from the file."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign, or a pickle that would run code
-        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}); with --resume, delete it to start afresh")
-    if not isinstance(ckpt, dict) or ckpt.get("algo") != ALGO or ckpt.get("format") != CHECKPOINT_FORMAT:
+    except Exception as e:  # missing, truncated, foreign, or a pickle that would run code
+        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}): pass a latest.pt or best.pt (--resume: delete)")
+    if not isinstance(ckpt, dict) or ckpt.get("algo") not in algos or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = f"{ckpt.get('algo')}.py's, format {ckpt.get('format')}" if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UsageError(f"{path} ({found}) is not a checkpoint of this version of {ALGO}.py: use the script that wrote it")
+        scripts = " or ".join(f"{algo}.py" for algo in algos)
+        raise UsageError(f"{path} ({found}) is not a checkpoint of this version of {scripts}: use the script that wrote it")
     return ckpt
 
 
+def run_name(args):
+    """A run directory's name, from its arguments (a dict)."""
+    return f"{args['env_id'].replace('/', '-')}__{args['exp_name']}__seed{args['seed']}"
+
+
+def load_init(args):
+    """The --init-from checkpoint, if it fits: this script's or its PPO sibling's, of the same env and networks."""
+    init = load_checkpoint(args.init_from, tuple(filter(None, (ALGO, INIT_SOURCES.get(ALGO)))))
+    saved, now = init["args"], asdict(args)
+    differ = [k for k in INIT_SAME if k in saved and k in now and json.dumps(saved[k]) != json.dumps(now[k])]
+    if differ:
+        trained = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r}" for k in differ)
+        raise UsageError(f"--init-from {args.init_from} was trained with {trained}: pass the same to start from it")
+    return init
+
+
 def open_run(args):
-    """Fresh run, resume or evaluation, decided before anything is written. Returns (run_dir, checkpoint or None)."""
+    """Fresh run, resume or evaluation, decided before anything is written. Returns (run_dir, checkpoint or None, the
+    --init-from checkpoint of a fresh run or None)."""
     if args.eval_checkpoint:
-        return Path(args.eval_checkpoint).parent, load_checkpoint(args.eval_checkpoint)
-    run_dir = Path(args.runs_dir) / f"{args.env_id.replace('/', '-')}__{args.exp_name}__seed{args.seed}"
+        return Path(args.eval_checkpoint).parent, load_checkpoint(args.eval_checkpoint), None
+    run_dir = Path(args.runs_dir) / run_name(asdict(args))
     latest = run_dir / "checkpoints" / "latest.pt"
     if not args.resume and run_dir.exists():
         raise UsageError(f"{run_dir} exists: pass --resume to continue it, or another --exp-name/--seed/--runs-dir")
     if not args.resume or not latest.exists():
-        return run_dir, None
+        return run_dir, None, load_init(args) if args.init_from else None
     ckpt = load_checkpoint(latest)
     saved, now = ckpt["args"], asdict(args)
     default = {f.name: f.default for f in fields(args)}  # a flag newer than the run: the run had its default
@@ -574,17 +600,22 @@ def open_run(args):
     if ckpt["metrics"]["completed"]:  # said on stdout: benchmark.sh counts the run as skipped
         print(f"{run_dir} is already complete ({ckpt['metrics']['global_step']:,} steps); nothing to do")
         sys.exit(0)
-    return run_dir, ckpt
+    return run_dir, ckpt, None
 
 
 class Run:
     """Everything a run writes: metrics.json, timings.jsonl, logs/train.log, TensorBoard, checkpoints, videos. A resume
     rewinds all of them to the checkpoint, so curves have no gap and no duplicate."""
 
-    def __init__(self, args, run_dir, ckpt, total_steps, group_size=None):
-        self.args, self.dir, self.ckpt, self.total_steps = args, run_dir, ckpt, total_steps
+    def __init__(self, args, run_dir, ckpt, init, total_steps, group_size=None):
+        self.args, self.dir, self.ckpt, self.init, self.total_steps = args, run_dir, ckpt, init, total_steps
         self.iteration = ckpt["iteration"] if ckpt else 0
         run = {"env_id": args.env_id, "algo": ALGO, "exp_name": args.exp_name, "seed": args.seed, "group_size": group_size}
+        run["init_from"] = None
+        if init:  # where a fine-tuning run started (plot.py reads it) and the loaded policy's last evaluation
+            source = {k: init["metrics"][k] for k in ("env_id", "algo", "exp_name", "seed", "wall_time_s")}
+            run["init_from"] = {"path": args.init_from, "run": run_name(source), **source, "global_step": init["global_step"]}
+            run["init_from"]["eval_return"] = (init["metrics"]["eval"]["mean_return"] or [None])[-1]
         progress = {"status": "running", "completed": False, "global_step": 0, "total_timesteps": args.total_timesteps}
         curves = {"train": {"global_step": [], "episodic_return": [], "episodic_length": []}, "eval": {}}
         curves["eval"] = {"global_step": [], "mean_return": [], "std_return": []}
@@ -615,16 +646,8 @@ class Run:
 
             self.wandb, wandb_id = wandb, self.metrics.setdefault("wandb_id", os.urandom(4).hex())
             try:
-                wandb.init(
-                    project=args.wandb_project_name,
-                    entity=args.wandb_entity,
-                    id=wandb_id,
-                    resume="allow",
-                    name=run_dir.name,
-                    dir=run_dir,
-                    config=asdict(args),
-                    sync_tensorboard=True,
-                )
+                where = {"project": args.wandb_project_name, "entity": args.wandb_entity, "name": run_dir.name, "dir": run_dir}
+                wandb.init(id=wandb_id, resume="allow", config=asdict(args), sync_tensorboard=True, **where)
             except Exception as e:  # not logged in, no network: nothing trained yet, so the same command with --resume
                 raise UsageError(f"--track: W&B did not start ({e}); `wandb login` or WANDB_MODE=offline, then --resume")
         self.writer = SummaryWriter(str(run_dir), purge_step=self.metrics["global_step"] + 1 if ckpt else None)
@@ -635,6 +658,8 @@ class Run:
         """Keeps `state` (objects with state_dict/load_state_dict) for the checkpoints; loads it from one if there is one."""
         self.state, device = state, next(state["agent"].parameters()).device
         on = f"on {device}" + (" (--cuda: CUDA is not available)" if self.args.cuda and device.type == "cpu" else "")
+        if self.init and not self.ckpt:
+            self.start_from(self.init)
         if not self.ckpt:
             return self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps {on}")
         try:
@@ -646,6 +671,20 @@ class Run:
         if self.ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.ckpt["rng"]["cuda"])
         self.log.info(f"resuming {self.dir} from step {self.global_step:,} (iteration {self.iteration}) {on}")
+
+    def start_from(self, init):
+        """--init-from: the loaded run's networks and observation statistics; the optimizer, step count, schedules, RNG
+        and reward statistics start fresh, as with rl-zoo3's --trained-agent."""
+        agent = self.state["agent"]
+        try:  # a PPO checkpoint's critic stays behind in GRPO, which has none
+            agent.load_state_dict({k: v for k, v in init["agent"].items() if k in agent.state_dict()})
+        except RuntimeError:  # checked arguments, so a checkpoint written by other code
+            raise UsageError(f"the networks in --init-from {self.args.init_from} do not fit this script's")
+        if "obs_norm" in self.state:
+            self.state["obs_norm"].load_state_dict(init["obs_norm"])
+        if "ref_agent" in self.state:  # GRPO's reference policy starts as the loaded policy
+            self.state["ref_agent"].load_state_dict(agent.state_dict())
+        self.log.info(f"starting from {self.args.init_from} ({init['algo']}.py, step {init['global_step']:,})")
 
     def save(self, name):
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

@@ -116,6 +116,24 @@ def test_dry_run_lists_every_run_once_in_order(fake_repo, tmp_path):
     assert not runs.exists()  # a dry run writes nothing
 
 
+def test_a_stage_starts_from_each_seeds_checkpoint_of_an_earlier_stage(fake_repo, tmp_path):
+    """{env}, {seed} and {runs} in the extra arguments become each run's; --exp-suffix names the stage's runs."""
+    root, runs = fake_repo("grpo_continuous"), tmp_path / "runs"
+    init = "{runs}/{env}__ppo_continuous_300k__seed{seed}/checkpoints/latest.pt"
+    args = ["--dry-run", "--envs", "A-v0,B-v0", "--seeds", "1,2", "--group-sizes", "8", "--runs-dir", runs]
+    result = bench(*args, "--exp-suffix", "_ft", "--", "--init-from", init, root=root)
+    expected = []
+    for env in ("A-v0", "B-v0"):
+        for seed in (1, 2):
+            command = expected_command(root, sys.executable, "grpo_continuous", env, seed, runs, group_size=8)
+            at = command.index("--runs-dir")
+            command[at:at] = ["--exp-name", "grpo_continuous_g8_ft"]
+            command[-3:-3] = ["--init-from", f"{runs}/{env}__ppo_continuous_300k__seed{seed}/checkpoints/latest.pt"]
+            command[-2] = command[-2].replace("grpo_continuous_g8__", "grpo_continuous_g8_ft__")
+            expected.append(command)
+    assert commands(result) == expected
+
+
 def test_dry_run_defaults_environment_variables_and_slurm_options(fake_repo, tmp_path):
     root = fake_repo("ppo_continuous", "grpo_continuous")
     venv = tmp_path / "venv"
@@ -189,6 +207,7 @@ def test_dry_run_defaults_environment_variables_and_slurm_options(fake_repo, tmp
         (["--", "--seed", "3"], {}, "--seed is set by benchmark.sh"),
         (["--extra-args", "--exp-name=x"], {}, "--exp-name=x is set by benchmark.sh"),
         (["--skip-plots"], {"BENCH_SLURM": "yes"}, "BENCH_SLURM must be 0 or 1"),
+        (["--exp-suffix", "a/b"], {}, "--exp-suffix may hold letters, digits, _ . and - only"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(fake_repo, tmp_path, args, env, expected):

@@ -32,8 +32,12 @@ def write_run(
     timings=True,
     policy_forward_s=1.0,
     args=None,
+    iteration_s=10.0,
+    total_timesteps=1000,
+    init_from=None,
 ):
-    """A run directory as the training scripts write it; evals and episodes evenly spaced up to `step`."""
+    """A run directory as the training scripts write it; evals and episodes evenly spaced up to `step`; two iterations
+    of `iteration_s` seconds each, at step / 2 and step; `init_from`: metrics.json's, for a fine-tuned run."""
     run_dir = runs_dir / f"{env}__{exp}__seed{seed}"
     run_dir.mkdir(parents=True)
     eval_steps = [round(step * (i + 1) / len(eval_returns)) for i in range(len(eval_returns))]
@@ -48,7 +52,7 @@ def write_run(
         "status": status,
         "completed": status == "completed",
         "global_step": step,
-        "total_timesteps": 1000,
+        "total_timesteps": total_timesteps,
         "sps": sps,
         "wall_time_s": 1.0,
         "best_eval_return": None,
@@ -58,21 +62,16 @@ def write_run(
             "episodic_length": [1] * len(train_returns),
         },
         "eval": {"global_step": eval_steps, "mean_return": list(eval_returns), "std_return": [0.0] * len(eval_returns)},
+        "init_from": init_from,
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    if timings:  # per iteration: env step 2, policy forward 1, other rollout 1, update 3, eval 2, io 1 (seconds)
-        row = {
-            "iteration": 1,
-            "global_step": step,
-            "time_s": 10.0,
-            "rollout_s": 4.0,
-            "env_step_s": 2.0,
-            "update_s": 3.0,
-            "eval_s": 2.0,
-            "io_s": 1.0,
-            "sps": sps,
-        } | ({} if policy_forward_s is None else {"policy_forward_s": policy_forward_s})  # None: a run older than it
-        (run_dir / "timings.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "iteration": 2}) + "\n")
+    if timings:  # each part of an iteration in tenths of iteration_s (policy forward: policy_forward_s tenths)
+        parts = {"rollout_s": 4, "env_step_s": 2, "update_s": 3, "eval_s": 2, "io_s": 1, "time_s": 10}
+        if policy_forward_s is not None:  # None: a run older than it
+            parts["policy_forward_s"] = policy_forward_s
+        row = {"iteration": 1, "global_step": step // 2, "sps": sps} | {k: v * iteration_s / 10 for k, v in parts.items()}
+        second = {**row, "iteration": 2, "global_step": step}
+        (run_dir / "timings.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(second) + "\n")
     return run_dir
 
 
@@ -352,6 +351,113 @@ def test_ratio_to_gives_each_row_its_percentage_of_an_algorithm_on_the_same_env(
     assert_one_line_error(run_plot(synthetic, "--ratio-to", "algo_c"), "--ratio-to algo_c: no runs of that algorithm")
 
 
+def test_x_time_puts_runs_at_their_elapsed_seconds(runs_dir, tmp_path, capsys):
+    """Two runs with the same steps, one twice as slow (two iterations of 300 s, or of 600 s): against time the fast
+    one ends at half the slow one's seconds, and a time budget reads each run's last evaluation at or before it."""
+    write_run(runs_dir, "Toy-v0", "fast", 1, eval_returns=[1.0, 2.0], iteration_s=300.0)  # evaluations at 500, 1000
+    write_run(runs_dir, "Toy-v0", "slow", 1, eval_returns=[10.0, 20.0], iteration_s=600.0)
+    write_run(runs_dir, "Toy-v0", "untimed", 1, eval_returns=[5.0], timings=False)
+    runs = {r.exp: r for r in plot.place_runs(plot.load_runs(runs_dir), "time")}
+    assert sorted(runs) == ["fast", "slow"] and "untimed__seed1 for --x time" in capsys.readouterr().err
+    assert runs["fast"].series["eval"][0].tolist() == [300, 600] and runs["fast"].global_step == 600
+    assert runs["slow"].series["eval"][0].tolist() == [600, 1200] and runs["slow"].global_step == 1200
+
+    plot.main([str(runs_dir), "--x", "time"])
+    out = runs_dir / "_plots"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curves_Toy-v0_time.png",
+        "final_performance_time.csv",
+        "final_performance_time.md",
+    ]
+    rows = read_csv(out / "final_performance_time.csv")
+    assert [(rows[("Toy-v0", e)]["seconds"], rows[("Toy-v0", e)]["final_mean"]) for e in ("fast", "slow")] == [
+        ("1200.0", "2.0"),
+        ("1200.0", "20.0"),
+    ]
+    plot.main([str(runs_dir), "--x", "time", "--total-time", "900", "--output-dir", str(tmp_path / "900")])
+    markdown = (tmp_path / "900" / "final_performance_time.md").read_text()
+    assert "at or before `seconds` of wall-clock time" in markdown and "| env | algorithm | seconds |" in markdown
+    assert (
+        "| Toy-v0 | fast | 900 | 1 | 1/1 | 2.0 ± 0.0 |" in markdown
+        and "| Toy-v0 | slow | 900 | 1 | 1/1 | 10.0 ± 0.0 |" in markdown
+    )
+
+    fig = plot.figure_learning_curves("Toy-v0", list(runs.values()), 1200, 24, {"fast": "C0", "slow": "C1"}, x="time")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert ax.get_xlabel() == "wall-clock time" and "10 min" in labels and all(label.endswith(" min") for label in labels)
+    assert "trailing mean over 24 s" in fig.axes[1].get_title()
+    write_run(tmp_path / "untimed", "Toy-v0", "untimed", 1, eval_returns=[5.0], timings=False)
+    with pytest.raises(plot.UsageError, match="has a timings.jsonl with steps"):
+        plot.main([str(tmp_path / "untimed"), "--x", "time"])
+    assert not (tmp_path / "untimed" / "_plots").exists()
+
+
+def write_pipeline(runs_dir, ppo_step=500):
+    """PPO from scratch (seeds 1, 2; 1000 steps, evaluations at 250, 500, 750, 1000: 10, 20, 30, 40 + seed), GRPO G=8 from
+    scratch, and GRPO G=8 fine-tuned from each PPO seed's checkpoint at ppo_step, at two learning rates (500 of 600
+    steps so far, evaluations at 250, 500 of its own steps: 100, 200 + seed, 300 more at the other rate)."""
+    for seed in (1, 2):
+        ppo = write_run(runs_dir, "Toy-v0", "ppo", seed, eval_returns=[10.0 * k + seed for k in (1, 2, 3, 4)])
+        write_run(runs_dir, "Toy-v0", "grpo_g8", seed, eval_returns=[1.0, 2.0], group_size=8)
+        init_from = {"run": ppo.name, "algo": "ppo", "exp_name": "ppo", "seed": seed, "global_step": ppo_step}
+        init_from |= {"path": str(ppo / "checkpoints" / "latest.pt"), "wall_time_s": 7.0, "eval_return": 20.0 + seed}
+        for folder, lr, more in (("ft", 1e-3, 0.0), ("ft_lr", 3e-4, 300.0)):
+            args = {"group_size": 8, "learning_rate": lr, "init_from": init_from["path"], "freeze_init_norm": True}
+            evals = [100.0 + more + seed, 200.0 + more + seed]
+            kwargs = dict(step=500, total_timesteps=600, status="running", init_from=init_from)
+            write_run(runs_dir / folder, "Toy-v0", "grpo_g8", seed, eval_returns=evals, group_size=8, args=args, **kwargs)
+    older = json.loads((runs_dir / "Toy-v0__ppo__seed2" / "metrics.json").read_text())
+    del older["init_from"]  # a run older than --init-from: from scratch too
+    (runs_dir / "Toy-v0__ppo__seed2" / "metrics.json").write_text(json.dumps(older))
+
+
+def test_fine_tuned_runs_are_their_own_algorithm_after_their_source_steps(runs_dir, capsys):
+    write_pipeline(runs_dir)
+    fast, slow = "grpo_g8 ← ppo 500 (learning_rate=0.001)", "grpo_g8 ← ppo 500 (learning_rate=0.0003)"
+    plot.main([str(runs_dir), "--ratio-to", fast.replace("←", "<-")])
+    rows = read_csv(runs_dir / "_plots" / "final_performance.csv")
+    assert sorted(algo for _, algo in rows) == sorted(["grpo_g8", "ppo", slow, fast])  # no split by checkpoint path
+    # the budget: 500 steps of PPO + 600 of fine-tuning; the fine-tuned runs' evaluations at 750 and 1000
+    assert {row["steps"] for row in rows.values()} == {"1100"}
+    finals = [float(rows[("Toy-v0", algo)]["final_mean"]) for algo in ("ppo", "grpo_g8", fast, slow)]
+    assert finals == [41.5, 2.0, 201.5, 501.5]
+    assert float(rows[("Toy-v0", "ppo")][f"ratio_to_{fast}"]) == pytest.approx(41.5 / 201.5)
+    assert f"| Toy-v0 | {fast} | 1,100 | 2 | 0/2 | 201.5 ± 0.5 |" in capsys.readouterr().out
+    runs = plot.place_runs(plot.load_runs(runs_dir), "steps")
+    tuned = next(r for r in runs if r.exp == fast and r.seed == 1)
+    assert tuned.series["eval"][0].tolist() == [750, 1000] and (tuned.global_step, tuned.total_timesteps) == (1000, 1100)
+    families = plot.sweep_points([r for r in runs if r.group_size], "group_size", "eval", 1100)  # apart in group_size_*.png
+    assert families == {
+        "grpo": [(8, [2.0, 2.0])],
+        "grpo ← ppo 500 (learning_rate=0.001)": [(8, [201.0, 202.0])],
+        "grpo ← ppo 500 (learning_rate=0.0003)": [(8, [501.0, 502.0])],
+    }
+    assert plot.short_steps(299008, 3) == "299k" and plot.short_steps(1.5e6, 3) == "1.5M"
+
+
+def test_a_fine_tuned_run_s_curve_starts_with_its_source_s(runs_dir):
+    write_pipeline(runs_dir)
+    source = runs_dir / "Toy-v0__ppo__seed1"
+    init_from = json.loads((runs_dir / "ft" / "Toy-v0__grpo_g8__seed1" / "metrics.json").read_text())["init_from"]
+    write_run(runs_dir / "no_eval_yet", "Toy-v0", "grpo_g4", 1, step=500, group_size=4, init_from=init_from)
+    runs = {(r.exp, r.seed): r for r in plot.place_runs(plot.load_runs(runs_dir), "steps")}
+    tuned = runs[("grpo_g8 ← ppo 500 (learning_rate=0.001)", 1)]
+    # PPO seed 1's evaluations up to step 500, then the fine-tuned run's own, 500 steps later
+    assert [a.tolist() for a in plot.curve(tuned, "eval")] == [[250, 500, 750, 1000], [11.0, 21.0, 101.0, 201.0]]
+    assert runs[("ppo", 1)].prefix == {} and runs[("grpo_g8", 1)].prefix == {}
+    rows = plot.final_table(list(runs.values()), "eval", {"Toy-v0": 1100})
+    assert next(row for row in rows if row["algorithm"] == "grpo_g4 ← ppo 500")["seeds"] == 0  # the prefix is not its own
+
+    timed = {(r.exp, r.seed): r for r in plot.place_runs(plot.load_runs(runs_dir), "time")}
+    # PPO: 10 s to step 500 (its evaluations at 5 s, 10 s); the fine-tuned run 7 s (init_from.wall_time_s) + its own
+    assert plot.curve(timed[("grpo_g8 ← ppo 500 (learning_rate=0.001)", 1)], "eval")[0].tolist() == [5, 10, 17, 27]
+    (source / "metrics.json").rename(source / "moved.json")  # the source not among the runs: no prefix
+    alone = next(r for r in plot.place_runs(plot.load_runs(runs_dir), "steps") if r.exp == tuned.exp and r.seed == 1)
+    assert alone.prefix == {} and alone.series["eval"][0].tolist() == [750, 1000]
+
+
 def test_help_lists_every_flag():
     result = run_plot("--help")
     assert result.returncode == 0
@@ -360,6 +466,8 @@ def test_help_lists_every_flag():
         "--output-dir",
         "--total-steps",
         "--metric {eval,train}",
+        "--x {steps,time}",
+        "--total-time SECONDS",
         "--reference CSV",
         "--sweep ARG",
         "--ratio-to ALGO",
@@ -383,6 +491,9 @@ def assert_one_line_error(result, expected):
         (["--total-steps", "0"], "--total-steps must be positive"),
         (["--total-steps", "1e6"], "invalid int value"),
         (["--smooth", "-1"], "--smooth must be"),
+        (["--x", "time", "--total-time", "-5"], "--total-time must be a positive number of seconds"),
+        (["--total-time", "60"], "--total-time is for --x time"),
+        (["--x", "time", "--total-steps", "100"], "--total-steps and --sweep are for --x steps"),
         (["--colour"], "unrecognized arguments: --colour"),
         (["--reference", "/nowhere.csv"], "cannot read --reference /nowhere.csv"),
     ],

@@ -83,8 +83,8 @@ def test_every_script_is_a_tyro_main_with_module_level_functions():
 
 def test_the_scripts_stay_short_and_beta_is_a_small_diff_of_gaussian():
     lines = {script: len(text(script).splitlines()) for script in existing_scripts()}
-    assert lines["ppo_continuous"] <= 800, lines
-    assert max(lines.values()) <= 900, lines
+    assert lines["ppo_continuous"] <= 850, lines
+    assert max(lines.values()) <= 950, lines
     diff = difflib.unified_diff(text("ppo_continuous").splitlines(), text("ppo_beta_continuous").splitlines(), n=0)
     changed = [line for line in diff if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     assert len(changed) <= 60, len(changed)
