@@ -1,5 +1,5 @@
-"""Figures and tables of a benchmark, read from every metrics.json (and timings.jsonl) under a
-runs directory: learning curves, GRPO group sizes, final performance, where the time goes.
+"""Figures and tables of a benchmark, read from every metrics.json (and timings.jsonl) under one or more
+runs directories: learning curves, GRPO group sizes, final performance, where the time goes.
 
 Final performance is reported as rliable recommends (Agarwal et al., "Deep Reinforcement Learning
 at the Edge of the Statistical Precipice", NeurIPS 2021): the interquartile mean (IQM) over runs,
@@ -12,14 +12,18 @@ seconds at each step are the running sum of timings.jsonl's time_s, interpolated
 A fine-tuned run (a script's --init-from: metrics.json's init_from names the source run and its step) is its own
 algorithm, labelled with its start ("grpo_continuous_g8 ← ppo_continuous 299k"), and placed on the x axis after its
 source's steps (or seconds): a PPO 300k -> GRPO 700k pipeline ends at 1M, read at the same budget as PPO at 1M.
+The source may be in another of the runs directories, and is used for that even where --exp or --env leave it out.
 
 Run:  python plot.py runs/   (figures, final_performance.md and .csv go to runs/_plots/)
       python plot.py runs/ --x time   (the same against wall-clock time: curves_ENV_time.png, final_performance_time.md)
+      python plot.py runs/ runs_ft/ --exp ppo_continuous --exp 'grpo_continuous_g8*' --env 'Hopper*'
+          (the runs of both directories, only these algorithms and envs; files go to runs/_plots/)
 """
 
 import argparse
 import csv
 import dataclasses
+import fnmatch
 import io
 import json
 import math
@@ -69,7 +73,7 @@ def warn(message):
 class Run:
     path: Path  # the run directory
     env: str
-    exp: str  # exp_name: what the figures and the table call an algorithm
+    exp: str  # exp_name: what the figures and the table call an algorithm (with its start and config: label_configs)
     algo: str  # the script's stem
     seed: int
     group_size: int | None
@@ -80,6 +84,7 @@ class Run:
     series: dict  # "eval" / "train" -> (x, returns), float arrays sorted by x: steps, or seconds (on_axis)
     args: dict  # the run's arguments, as metrics.json has them
     init_from: dict | None = None  # a fine-tuned run's start (read_init_from); None from scratch
+    exp_name: str = ""  # metrics.json's exp_name, as it is (--exp matches it, or exp)
     prefix: dict = dataclasses.field(default_factory=dict)  # its source's points before it started (place_runs)
 
 
@@ -188,6 +193,7 @@ def load_run(path: Path) -> Run:
             },
             args=args,
             init_from=init,
+            exp_name=str(metrics["exp_name"]),
         )
     except KeyError as e:
         raise ValueError(f"no {e.args[0]!r} field")
@@ -195,11 +201,16 @@ def load_run(path: Path) -> Run:
         raise ValueError(f"malformed field ({e})")
 
 
-def load_runs(runs_dir: Path) -> list[Run]:
-    """Every readable metrics.json under runs_dir (bad ones are skipped with a warning); of two runs
-    with the same env, exp_name, seed and arguments (copies in two folders) the one with more steps is kept."""
+def load_runs(*runs_dirs: Path) -> list[Run]:
+    """Every readable metrics.json under the runs_dirs (bad ones are skipped with a warning; a file under two of them,
+    read once); of two runs with the same env, exp_name, seed and arguments (copies in two folders) the one with more
+    steps is kept."""
+    paths = {}
+    for runs_dir in runs_dirs:
+        for path in sorted(runs_dir.rglob("metrics.json")):
+            paths.setdefault(path.resolve(), path)
     runs = {}
-    for path in sorted(runs_dir.rglob("metrics.json")):
+    for path in paths.values():
         try:
             run = load_run(path)
         except (OSError, ValueError) as e:
@@ -295,23 +306,47 @@ def find_source(run, candidates):
     return named[0] if len(named) == 1 else None
 
 
-def place_runs(runs, x):
+def place_runs(runs, x, others=()):
     """Every run on the x axis (on_axis); runs without timings are left out of "time", with a warning. A fine-tuned
-    run whose source is here gets, as its prefix, the source's points up to the step it started from, so that the
-    pipeline's curve runs from 0 (plot_curves draws it; the table reads the run's own points only)."""
-    placed = {}
+    run whose source is here, or among `others` (runs not plotted, e.g. left out by --exp), gets, as its prefix, the
+    source's points up to the step it started from, so that the pipeline's curve runs from 0 (plot_curves draws it;
+    the table reads the run's own points only)."""
+    pool = {id(r): r for r in [*runs, *others]}
+    placed = {key: on_axis(run, x) for key, run in pool.items()}
     for run in runs:
-        placed[id(run)] = on_axis(run, x)
         if placed[id(run)] is None:
             warn(f"skipping {run.path} for --x time: no timings.jsonl with a global_step in each row")
-    sources = [r for r in runs if placed[id(r)] is not None]
+    sources = [r for key, r in pool.items() if placed[key] is not None]
     for run in runs:
         source = find_source(run, sources) if run.init_from and placed[id(run)] else None
         if source:  # on_axis keeps the order of a series: the source's own steps pick its points on the axis
             started = {metric: steps <= run.init_from["global_step"] for metric, (steps, _) in source.series.items()}
             axis = placed[id(source)].series
             placed[id(run)].prefix = {metric: (xs[started[metric]], ys[started[metric]]) for metric, (xs, ys) in axis.items()}
-    return [p for p in placed.values() if p is not None]
+    return [placed[id(r)] for r in runs if placed[id(r)] is not None]
+
+
+def typed(name):
+    """An algorithm's name as typed: '<-' may stand for a fine-tuned run's '←'."""
+    return name.replace("<-", "←")
+
+
+# what --exp and --env match a glob against, and how an error calls it
+FILTERS = {"exp": ("exp_name or algorithm", lambda run: (run.exp_name, run.exp)), "env": ("env_id", lambda run: (run.env,))}
+
+
+def matches(run, flag, globs):
+    return any(fnmatch.fnmatchcase(name, glob) for name in FILTERS[flag][1](run) for glob in globs)
+
+
+def select(runs, globs):
+    """The runs that match, for each flag of FILTERS, one of its globs (`globs`: flag -> globs; none: every run); a glob
+    that matches none of `runs` is a UsageError."""
+    for flag, patterns in globs.items():
+        for glob in patterns:
+            if not any(matches(r, flag, [glob]) for r in runs):
+                raise UsageError(f"--{flag} {glob}: matches no run's {FILTERS[flag][0]} (globs: *, ?, [...]; quote them)")
+    return [r for r in runs if all(matches(r, flag, patterns) for flag, patterns in globs.items() if patterns)]
 
 
 def curve(run, metric):
@@ -745,17 +780,32 @@ class Parser(argparse.ArgumentParser):
 
 def parse_args(argv):
     parser = Parser(
-        description="Figures and tables of the runs under RUNS_DIR (every metrics.json below it, grouped by "
-        "env and exp_name; a fine-tuned run, from a script's --init-from, is its own algorithm, named after its start, "
-        "e.g. 'grpo_continuous_g8 ← ppo_continuous 299k', and placed on the x axis after its source): curves_ENV.png, "
+        description="Figures and tables of the runs under RUNS_DIR and any further RUNS_DIRs (every metrics.json below "
+        "them, read together, grouped by env and exp_name; a fine-tuned run, from a script's --init-from, is its own "
+        "algorithm, named after its start, e.g. 'grpo_continuous_g8 ← ppo_continuous 299k', and placed on the x axis "
+        "after its source, wherever that is among the RUNS_DIRs): curves_ENV.png, "
         "curves_all_envs.png (with more than one env), group_size_ENV.png (GRPO runs), time_breakdown.png, "
         "final_performance.md (also printed) and final_performance.csv; with --x time curves_ENV_time.png, "
         "curves_all_envs_time.png, final_performance_time.md and .csv only."
     )
     parser.add_argument(
-        "runs_dir", metavar="RUNS_DIR", help="the directory the training scripts wrote their runs to (searched recursively)"
+        "runs_dirs",
+        nargs="+",
+        metavar="RUNS_DIR",
+        help="a directory the training scripts wrote their runs to (searched recursively); several: their runs together",
     )
-    parser.add_argument("--output-dir", metavar="DIR", help="where the figures and tables go (default: RUNS_DIR/_plots)")
+    parser.add_argument(
+        "--output-dir", metavar="DIR", help="where the figures and tables go (default: the first RUNS_DIR's _plots)"
+    )
+    for flag, what in (("exp", "exp_name, or algorithm name in the table ('<-' for '←'),"), ("env", "env_id")):
+        parser.add_argument(
+            f"--{flag}",
+            action="append",
+            default=[],
+            metavar="GLOB",
+            help=f"only the runs whose {what} matches GLOB (fnmatch: *, ?, [...]; quote it); repeat for "
+            "more, a run matching any; a fine-tuned run's source left out still starts its curve",
+        )
     parser.add_argument(
         "--x",
         choices=("steps", "time"),
@@ -829,26 +879,36 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    runs_dir = Path(args.runs_dir)
-    if not runs_dir.is_dir():
-        raise UsageError(f"{runs_dir} is not a directory (pass the --runs-dir the runs were written to, e.g. runs/)")
-    out = Path(args.output_dir) if args.output_dir else runs_dir / "_plots"
+    runs_dirs = [Path(d) for d in args.runs_dirs]
+    missing = [str(d) for d in runs_dirs if not d.is_dir()]
+    if missing:
+        raise UsageError(
+            f"{', '.join(missing)} {'is not a directory' if len(missing) == 1 else 'are not directories'} "
+            "(pass the --runs-dir the runs were written to, e.g. runs/)"
+        )
+    where = ", ".join(map(str, runs_dirs))
+    out = Path(args.output_dir) if args.output_dir else runs_dirs[0] / "_plots"
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {out} is a file (pass another --output-dir)")
     refs = load_references(Path(args.reference)) if args.reference else []
-    runs = load_runs(runs_dir)
+    runs = load_runs(*runs_dirs)
     if not runs:
         raise UsageError(
-            f"no readable metrics.json under {runs_dir}: nothing to plot (run the training scripts or benchmark.sh first)"
+            f"no readable metrics.json under {where}: nothing to plot (run the training scripts or benchmark.sh first)"
         )
+    globs = {"exp": [typed(glob) for glob in args.exp], "env": args.env}
+    selected = select(runs, globs)  # the others stay sources of fine-tuned runs' curves (place_runs)
+    if not selected:
+        raise UsageError(f"no run matches {' and '.join(f'--{k}' for k, v in globs.items() if v)} together: nothing to plot")
     args.sweep = [name.replace("-", "_") for name in args.sweep]
     for name in args.sweep:
-        if not any(name in r.args for r in runs):
+        if not any(name in r.args for r in selected):
             raise UsageError(f"--sweep {name}: no run has that argument (see metrics.json's args, e.g. learning_rate)")
-    runs = place_runs(runs, args.x)
+    which = "selected run" if len(selected) < len(runs) else "run"
+    runs = place_runs(selected, args.x, others=runs)
     if not runs:
-        raise UsageError(f"no run under {runs_dir} has a timings.jsonl with steps: nothing to plot against time")
-    args.ratio_to = args.ratio_to and args.ratio_to.replace("<-", "←")  # a fine-tuned run's name, typed
+        raise UsageError(f"no {which} under {where} has a timings.jsonl with steps: nothing to plot against time")
+    args.ratio_to = args.ratio_to and typed(args.ratio_to)  # a fine-tuned run's name
     if args.ratio_to and not any(r.exp == args.ratio_to for r in runs):
         raise UsageError(f"--ratio-to {args.ratio_to}: no runs of that algorithm (see the table's algorithm column)")
     if args.metric == "eval" and not any(len(r.series["eval"][0]) for r in runs):

@@ -458,11 +458,52 @@ def test_a_fine_tuned_run_s_curve_starts_with_its_source_s(runs_dir):
     assert alone.prefix == {} and alone.series["eval"][0].tolist() == [750, 1000]
 
 
+def test_several_runs_dirs_are_read_together_and_exp_env_keep_some_runs(tmp_path, monkeypatch, capsys):
+    """PPO (the sources) in a/, the runs fine-tuned from it in b/ (b/ft, b/ft_lr), with an Other-v0 run and a shorter
+    copy of PPO seed 1: read together, fine-tuned curves start with PPO's, --exp and --env keep a subset."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_pipeline(a)
+    b.mkdir()
+    for folder in ("ft", "ft_lr"):
+        (a / folder).rename(b / folder)
+    write_run(b, "Other-v0", "ppo", 1, eval_returns=[5.0])
+    write_run(b / "copy", "Toy-v0", "ppo", 1, eval_returns=[0.0], step=500)
+    fast, slow = "grpo_g8 ← ppo 500 (learning_rate=0.001)", "grpo_g8 ← ppo 500 (learning_rate=0.0003)"
+    plotted = []  # the runs each main() draws curves of
+    draw = plot.figure_learning_curves
+    monkeypatch.setattr(plot, "figure_learning_curves", lambda env, runs, *a: plotted.extend(runs) or draw(env, runs, *a))
+
+    def tables(*args):
+        plotted.clear()
+        plot.main([str(a), str(b), *args])
+        return read_csv(a / "_plots" / "final_performance.csv")  # the first RUNS_DIR's
+
+    def drawn_curve():  # of the fine-tuned run at learning rate 1e-3, seed 1: PPO seed 1's points up to 500 first
+        tuned = next(r for r in plotted if r.exp == fast and r.seed == 1)
+        return [xs.tolist() for xs in plot.curve(tuned, "eval")] == [[250, 500, 750, 1000], [11.0, 21.0, 101.0, 201.0]]
+
+    rows = tables()
+    assert not (b / "_plots").exists()
+    assert sorted(rows) == sorted([("Other-v0", "ppo")] + [("Toy-v0", e) for e in ("ppo", "grpo_g8", fast, slow)])
+    assert float(rows[("Toy-v0", "ppo")]["final_mean"]) == 41.5  # the longer copy (a's) of PPO seed 1
+    assert capsys.readouterr().err.count("are the same run") == 1
+    assert drawn_curve()  # its source in a/, found from b/
+    assert len(plot.load_runs(a, b, b / "ft")) == 9  # b/ft's files read once: no "same run" of theirs
+    assert capsys.readouterr().err.count("are the same run") == 1
+
+    assert sorted(tables("--exp", "grpo_g8 <- *", "--env", "Toy*")) == [("Toy-v0", slow), ("Toy-v0", fast)]
+    assert {r.exp for r in plotted} == {fast, slow} and drawn_curve()  # PPO left out, yet its points come first
+    assert sorted(tables("--exp", "grpo_g8")) == sorted(("Toy-v0", e) for e in ("grpo_g8", fast, slow))  # its exp_name
+    assert sorted(tables("--exp", "ppo", "--exp", "*<-*", "--env", "Other-v0")) == [("Other-v0", "ppo")]
+
+
 def test_help_lists_every_flag():
     result = run_plot("--help")
     assert result.returncode == 0
     for flag in (
-        "RUNS_DIR",
+        "RUNS_DIR [RUNS_DIR ...]",
+        "--exp GLOB",
+        "--env GLOB",
         "--output-dir",
         "--total-steps",
         "--metric {eval,train}",
@@ -496,12 +537,22 @@ def assert_one_line_error(result, expected):
         (["--x", "time", "--total-steps", "100"], "--total-steps and --sweep are for --x steps"),
         (["--colour"], "unrecognized arguments: --colour"),
         (["--reference", "/nowhere.csv"], "cannot read --reference /nowhere.csv"),
+        (["FULL", "/nowhere"], "error: /nowhere is not a directory"),
+        (["/nowhere", "FULL", "/nowhere2"], "error: /nowhere, /nowhere2 are not directories"),
+        (["FULL", "--exp", "algo_a", "--exp", "algo_z*"], "--exp algo_z*: matches no run's exp_name"),
+        (["FULL", "--env", "Toy"], "--env Toy: matches no run's env_id"),
+        (["FULL", "--exp", "algo_a", "--env", "Other-v0"], "no run matches --exp and --env together"),
+        (["FULL", "--exp", "algo_b", "--sweep", "lr"], "--sweep lr: no run has that argument"),  # algo_a has it
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(runs_dir, args, expected):
+def test_bad_input_is_one_line_and_writes_nothing(runs_dir, tmp_path, args, expected):
+    """RUNS_DIR is empty; FULL, a second RUNS_DIR, holds runs of algo_a on Toy-v0 and algo_b on Other-v0."""
     runs_dir.mkdir()
-    assert_one_line_error(run_plot(runs_dir, *args), expected)
-    assert list(runs_dir.iterdir()) == []
+    full = tmp_path / "full"
+    write_run(full, "Toy-v0", "algo_a", 1, eval_returns=[1.0], args={"lr": 1})
+    write_run(full, "Other-v0", "algo_b", 1, eval_returns=[1.0])
+    assert_one_line_error(run_plot(runs_dir, *[full if arg == "FULL" else arg for arg in args]), expected)
+    assert list(runs_dir.iterdir()) == [] and not (full / "_plots").exists()
 
 
 def test_bad_paths_are_one_line(runs_dir, tmp_path):
