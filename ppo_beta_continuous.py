@@ -676,8 +676,9 @@ class Run:
         """--init-from: the loaded run's networks and observation statistics; the optimizer, step count, schedules, RNG
         and reward statistics start fresh, as with rl-zoo3's --trained-agent."""
         agent = self.state["agent"]
-        try:  # a PPO checkpoint's critic stays behind in GRPO, which has none
-            agent.load_state_dict({k: v for k, v in init["agent"].items() if k in agent.state_dict()})
+        own = agent.state_dict().keys()  # a PPO checkpoint's critic stays behind in GRPO, which has none
+        try:
+            agent.load_state_dict({k: v for k, v in init["agent"].items() if k in own})
         except RuntimeError:  # checked arguments, so a checkpoint written by other code
             raise UsageError(f"the networks in --init-from {self.args.init_from} do not fit this script's")
         if "obs_norm" in self.state:
