@@ -642,12 +642,12 @@ def atomic_write(path, write):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, algos=(ALGO,)):
+def load_checkpoint(path, algos=(ALGO,), fix="pass a run's checkpoints/latest.pt or best.pt"):
     """weights_only: a checkpoint is tensors and plain containers, so reading one never runs code from the file."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # missing, truncated, foreign, or a pickle that would run code
-        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}): pass a latest.pt or best.pt (--resume: delete)")
+        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}): {fix}")
     if not isinstance(ckpt, dict) or ckpt.get("algo") not in algos or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = f"{ckpt.get('algo')}.py's, format {ckpt.get('format')}" if isinstance(ckpt, dict) else type(ckpt).__name__
         scripts = " or ".join(f"{algo}.py" for algo in algos)
@@ -682,7 +682,7 @@ def open_run(args):
         raise UsageError(f"{run_dir} exists: pass --resume to continue it, or another --exp-name/--seed/--runs-dir")
     if not args.resume or not latest.exists():
         return run_dir, None, load_init(args) if args.init_from else None
-    ckpt = load_checkpoint(latest)
+    ckpt = load_checkpoint(latest, fix="delete it to restart the run from step 0")
     saved, now = ckpt["args"], asdict(args)
     default = {f.name: f.default for f in fields(args)}  # a flag newer than the run: the run had its default
     changed = [
