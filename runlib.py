@@ -5,7 +5,7 @@ rest from here, as PureJaxRL's scripts import `wrappers.py` and CleanRL's `clean
 - the CLI and its one-line errors (`cli`), the argument and env checks that every script shares;
 - the run directory, metrics.json, timings.jsonl, logs/train.log, TensorBoard and W&B, checkpoints, `--resume`,
   `--init-from`, evaluation and best-episode videos (`Run`);
-- the envs' plumbing: gymnasium vector envs with SAME_STEP autoreset, the EnvPool adapters, CarRacing's frame pipeline;
+- the envs' plumbing: gymnasium vector envs with SAME_STEP autoreset, and the EnvPool adapters;
 - the running observation and reward statistics (numpy: a torch call would cost 10x on every env step).
 To change the algorithm, edit its script; to change what every run writes, edit this file.
 """
@@ -94,7 +94,7 @@ class UsageError(Exception):
 
 
 def check_arg_ranges(
-    args: Any, positive: Sequence[str] = (), non_negative: Sequence[str] = (), positive_or_none: Sequence[str] = ()
+    args: RunArgs, positive: Sequence[str] = (), non_negative: Sequence[str] = (), positive_or_none: Sequence[str] = ()
 ) -> None:
     """The run's own arguments, and a script's `positive`, `non_negative` and `positive_or_none` ones."""
     if not args.exp_name or "/" in args.exp_name or os.sep in args.exp_name:
@@ -148,8 +148,12 @@ def check_env(args: RunArgs, whole_episodes: bool = False) -> tuple[gym.spaces.B
         raise UsageError(f"{args.env_id} has {type(obs_space).__name__} observations; this script needs a Box of them")
     needs_limit = whole_episodes or args.eval_every > 0 or args.eval_checkpoint is not None
     if needs_limit and args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):
-        why = "GRPO compares whole episodes" if whole_episodes else "evaluation runs episodes to their end"
-        raise UsageError(f"{args.env_id} has no time limit and {why}: pass --max-episode-steps (or --eval-every 0)")
+        why = (
+            "GRPO compares whole episodes"
+            if whole_episodes
+            else "evaluation runs episodes to their end (--eval-every 0: none)"
+        )
+        raise UsageError(f"{args.env_id} has no time limit and {why}: pass --max-episode-steps")
     if args.env_backend == "envpool":
         check_envpool_env(args.env_id, obs_space, act_space)
     return obs_space, act_space
@@ -178,7 +182,7 @@ def version_note(env_id: str) -> str | None:
     if version is None or newest is None or version >= newest:
         return None
     newer = env_id.replace(f"-v{version}", f"-v{newest}")
-    return f"note: {env_id} is kept as the default MuJoCo version because CleanRL's published figures use it; {newer} runs too"
+    return f"note: gymnasium calls {env_id} out of date; v4 is the default for CleanRL's published figures; {newer} runs too"
 
 
 # ---- envs ----
@@ -227,10 +231,6 @@ class Episodes:
         return ended
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0))  # EnvPool is Linux-only, where this is the cores this process may use
-
-
 class EnvPoolVectorEnv:
     """EnvPool's C++ envs as a SAME_STEP vector env: its own autoreset is NEXT_STEP-like, so an env that ends is reset at
     once by id, and its final observation goes to info["final_obs"]."""
@@ -238,21 +238,22 @@ class EnvPoolVectorEnv:
     def __init__(self, env_id: str, num_envs: int, max_episode_steps: int | None = None) -> None:
         self.env_id, self.num_envs = env_id, num_envs
         self.pool: Any = None  # an envpool env, made at reset
-        self.kwargs: dict[str, Any] = {"num_envs": num_envs}
+        self.kwargs: dict[str, Any] = {"num_envs": num_envs, "num_threads": min(num_envs, len(os.sched_getaffinity(0)))}
         if max_episode_steps:
             self.kwargs["max_episode_steps"] = max_episode_steps
 
-    def reset(self, *, seed: int) -> tuple[Array, dict[str, Any]]:
+    def reset(self, *, seed: int | Sequence[int]) -> tuple[Array, dict[str, Any]]:
+        """Env i gets seed + i, as gymnasium's vector envs seed them, or seed[i]. EnvPool seeds its envs when it makes a
+        pool, and its reset takes no seed: a reset makes a new pool."""
         import envpool
 
-        # EnvPool seeds env i with seed + i when it makes the pool, and its reset takes no seed: a reset makes a new pool
+        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
         self.close()
-        threads = min(self.num_envs, usable_cores())
-        self.pool = envpool.make(self.env_id, "gymnasium", seed=seed, num_threads=threads, **self.kwargs)
-        return self.pool.reset()[0].copy(), {}
+        with warnings.catch_warnings(action="ignore"):
+            self.pool = envpool.make(self.env_id, "gymnasium", env_seed=[s & 0x7FFFFFFF for s in seeds], **self.kwargs)
+        return self.pool.reset()[0].copy(), {}  # EnvPool takes int32 seeds
 
     def step(self, actions: Array) -> tuple[Array, Array, Array, Array, dict[str, Any]]:
-        assert self.pool is not None
         obs, reward, terminated, truncated, _ = self.pool.step(actions)
         obs = obs.copy()
         done = np.flatnonzero(terminated | truncated)
@@ -270,13 +271,14 @@ class EnvPoolVectorEnv:
 
 
 class LiveMembers:
-    """GRPO's members as plain gymnasium envs: reset with a seed each, stepping only those whose episode still runs."""
+    """GRPO's members as plain gymnasium envs: reset with a seed each, stepping only those whose episode still runs. (On
+    EnvPool and AsyncVectorEnv, the envs of ended members step on and autoreset; the rollout masks them.)"""
 
     def __init__(self, env_fn: Callable[[], gym.Env[Any, Any]], num_members: int) -> None:
         self.envs = [env_fn() for _ in range(num_members)]
         self.live = np.ones(num_members, bool)
 
-    def reset(self, seed: Sequence[int]) -> tuple[Array, dict[str, Any]]:
+    def reset(self, *, seed: Sequence[int]) -> tuple[Array, dict[str, Any]]:
         self.live = np.ones(len(self.envs), bool)
         self.obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)])
         return self.obs, {}
@@ -292,34 +294,6 @@ class LiveMembers:
     def close(self) -> None:
         for env in self.envs:
             env.close()
-
-
-class EnvPoolMembers:
-    """GRPO's members as one EnvPool pool, made afresh at each reset with a seed per env (EnvPool's `env_seed`; its reset
-    takes no seed): a group's members get the group's seed, so they start alike, as gymnasium's reset(seed=) makes them."""
-
-    def __init__(self, env_id: str, max_episode_steps: int | None = None) -> None:
-        self.env_id = env_id
-        self.pool: Any = None  # an envpool env, made at reset
-        self.kwargs: dict[str, Any] = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-
-    def reset(self, seed: Sequence[int]) -> tuple[Array, dict[str, Any]]:
-        import envpool
-
-        self.close()
-        self.kwargs |= {"num_envs": len(seed), "env_seed": [s & 0x7FFFFFFF for s in seed]}  # EnvPool takes int32 seeds
-        with warnings.catch_warnings(action="ignore"):
-            self.pool = envpool.make(self.env_id, "gymnasium", num_threads=min(len(seed), usable_cores()), **self.kwargs)
-        return self.pool.reset()
-
-    def step(self, actions: Array) -> tuple[Array, Array, Array, Array, dict[str, Any]]:
-        assert self.pool is not None
-        return self.pool.step(actions)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
 
 
 def reset_seed(seed: int, iteration: int) -> int:

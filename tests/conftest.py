@@ -100,11 +100,16 @@ def run_script(script, *args, timeout=600, **kwargs):
     )
 
 
-def start_killable(script, *args):
-    """Start a training script in the background, to be killed by kill_when."""
-    command = [sys.executable, str(ROOT / f"{script}.py"), *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+def kill_at(script, point, step, *args):
+    """Run a training script and SIGKILL it at an exact point of its bookkeeping once it reaches `step` (tests/kill_at.py:
+    before_row, before_checkpoint, after_checkpoint, after_best); returns the metrics.json it left."""
+    command = [sys.executable, str(ROOT / "tests" / "kill_at.py"), script, point, str(step), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == -9, result.stderr  # killed, not finished or crashed
+    runs_dir = Path(args[list(args).index("--runs-dir") + 1])
+    (run_dir,) = runs_dir.iterdir()
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def run_cli(monkeypatch, capsys, script, *args):
@@ -113,7 +118,7 @@ def run_cli(monkeypatch, capsys, script, *args):
     module = importlib.import_module(script)
     monkeypatch.setattr(sys, "argv", [f"{script}.py", *map(str, args)])
     try:
-        module.cli(module.main, module.Args)
+        module.cli(module.main, module.Args, module.ALGO)
         code = 0
     except SystemExit as e:
         code = e.code or 0
@@ -161,37 +166,6 @@ def assert_timings_add_up(timings, wall_time_s):
         assert row["policy_forward_s"] + row["env_step_s"] <= row["rollout_s"]
     # the rows never claim more than the run's wall time (metrics.json's stops before the last row's io)
     assert sum(row["time_s"] for row in timings) <= wall_time_s + timings[-1]["io_s"]
-
-
-def process_alive(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie is dead
-    except FileNotFoundError:
-        return False
-
-
-def kill_when(proc, run_dir, min_step, timeout=300):
-    """SIGKILL `proc` once its metrics.json reaches `min_step`; returns the step it was killed at."""
-    import signal
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads((run_dir / "metrics.json").read_text())["global_step"] >= min_step:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 15
-    while (alive := [c for c in children if process_alive(c)]) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not alive, "env worker processes outlived their killed parent"
-    return json.loads((run_dir / "metrics.json").read_text())["global_step"]
 
 
 def assert_run_layout(run_dir, script, eval_steps):
@@ -262,24 +236,28 @@ def poison_update(monkeypatch, module, at_call=3):
 
 
 def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", seed=0, bound=1.0):
-    """T steps of module.collect_rollout (a PPO script's) with an untrained agent, statistics off. Returns the buffer,
-    the obs after the last step (float32), the final observations as {(t, env): obs} and the ended episodes."""
+    """T steps of module.collect_rollout (a PPO script's) with an untrained agent, statistics off. Returns the Rollout,
+    the obs after the last step (float32) and the ended episodes as [(t, return, length)]."""
+    import runlib
+
     args = SimpleNamespace(
         env_id=env_id, max_episode_steps=max_episode_steps, num_envs=N, vector_mode="sync", env_backend=backend
     )
     envs = module.make_vector_env(args)
     next_obs, _ = envs.reset(seed=seed)
-    obs_dim, act_dim = next_obs.shape[1], module.check_env(args)[1].shape[0]
-    agent, norm = module.Agent(obs_dim, act_dim, (8,)), module.ObsNormalizer((obs_dim,), 10.0, enabled=False)
-    buf = {"obs": np.zeros((T, N, obs_dim), np.float32), "actions": np.zeros((T, N, act_dim), np.float32)}
-    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
-    scaler, ended, low, high = module.RewardScaler(N, 0.99, 10.0, enabled=False), [], np.float32(-bound), np.float32(bound)
+    import gymnasium as gym
+
+    obs_dim, act_dim = next_obs.shape[1], gym.make(env_id).action_space.shape[0]
+    agent, norm = module.Agent(obs_dim, act_dim, (8,)), runlib.ObsNormalizer((obs_dim,), 10.0, enabled=False)
+    buf = module.Rollout.empty(T, N, obs_dim, act_dim)
+    scaler, ended, low, high = runlib.RewardScaler(N, 0.99, 10.0, enabled=False), [], np.float32(-bound), np.float32(bound)
     with torch.inference_mode():
-        next_obs, final, _ = module.collect_rollout(
-            envs, next_obs, agent.sample, norm, scaler, buf, low, high, np.zeros((2, N)), lambda *e: ended.append(e)
+        next_obs = module.collect_rollout(
+            envs, next_obs, agent.sample, norm, scaler, buf, low, high, runlib.Episodes(N),
+            lambda *e: ended.append(e), runlib.Timings(),
         )
     envs.close()
-    return buf, next_obs.astype(np.float32), {(t, i): o[0] for t, i, o in final}, ended
+    return buf, next_obs.astype(np.float32), ended
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 that a test can resume from exactly that state:  python tests/kill_at.py SCRIPT POINT STEP [the script's flags]
 
 POINT: before_row (metrics.json written, not the timings.jsonl row), before_checkpoint (the row written, not
-checkpoints/latest.pt), after_checkpoint (latest.pt written, not the next metrics.json)."""
+checkpoints/latest.pt), after_checkpoint (latest.pt written, not the next metrics.json), after_best (an evaluation's new
+best written as best-next.pt, not yet the latest.pt that makes it best.pt)."""
 
 import importlib
 import os
@@ -13,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 script, point, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
 module = importlib.import_module(script)
-real_flush, real_save = module.Run.flush, module.Run.save
+Run = importlib.import_module("runlib").Run
+real_flush, real_save = Run.flush, Run.save
 
 
 def die():
@@ -33,8 +35,10 @@ def save(run, name):
     real_save(run, name)
     if due and point == "after_checkpoint":
         die()
+    if name == "best-next.pt" and run.global_step >= step and point == "after_best":
+        die()
 
 
-module.Run.flush, module.Run.save = flush, save
+Run.flush, Run.save = flush, save
 sys.argv = [f"{script}.py", *sys.argv[4:]]
-module.cli(module.main, module.Args)
+module.cli(module.main, module.Args, module.ALGO)
