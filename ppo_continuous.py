@@ -352,11 +352,13 @@ def make_batch(agent: Agent, rollout: Rollout, next_obs: Array, args: Args, devi
     with torch.no_grad():
         logprobs = agent.dist(obs).log_prob(actions).sum(-1)
         values = agent.critic(obs).view(T, N).cpu()
-        next_values = torch.cat([values[1:], agent.critic(torch.from_numpy(next_obs).to(device)).view(1, N).cpu()])
-        if rollout.final_obs:  # the env reset after step t: the next state is the episode's final observation
-            final_obs = torch.from_numpy(np.stack(list(rollout.final_obs.values()))).to(device)
-            for (t, i), value in zip(rollout.final_obs, agent.critic(final_obs).view(-1).cpu()):
-                next_values[t, i] = value
+        # V of the state after each step: the next step's, after the last step next_obs's, and where an env reset after
+        # step t the episode's final observation's; the last two in one call
+        bootstrap_obs = torch.from_numpy(np.concatenate([next_obs, *(o[None] for o in rollout.final_obs.values())]))
+        bootstrap_values = agent.critic(bootstrap_obs.to(device)).view(-1).cpu()
+        next_values = torch.cat([values[1:], bootstrap_values[None, :N]])
+        for (t, i), value in zip(rollout.final_obs, bootstrap_values[N:]):
+            next_values[t, i] = value
     next_values *= 1.0 - torch.from_numpy(rollout.terminations)
     rewards, dones = torch.from_numpy(rollout.rewards), torch.from_numpy(rollout.dones)
     advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
