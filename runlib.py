@@ -128,7 +128,7 @@ def choose_gl_backend(args: RunArgs) -> None:
             error = str(e)
     os.environ["MUJOCO_GL"] = "disable" if error else "egl"
     if films and error:
-        print(f"warning: no videos: libEGL cannot load ({error}); install it (apt install libegl1) or pass --no-capture-video")
+        print(f"warning: no videos: libEGL cannot load ({error}); apt install libegl1, or --no-capture-video", file=sys.stderr)
         args.capture_video = False
 
 

@@ -11,6 +11,7 @@ import torch
 
 import ppo_beta_continuous as ppo_beta
 import ppo_continuous as ppo
+import runlib
 from conftest import rollout
 
 
@@ -75,7 +76,7 @@ def test_gae_bootstraps_a_truncation_with_the_final_observation_value_and_a_term
 def test_running_mean_std_matches_numpy_over_chunks():
     rng = np.random.default_rng(1)
     data = rng.normal(3.0, 2.0, size=(1000, 4))
-    rms = ppo.RunningMeanStd((4,))
+    rms = runlib.RunningMeanStd((4,))
     for chunk in np.array_split(data, 37):
         rms.update(chunk)
     np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-6)
@@ -83,7 +84,7 @@ def test_running_mean_std_matches_numpy_over_chunks():
 
 
 def test_obs_normalizer_is_frozen_unless_updating_and_survives_a_checkpoint(tmp_path):
-    norm = ppo.ObsNormalizer((4,), clip=10.0)
+    norm = runlib.ObsNormalizer((4,), clip=10.0)
     data = np.random.default_rng(2).normal(5.0, 3.0, size=(500, 4))
     norm(data, update=True)
     mean = norm.mean.copy()
@@ -92,17 +93,17 @@ def test_obs_normalizer_is_frozen_unless_updating_and_survives_a_checkpoint(tmp_
     assert normalized.dtype == np.float32 and abs(norm(data).mean()) < 0.05 and abs(norm(data).std() - 1) < 0.05
     assert np.abs(norm(data * 100)).max() == 10.0  # clipped
     torch.save(norm.state_dict(), tmp_path / "n.pt")
-    restored = ppo.ObsNormalizer((4,), clip=10.0)
+    restored = runlib.ObsNormalizer((4,), clip=10.0)
     restored.load_state_dict(torch.load(tmp_path / "n.pt", weights_only=True))
     np.testing.assert_array_equal(restored(data[:10]), normalized)
-    np.testing.assert_array_equal(ppo.ObsNormalizer((4,), 10.0, enabled=False)(data, update=True), data.astype(np.float32))
+    np.testing.assert_array_equal(runlib.ObsNormalizer((4,), 10.0, enabled=False)(data, update=True), data.astype(np.float32))
 
 
 def test_reward_scaler_is_cleanrls_step_by_step_scaling_and_resets_at_episode_end(tmp_path):
     rng = np.random.default_rng(0)
     T, N, gamma = 50, 3, 0.9
     rewards, dones = rng.normal(2.0, 1.0, (T, N)), rng.random((T, N)) < 0.1
-    scaler, ref_rms, returns = ppo.RewardScaler(N, gamma, clip=100.0), ppo.RunningMeanStd(), np.zeros(N)
+    scaler, ref_rms, returns = runlib.RewardScaler(N, gamma, clip=100.0), runlib.RunningMeanStd(), np.zeros(N)
     for t in range(T):  # CleanRL's order: update with this step's returns, scale, then reset ended episodes
         scaled = scaler(rewards[t], dones[t])
         returns = returns * gamma + rewards[t]
@@ -112,10 +113,14 @@ def test_reward_scaler_is_cleanrls_step_by_step_scaling_and_resets_at_episode_en
     np.testing.assert_allclose(scaler.returns, returns)
     np.testing.assert_allclose(np.var(returns) > 0, True)
     torch.save(scaler.state_dict(), tmp_path / "s.pt")
-    restored = ppo.RewardScaler(N, gamma, clip=100.0)
+    restored = runlib.RewardScaler(N, gamma, clip=100.0)
     restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    # a resume restores the statistics; its envs start new episodes, so the discounted returns in flight start at 0
+    np.testing.assert_array_equal(restored.rms.var, scaler.rms.var)
+    np.testing.assert_array_equal(restored.returns, np.zeros(N))
+    scaler.returns[:] = 0.0
     np.testing.assert_array_equal(restored(rewards[0], dones[0]), scaler(rewards[0], dones[0]))
-    assert np.abs(ppo.RewardScaler(N, gamma, clip=0.5)(rewards[0] * 100, dones[0])).max() == np.float32(0.5)
+    assert np.abs(runlib.RewardScaler(N, gamma, clip=0.5)(rewards[0] * 100, dones[0])).max() == np.float32(0.5)
 
 
 def test_the_rollout_sample_is_a_draw_from_the_policy_distribution():
@@ -132,21 +137,21 @@ def test_the_rollout_sample_is_a_draw_from_the_policy_distribution():
 def reference_update(agent, optimizer, batch, args):
     """CleanRL's update loop, with torch.distributions and index minibatches."""
     for epoch in range(args.update_epochs):
-        b_inds = torch.randperm(args.batch_size)
-        for start in range(0, args.batch_size, args.minibatch_size):
+        b_inds = torch.randperm(len(batch.obs))
+        for start in range(0, len(batch.obs), args.minibatch_size):
             mb = b_inds[start : start + args.minibatch_size]
-            mean = agent.actor_mean(batch["obs"][mb])
+            mean = agent.actor_mean(batch.obs[mb])
             dist = torch.distributions.Normal(mean, agent.actor_logstd.expand_as(mean).exp())
-            newlogprob, entropy = dist.log_prob(batch["actions"][mb]).sum(1), dist.entropy().sum(1)
-            newvalue = agent.critic(batch["obs"][mb]).view(-1)
-            logratio = newlogprob - batch["logprobs"][mb]
+            newlogprob, entropy = dist.log_prob(batch.actions[mb]).sum(1), dist.entropy().sum(1)
+            newvalue = agent.critic(batch.obs[mb]).view(-1)
+            logratio = newlogprob - batch.logprobs[mb]
             ratio = logratio.exp()
-            adv = batch["advantages"][mb]
+            adv = batch.advantages[mb]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
-            v_unclipped = (newvalue - batch["returns"][mb]) ** 2
-            v_clipped = batch["values"][mb] + torch.clamp(newvalue - batch["values"][mb], -args.clip_coef, args.clip_coef)
-            v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - batch["returns"][mb]) ** 2).mean()
+            v_unclipped = (newvalue - batch.returns[mb]) ** 2
+            v_clipped = batch.values[mb] + torch.clamp(newvalue - batch.values[mb], -args.clip_coef, args.clip_coef)
+            v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - batch.returns[mb]) ** 2).mean()
             loss = pg_loss - args.ent_coef * entropy.mean() + v_loss * args.vf_coef
             optimizer.zero_grad()
             loss.backward()
@@ -157,10 +162,12 @@ def reference_update(agent, optimizer, batch, args):
 
 def ppo_batch(agent, B=256, obs_dim=5, act_dim=2):
     torch.manual_seed(0)
-    batch = {"obs": torch.randn(B, obs_dim), "actions": torch.randn(B, act_dim)}
+    obs, actions = torch.randn(B, obs_dim), torch.randn(B, act_dim)
     with torch.no_grad():
-        batch["logprobs"] = agent.dist(batch["obs"]).log_prob(batch["actions"]).sum(-1) + 0.05 * torch.randn(B)
-    return {**batch, "advantages": torch.randn(B), "returns": torch.randn(B), "values": torch.randn(B)}
+        logprobs = agent.dist(obs).log_prob(actions).sum(-1) + 0.05 * torch.randn(B)
+    return ppo.Batch(
+        obs=obs, actions=actions, logprobs=logprobs, advantages=torch.randn(B), returns=torch.randn(B), values=torch.randn(B)
+    )
 
 
 UPDATE_ARGS = dict(
@@ -181,7 +188,8 @@ def run_update(agent, batch, **overrides):
     args = SimpleNamespace(**{**UPDATE_ARGS, **overrides})
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(3e-3), eps=1e-5, fused=True)
     torch.manual_seed(1)
-    return ppo.ppo_update(ppo.make_update_step(agent, optimizer, ppo.ppo_loss, args), batch, args), optimizer
+    step = ppo.make_update_step(agent, optimizer, ppo.ppo_loss, args)
+    return ppo.ppo_update(step, batch, args.minibatch_size, args), optimizer
 
 
 def test_ppo_update_equals_the_plain_cleanrl_update():
@@ -189,7 +197,7 @@ def test_ppo_update_equals_the_plain_cleanrl_update():
     agent = ppo.Agent(5, 2, (32, 32))
     batch, reference = ppo_batch(agent), copy.deepcopy(agent)
     stats, _ = run_update(agent, batch)
-    args = SimpleNamespace(**UPDATE_ARGS, batch_size=256)
+    args = SimpleNamespace(**UPDATE_ARGS)
     torch.manual_seed(1)
     ref_pg, ref_v = reference_update(reference, torch.optim.Adam(reference.parameters(), lr=3e-3, eps=1e-5), batch, args)
     for p, q in zip(agent.parameters(), reference.parameters()):
@@ -244,41 +252,57 @@ def test_rollout_never_crosses_an_episode_boundary(module):
     T, N = 23, 2
     if "CounterTest-v0" not in gym.registry:
         gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
-    buf, next_obs, final, ended = rollout(module, T, N, "CounterTest-v0")
-    obs = np.concatenate([buf["obs"], next_obs[None]])
+    buf, next_obs, ended = rollout(module, T, N, "CounterTest-v0")
+    obs, final = np.concatenate([buf.obs, next_obs[None]]), buf.final_obs
     for i in range(N):
         for t in range(T):
-            (steps, episode), terminated = obs[t, i], buf["terminations"][t, i]
+            (steps, episode), terminated = obs[t, i], buf.terminations[t, i]
             assert bool(terminated) == (episode % 2 == 1 and steps + 1 == 3)
-            assert bool(buf["dones"][t, i]) == (terminated or (episode % 2 == 0 and steps + 1 == 5))
-            if buf["dones"][t, i]:  # the next stored obs starts a new episode; the final obs is kept aside
+            assert bool(buf.dones[t, i]) == (terminated or (episode % 2 == 0 and steps + 1 == 5))
+            if buf.dones[t, i]:  # the next stored obs starts a new episode; the final obs is kept aside
                 assert obs[t + 1, i].tolist() == [0, episode + 1]
                 assert final[(t, i)].tolist() == [steps + 1, episode]
             else:
                 assert obs[t + 1, i].tolist() == [steps + 1, episode] and (t, i) not in final
-    assert sorted(length for _, length, _ in ended) == sorted(int(o[0]) for o in final.values())
-    assert all(ret == length for ret, length, _ in ended)  # reward 1 per step, nothing from the next episode
-    assert np.all(buf["rewards"] == 1.0)
+    assert sorted(length for _, _, length in ended) == sorted(int(o[0]) for o in final.values())
+    assert all(ret == length for _, ret, length in ended)  # reward 1 per step, nothing from the next episode
+    assert [t for t, _, _ in ended] == sorted(t for t, _ in final)  # reported at the step it ended
+    assert np.all(buf.rewards == 1.0)
 
 
-def test_make_batch_bootstraps_truncations_from_the_final_observation():
-    """A 1-env rollout of 3 steps whose second step truncates: the advantage of step 1 uses V(final obs), not the value
-    of the next episode's first observation, and the log-probs are the policy's."""
+def test_make_batch_bootstraps_each_env_from_its_own_next_state():
+    """3 envs whose episodes end at different steps, by truncation and by termination: each step's advantage uses the
+    value of its own env's next state: the next step's, V(final obs) after a truncation, 0 after a termination, the
+    rollout's last observation at the end; never another env's, never the next episode's first observation."""
     agent = ppo.Agent(2, 1, (8,))
     agent.critic = torch.nn.Linear(2, 1)
     with torch.no_grad():
-        agent.critic.weight.copy_(torch.tensor([[1.0, 0.0]]))  # V(obs) = obs[0]
+        agent.critic.weight.copy_(torch.tensor([[1.0, 10.0]]))  # V(obs) = obs[0] + 10 obs[1]: obs[1] is the env's index
         agent.critic.bias.zero_()
-    buf = {"obs": np.array([[[1, 0]], [[2, 0]], [[0, 0]]], np.float32), "actions": np.zeros((3, 1, 1), np.float32)}
-    buf |= {"rewards": np.ones((3, 1), np.float32), "dones": np.array([[0], [1], [0]], np.float32)}
-    buf["terminations"] = np.zeros((3, 1), np.float32)
-    final = [(1, 0, np.array([[7, 0]], np.float32))]
-    args = SimpleNamespace(gamma=0.5, gae_lambda=0.0)
-    batch = ppo.make_batch(agent, buf, np.array([[4, 0]], np.float32), final, args, torch.device("cpu"))
-    torch.testing.assert_close(batch["advantages"], torch.tensor([1 + 0.5 * 2 - 1, 1 + 0.5 * 7 - 2, 1 + 0.5 * 4 - 0]))
-    torch.testing.assert_close(batch["values"], torch.tensor([1.0, 2.0, 0.0]))
+    T, N = 3, 3
+    buf = ppo.Rollout.empty(T, N, obs_dim=2, act_dim=1)
+    buf.obs[:, :, 0] = [[1, 2, 3], [4, 5, 6], [0, 0, 0]]  # after step 1, env 0 and env 2 start new episodes
+    buf.obs[:, :, 1] = [0, 1, 2]
+    buf.rewards[:] = 1.0
+    buf.dones[1, 0] = buf.dones[1, 2] = buf.dones[0, 1] = 1.0
+    buf.terminations[1, 2] = 1.0  # env 2 terminates after step 1; env 0 truncates after step 1, env 1 after step 0
+    buf.final_obs[0, 1] = np.array([20, 1], np.float32)
+    buf.final_obs[1, 0] = np.array([7, 0], np.float32)
+    buf.final_obs[1, 2] = np.array([9, 2], np.float32)
+    buf.obs[1, 1, 0] = 0.0  # env 1's new episode
+    last = np.array([[8, 0], [5, 1], [3, 2]], np.float32)
+    batch = ppo.make_batch(agent, buf, last, SimpleNamespace(gamma=0.5, gae_lambda=0.0), torch.device("cpu"))
+    V = buf.obs[..., 0] + 10 * buf.obs[..., 1]
+    next_V = np.array(
+        [
+            [V[1, 0], 20 + 10, V[1, 2]],  # env 1 truncated: its final observation
+            [7 + 0, V[2, 1], 0.0],  # env 0 truncated: final obs; env 2 terminated: 0
+            [8 + 0, 5 + 10, 3 + 20],  # the observations after the rollout
+        ]
+    )
+    np.testing.assert_allclose(batch.advantages.view(T, N).numpy(), 1 + 0.5 * next_V - V, rtol=1e-6)
+    np.testing.assert_allclose(batch.values.view(T, N).numpy(), V, rtol=1e-6)
+    torch.testing.assert_close(batch.returns, batch.advantages + batch.values)
     with torch.no_grad():
-        torch.testing.assert_close(
-            batch["logprobs"], agent.dist(torch.from_numpy(buf["obs"][:, 0])).log_prob(torch.zeros(3, 1))[:, 0]
-        )
-    assert list(batch) == ["obs", "actions", "logprobs", "advantages", "returns", "values"]  # ppo_loss's argument order
+        expected = agent.dist(torch.from_numpy(buf.obs).view(T * N, 2)).log_prob(torch.zeros(T * N, 1))[:, 0]
+    torch.testing.assert_close(batch.logprobs, expected)
