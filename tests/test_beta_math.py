@@ -1,13 +1,12 @@
 """Unit tests of ppo_beta_continuous.py's policy: the Beta distribution, its samples at the edges, the action mapping."""
 
-from types import SimpleNamespace
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 import ppo_beta_continuous as beta
+from conftest import assert_clean_error, run_cli
 
 CARRACING_LOW, CARRACING_HIGH = np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
 
@@ -72,7 +71,9 @@ class UnboundedEnv(gym.Env):
     action_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
 
 
-def test_unbounded_action_spaces_are_rejected():
-    gym.register("UnboundedTest-v0", entry_point=UnboundedEnv, max_episode_steps=5)
-    with pytest.raises(beta.UsageError, match="a Beta policy needs finite bounds"):
-        beta.check_env(SimpleNamespace(env_id="UnboundedTest-v0", env_backend="gymnasium"))
+def test_unbounded_action_spaces_are_rejected(monkeypatch, capsys, tmp_path):
+    if "UnboundedTest-v0" not in gym.registry:
+        gym.register("UnboundedTest-v0", entry_point=UnboundedEnv, max_episode_steps=5)
+    result = run_cli(monkeypatch, capsys, "ppo_beta_continuous", "--env-id", "UnboundedTest-v0", "--runs-dir", tmp_path / "r")
+    assert_clean_error(result, "a Beta policy needs finite bounds: use ppo_continuous.py")
+    assert not (tmp_path / "r").exists()

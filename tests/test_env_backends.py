@@ -23,17 +23,17 @@ def test_rollouts_end_episodes_the_same_way_on_both_backends(module, backend):
     if backend == "envpool":
         pytest.importorskip("envpool")
     T, N, limit = 60, 3, 7
-    buf, next_obs, final, episodes = rollout(module, T, N, "InvertedPendulum-v4", limit, backend, seed=10, bound=3.0)
-    assert np.all(buf["rewards"] == 1.0)
-    obs = np.concatenate([buf["obs"], next_obs[None]])
+    buf, next_obs, episodes = rollout(module, T, N, "InvertedPendulum-v4", limit, backend, seed=10, bound=3.0)
+    assert np.all(buf.rewards == 1.0)
+    obs, final = np.concatenate([buf.obs, next_obs[None]]), buf.final_obs
     assert np.all(np.abs(obs[0]) <= 0.01)  # InvertedPendulum starts within 0.01 of upright and still
     lengths = []
     for i in range(N):
         length = 0
         for t in range(T):
             length += 1
-            terminated = bool(buf["terminations"][t, i])
-            truncated = bool(buf["dones"][t, i]) and (not terminated or length == limit)
+            terminated = bool(buf.terminations[t, i])
+            truncated = bool(buf.dones[t, i]) and (not terminated or length == limit)
             assert (truncated or terminated) if length == limit else not truncated  # at the limit both may be set
             if terminated:
                 assert abs(final[(t, i)][1]) > 0.2  # the final observation is the tipped pole, kept aside
@@ -43,9 +43,9 @@ def test_rollouts_end_episodes_the_same_way_on_both_backends(module, backend):
                 length = 0
             else:
                 assert (t, i) not in final
-    assert sorted(n for _, n, _ in episodes) == sorted(lengths) and len(lengths) >= N * T // limit
-    assert all(ret == n for ret, n, _ in episodes)
-    assert buf["terminations"].any() or backend == "envpool"  # the random policy tips some poles over on gymnasium
+    assert sorted(n for _, _, n in episodes) == sorted(lengths) and len(lengths) >= N * T // limit
+    assert all(ret == n for _, ret, n in episodes)
+    assert buf.terminations.any() or backend == "envpool"  # the random policy tips some poles over on gymnasium
 
 
 class OnlyInGymnasium(gym.Env):

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_clean_error, kill_when, run_cli, run_script, start_killable
+from conftest import ROOT, TINY, assert_clean_error, kill_at, run_cli, run_script
 
 TINY_RUN = [*TINY["ppo_continuous"], "--total-timesteps", 256]
 
@@ -59,7 +59,7 @@ def test_eval_checkpoint_takes_the_runs_arguments_and_every_flag_given_wins_even
     seen = []
     for flags, num_steps in (([], 128), (["--num-steps", "2048"], 2048)):
         monkeypatch.setattr(sys, "argv", ["ppo_continuous.py", "--eval-checkpoint", str(checkpoint), *flags])
-        ppo_continuous.cli(seen.append, ppo_continuous.Args)
+        ppo_continuous.cli(seen.append, ppo_continuous.Args, ppo_continuous.ALGO)
         assert (seen[-1].num_steps, seen[-1].max_episode_steps, seen[-1].eval_checkpoint) == (num_steps, 50, str(checkpoint))
 
 
@@ -72,6 +72,7 @@ def test_eval_checkpoint_writes_its_video_to_video_path(monkeypatch, capsys, che
 
 def test_a_run_trained_on_envpool_is_evaluated_on_gymnasium_without_envpool(monkeypatch, capsys, checkpoint, tmp_path):
     import ppo_continuous
+    import runlib
 
     ckpt = torch.load(checkpoint, weights_only=True)
     ckpt["args"]["env_backend"] = "envpool"
@@ -80,7 +81,7 @@ def test_a_run_trained_on_envpool_is_evaluated_on_gymnasium_without_envpool(monk
     def no_envpool(*_):
         raise ppo_continuous.UsageError("--env-backend envpool needs EnvPool, which is not installed")
 
-    monkeypatch.setattr(ppo_continuous, "check_envpool_env", no_envpool)
+    monkeypatch.setattr(runlib, "check_envpool_env", no_envpool)
     result = run_cli(monkeypatch, capsys, "ppo_continuous", "--eval-checkpoint", tmp_path / "envpool.pt", "--eval-episodes", 2)
     assert result.returncode == 0 and " over 2 episodes" in result.stdout, result.stderr
 
@@ -90,7 +91,7 @@ def test_track_sends_scalars_args_and_videos_to_wandb_and_a_resume_continues_the
     args = [*TINY["ppo_continuous"], "--total-timesteps", 1024, "--eval-every", 512, "--eval-episodes", 1]
     args += ["--checkpoint-every", 256, "--track", "--runs-dir", runs_dir]
     run_dir = runs_dir / "Hopper-v4__ppo_continuous__seed1"
-    assert 0 < kill_when(start_killable("ppo_continuous", *args), run_dir, 384) < 1024
+    assert 384 <= kill_at("ppo_continuous", "before_checkpoint", 384, *args)["global_step"] < 1024
     result = run_script("ppo_continuous", *args, "--resume")
     assert result.returncode == 0, result.stderr
     wandb_id = json.loads((run_dir / "metrics.json").read_text())["wandb_id"]
@@ -112,6 +113,6 @@ def test_track_without_a_wandb_login_is_one_line_that_says_how_to_go_on(runs_dir
 
 def test_without_track_wandb_is_not_imported(runs_dir):
     argv = ["ppo_continuous.py", *map(str, TINY_RUN), "--eval-every", "0", "--runs-dir", str(runs_dir)]
-    code = f"import sys; sys.argv = {argv!r}; import ppo_continuous as m; m.cli(m.main, m.Args); print('wandb' in sys.modules)"
+    code = f"import sys; sys.argv = {argv!r}; import ppo_continuous as m; m.cli(m.main, m.Args, m.ALGO); print('wandb' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "False", result.stderr

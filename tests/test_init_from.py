@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY, assert_clean_error, kill_when, read_run, run_cli, run_script, start_killable
+from conftest import TINY, assert_clean_error, kill_at, read_run, run_cli, run_script
 
 EVAL = ["--eval-episodes", 2, "--no-capture-video"]
 TINY_LR = 1e-12  # Adam moves each weight by ~lr: too little to change a float32 weight
@@ -79,7 +79,7 @@ def test_a_fine_tuning_run_resumes_without_its_source_checkpoint(runs_dir, ppo_r
     args = [*TINY["grpo_continuous"], "--total-timesteps", 3000, "--eval-every", 1000, *EVAL, "--checkpoint-every", 200]
     args += ["--init-from", source, "--runs-dir", runs_dir]
     run_dir = runs_dir / "Hopper-v4__grpo_continuous_g3__seed1"
-    assert 0 < kill_when(start_killable("grpo_continuous", *args), run_dir, 1200) < 3000
+    assert 1200 <= kill_at("grpo_continuous", "after_checkpoint", 1200, *args)["global_step"] < 3000
     source.unlink()
     result = run_script("grpo_continuous", *args, "--resume")
     assert result.returncode == 0, result.stderr
@@ -92,10 +92,10 @@ def test_a_fine_tuning_run_resumes_without_its_source_checkpoint(runs_dir, ppo_r
 
 def checkpoint_of(tmp_path, algo, **changes):
     """A checkpoint file that load_checkpoint reads (this version's format) with another algo's name."""
-    import ppo_continuous
+    import runlib
 
     path = tmp_path / f"{algo}.pt"
-    torch.save({"algo": algo, "format": ppo_continuous.CHECKPOINT_FORMAT, **changes}, path)
+    torch.save({"algo": algo, "format": runlib.CHECKPOINT_FORMAT, **changes}, path)
     return path
 
 

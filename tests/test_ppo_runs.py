@@ -11,11 +11,10 @@ import torch
 from conftest import (
     TINY,
     assert_run_layout,
-    kill_when,
+    kill_at,
     poison_update,
     read_run,
     run_script,
-    start_killable,
     tb_scalars,
     tb_values,
 )
@@ -87,8 +86,14 @@ def test_sync_and_async_vector_envs_give_the_same_run(runs_dir, script):
     assert torch.cuda.is_available() or "steps on cpu (--cuda: CUDA is not available)" in log
 
 
-@pytest.mark.parametrize("script,backend", [(script, "gymnasium") for script in PPO_SCRIPTS] + [("ppo_continuous", "envpool")])
-def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script, backend):
+RESUME_CASES = [("ppo_continuous", "gymnasium", "before_row"), ("ppo_beta_continuous", "gymnasium", "before_checkpoint")]
+RESUME_CASES += [("ppo_continuous", "envpool", "after_checkpoint")]
+
+
+@pytest.mark.parametrize("script,backend,point", RESUME_CASES)
+def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script, backend, point):
+    """Killed at an exact point of the bookkeeping (tests/kill_at.py), the resumed run's records are the whole run's.
+    (test_resume.py checks the restored state itself.)"""
     if backend == "envpool":
         pytest.importorskip("envpool")
     args = [
@@ -111,8 +116,8 @@ def test_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, script
         runs_dir,
     ]
     run_dir = runs_dir / f"Hopper-v4__{script}__seed1"
-    killed_at = kill_when(start_killable(script, *args), run_dir, 2560)
-    assert 0 < killed_at < 6144
+    killed_at = kill_at(script, point, 2560, *args)["global_step"]
+    assert 2560 <= killed_at < 6144
     (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
 
     result = run_script(script, *args, "--resume")
