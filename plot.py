@@ -30,13 +30,19 @@ import math
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.typing import ColorType  # noqa: E402
 
 GRID_POINTS = 201  # the common step grid on which seeds are averaged
 DEFAULT_SMOOTH_FRACTION = 0.02  # default trailing smoothing window, as a fraction of the x range
@@ -48,25 +54,60 @@ SETUP_ARGS = {
     *("vector_mode", "capture_video", "checkpoint_every", "eval_every", "eval_episodes", "eval_checkpoint", "video_path"),
     *("track", "wandb_project_name", "wandb_entity", "total_timesteps", "batch_size", "num_iterations"),
 }
-STARTS_AT = {"steps": "global_step", "time": "wall_time_s"}  # init_from's field: where a fine-tuned run starts on x
 UNIT = {"steps": "steps", "time": "seconds"}  # the table's budget column, in the x axis's unit
 TIMING_KEYS = ("time_s", "rollout_s", "env_step_s", "update_s", "eval_s", "io_s")  # in every row of timings.jsonl
-TIME_PARTS = [  # (key, label, color): the disjoint parts of an iteration's time_s
-    ("env_step_s", "env step", "#1f77b4"),
-    ("policy_forward_s", "policy forward", "#9467bd"),
-    ("rest_s", "rest of rollout (normalization, bookkeeping)", "#c6dbef"),
-    ("update_s", "update", "#ff7f0e"),
-    ("eval_s", "eval", "#2ca02c"),
-    ("io_s", "io (checkpoints, logs)", "#999999"),
+
+
+class TimePart(NamedTuple):
+    """A part of an iteration's time_s, as time_breakdown's key, and as the time-breakdown figure draws it."""
+
+    key: str
+    label: str
+    color: str
+
+
+TIME_PARTS = [  # the disjoint parts of an iteration's time_s
+    TimePart("env_step_s", "env step", "#1f77b4"),
+    TimePart("policy_forward_s", "policy forward", "#9467bd"),
+    TimePart("rest_s", "rest of rollout (normalization, bookkeeping)", "#c6dbef"),
+    TimePart("update_s", "update", "#ff7f0e"),
+    TimePart("eval_s", "eval", "#2ca02c"),
+    TimePart("io_s", "io (checkpoints, logs)", "#999999"),
 ]
+
+Series = tuple[np.ndarray, np.ndarray]  # (x, values): float arrays sorted by x (env steps, or seconds)
+# an argument's value as metrics.json's args has it: a JSON scalar, or a list (a tuple in the script's Args)
+ArgJSON = str | int | float | bool | None | list["ArgJSON"]
+# the same as a dict key: lists as tuples
+ArgValue = str | int | float | bool | None | tuple["ArgValue", ...]
+# a row of the table: its CSV columns in order, some named only at run time (the budget's unit, each reference, the
+# ratio), so a dict; the values: text, counts, numbers, or None where there is no number
+TableRow = dict[str, str | int | float | None]
 
 
 class UsageError(Exception):
     """A mistake the user can fix; reported as one line, exit status 2, nothing written."""
 
 
-def warn(message):
+def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFrom:
+    """A fine-tuned run's start, from metrics.json's init_from: the source run's directory name, script and exp_name,
+    and the step and wall-clock seconds of the checkpoint it started from."""
+
+    path: str  # the checkpoint
+    run: str
+    algo: str
+    exp_name: str
+    global_step: int
+    wall_time_s: float
+
+    def starts_at(self, x: str) -> float:
+        """Where the run starts on the x axis ("steps" or "time"): its source's steps, or seconds."""
+        return self.global_step if x == "steps" else self.wall_time_s
 
 
 @dataclasses.dataclass
@@ -81,35 +122,35 @@ class Run:
     global_step: float  # on the x axis: env steps, or seconds (on_axis)
     total_timesteps: float  # likewise; 0 on the time axis, where no budget is known before the end
     sps: float
-    series: dict  # "eval" / "train" -> (x, returns), float arrays sorted by x: steps, or seconds (on_axis)
-    args: dict  # the run's arguments, as metrics.json has them
-    init_from: dict | None = None  # a fine-tuned run's start (read_init_from); None from scratch
+    series: dict[str, Series]  # "eval" / "train" -> (x, returns), sorted by x: steps, or seconds (on_axis)
+    args: dict[str, Any]  # the run's arguments, as metrics.json has them
+    init_from: InitFrom | None = None  # a fine-tuned run's start (read_init_from); None from scratch
     exp_name: str = ""  # metrics.json's exp_name, as it is (--exp matches it, or exp)
-    prefix: dict = dataclasses.field(default_factory=dict)  # its source's points before it started (place_runs)
+    prefix: dict[str, Series] = dataclasses.field(default_factory=dict)  # its source's points before it started (place_runs)
 
 
-def hashable(value):
+def hashable(value: ArgJSON) -> ArgValue:
     """An argument's value as a dict key: JSON lists (tuples in Args) become tuples."""
     return tuple(hashable(v) for v in value) if isinstance(value, list) else value
 
 
-def short_steps(steps, digits=6):
+def short_steps(steps: float, digits: int = 6) -> str:
     """1.5M, 299k, 512: a step count in `digits` significant digits."""
     scale, suffix = (1e6, "M") if abs(steps) >= 1e6 else (1e3, "k") if abs(steps) >= 1e3 else (1, "")
     return f"{steps / scale:.{digits}g}{suffix}"
 
 
-def differing_args(runs):
+def differing_args(runs: Sequence[Run]) -> list[str]:
     """The arguments, apart from SETUP_ARGS, whose values differ between the runs that have them (a run older than an
     argument does not have it)."""
     keys = sorted({k for r in runs for k in r.args} - SETUP_ARGS)
     return [k for k in keys if len({hashable(r.args[k]) for r in runs if k in r.args}) > 1]
 
 
-def config_names(name, group, ignore=()):
+def config_names(name: str, group: Sequence[Run], ignore: Container[str] = ()) -> list[str]:
     """Each run's name within `group`: `name`, plus the arguments (but `ignore`) in which it differs from the others, as
     `name (adv_mode=step)`; a value most of the group shares goes unsaid (a sweep's base config keeps the bare name)."""
-    common = {}
+    common: dict[str, ArgValue] = {}
     for k in differing_args(group):
         if k not in ignore:
             counts = Counter(hashable(r.args[k]) for r in group if k in r.args).most_common()
@@ -120,7 +161,7 @@ def config_names(name, group, ignore=()):
     return [f"{name} ({', '.join(s)})" if s else name for s in said]
 
 
-def label_configs(runs):
+def label_configs(runs: list[Run]) -> list[Run]:
     """Runs with one exp_name but other arguments (e.g. `--adv-mode step` runs next to `episode` ones) are different
     algorithms: each exp gets its config_names."""
     for exp in {r.exp for r in runs}:
@@ -133,7 +174,7 @@ def label_configs(runs):
 # ---- reading ----
 
 
-def read_series(metrics, key, value_key):
+def read_series(metrics: dict[str, Any], key: str, value_key: str) -> Series:
     part = metrics[key]
     steps, values = np.asarray(part["global_step"], dtype=float), np.asarray(part[value_key], dtype=float)
     if steps.ndim != 1 or steps.shape != values.shape:
@@ -143,20 +184,19 @@ def read_series(metrics, key, value_key):
     return steps[keep][order], values[keep][order]
 
 
-def read_init_from(metrics):
-    """A fine-tuned run's start, from metrics.json's init_from (None from scratch): the source run's directory name,
-    script and exp_name, and the step and wall-clock seconds of the checkpoint it started from."""
+def read_init_from(metrics: dict[str, Any]) -> InitFrom | None:
+    """A fine-tuned run's start, from metrics.json's init_from (None from scratch)."""
     init = metrics.get("init_from")
     if init is None:
         return None
-    return {
-        "path": str(init.get("path") or ""),
-        "run": str(init.get("run") or ""),
-        "algo": str(init.get("algo") or init["exp_name"]),
-        "exp_name": str(init["exp_name"]),
-        "global_step": int(init["global_step"]),
-        "wall_time_s": float(init["wall_time_s"]),
-    }
+    return InitFrom(
+        path=str(init.get("path") or ""),
+        run=str(init.get("run") or ""),
+        algo=str(init.get("algo") or init["exp_name"]),
+        exp_name=str(init["exp_name"]),
+        global_step=int(init["global_step"]),
+        wall_time_s=float(init["wall_time_s"]),
+    )
 
 
 def load_run(path: Path) -> Run:
@@ -173,9 +213,9 @@ def load_run(path: Path) -> Run:
         args = {**({"group_size": group_size} if group_size is not None else {}), **(metrics.get("args") or {})}
         # a fine-tuned run is another algorithm than its script from scratch: its start goes into its name; and in place
         # of its checkpoint path (one per seed), its source's exp_name is the argument that tells two sources apart
-        origin = f" ← {init['algo']} {short_steps(init['global_step'], 3)}" if init else ""
+        origin = f" ← {init.algo} {short_steps(init.global_step, 3)}" if init else ""
         if init or "init_from" in args:
-            args["init_from"] = init and init["exp_name"]
+            args["init_from"] = init.exp_name if init else None
         return Run(
             path=path.parent,
             env=str(metrics["env_id"]),
@@ -205,11 +245,11 @@ def load_runs(*runs_dirs: Path) -> list[Run]:
     """Every readable metrics.json under the runs_dirs (bad ones are skipped with a warning; a file under two of them,
     read once); of two runs with the same env, exp_name, seed and arguments (copies in two folders) the one with more
     steps is kept."""
-    paths = {}
+    paths: dict[Path, Path] = {}
     for runs_dir in runs_dirs:
         for path in sorted(runs_dir.rglob("metrics.json")):
             paths.setdefault(path.resolve(), path)
-    runs = {}
+    runs: dict[tuple[str, str, int, tuple[tuple[str, ArgValue], ...]], Run] = {}
     for path in paths.values():
         try:
             run = load_run(path)
@@ -229,7 +269,18 @@ def load_runs(*runs_dirs: Path) -> list[Run]:
     return label_configs(list(runs.values()))
 
 
-def load_references(path: Path) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """An external figure to compare with: a row of --reference's CSV."""
+
+    env: str
+    metric: str  # eval or train
+    name: str
+    mean: float
+    std: float | None
+
+
+def load_references(path: Path) -> list[Reference]:
     """External figures to compare with (e.g. another library's published results): a CSV with the columns env,
     metric (eval or train), name, mean and, optionally, std."""
     try:
@@ -240,18 +291,23 @@ def load_references(path: Path) -> list[dict]:
     refs = []
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         try:
-            ref = {"env": row["env"], "metric": row["metric"], "name": row["name"], "mean": float(row["mean"])}
-            ref["std"] = float(row["std"]) if row.get("std") else None
+            ref = Reference(
+                env=row["env"],
+                metric=row["metric"],
+                name=row["name"],
+                mean=float(row["mean"]),
+                std=float(row["std"]) if row.get("std") else None,
+            )
         except (KeyError, TypeError, ValueError):
             raise UsageError(f"--reference {path}, line {i}: needs env, metric, name, a numeric mean (and std)")
-        if ref["metric"] not in ("eval", "train") or not (ref["env"] and ref["name"]):
+        if ref.metric not in ("eval", "train") or not (ref.env and ref.name):
             raise UsageError(f"--reference {path}, line {i}: metric must be eval or train, env and name non-empty")
         refs.append(ref)
     return refs
 
 
-def read_timings(run_dir: Path) -> list[dict]:
-    rows = []
+def read_timings(run_dir: Path) -> list[dict[str, float]]:
+    rows: list[dict[str, float]] = []
     try:
         lines = (run_dir / "timings.jsonl").read_text().splitlines()
     except OSError:
@@ -270,7 +326,7 @@ def read_timings(run_dir: Path) -> list[dict]:
 # ---- the x axis: env steps or wall-clock seconds, after a fine-tuned run's source ----
 
 
-def elapsed_seconds(run_dir: Path):
+def elapsed_seconds(run_dir: Path) -> Callable[[np.ndarray], np.ndarray] | None:
     """A function from a run's steps to its seconds since it started: the running sum of timings.jsonl's time_s (all
     phases of an iteration) at each row's global_step, interpolated in between. None without rows that have a step."""
     rows = read_timings(run_dir)
@@ -281,65 +337,79 @@ def elapsed_seconds(run_dir: Path):
     return lambda x: np.interp(x, steps, seconds)
 
 
-def on_axis(run, x):
+def on_axis(run: Run, x: str) -> Run | None:
     """A copy of `run` with its series, global_step and total_timesteps on the x axis ("steps" or "time": seconds by
     elapsed_seconds), after its source's steps or seconds if it is fine-tuned. None for "time" without timings."""
-    to_x = (lambda steps: steps) if x == "steps" else elapsed_seconds(run.path)
-    if to_x is None:
+    offset = run.init_from.starts_at(x) if run.init_from else 0
+    if x == "steps":
+        return dataclasses.replace(
+            run,
+            series={metric: (steps + offset, values) for metric, (steps, values) in run.series.items()},
+            global_step=run.global_step + offset,
+            total_timesteps=run.total_timesteps + offset,
+        )
+    to_seconds = elapsed_seconds(run.path)
+    if to_seconds is None:
         return None
-    offset = run.init_from[STARTS_AT[x]] if run.init_from else 0
     return dataclasses.replace(
         run,
-        series={metric: (to_x(steps) + offset, values) for metric, (steps, values) in run.series.items()},
-        global_step=to_x(run.global_step) + offset,
-        total_timesteps=run.total_timesteps + offset if x == "steps" else 0,
+        series={metric: (to_seconds(steps) + offset, values) for metric, (steps, values) in run.series.items()},
+        global_step=to_seconds(np.array([run.global_step]))[0] + offset,
+        total_timesteps=0,
     )
 
 
-def find_source(run, candidates):
+def find_source(run: Run, candidates: Iterable[Run]) -> Run | None:
     """The run a fine-tuned `run` started from, among `candidates`: the one whose directory is named init_from.run (of
     copies in several folders, the one whose directory holds the checkpoint); None if not there, or not one."""
-    named = [c for c in candidates if c.path.name == run.init_from["run"] and c.env == run.env and c is not run]
+    init = run.init_from
+    if init is None:  # from scratch
+        return None
+    named = [c for c in candidates if c.path.name == init.run and c.env == run.env and c is not run]
     if len(named) > 1:
-        checkpoint = Path(run.init_from["path"]).resolve()
+        checkpoint = Path(init.path).resolve()
         named = [c for c in named if c.path.resolve() in checkpoint.parents]
     return named[0] if len(named) == 1 else None
 
 
-def place_runs(runs, x, others=()):
+def place_runs(runs: Sequence[Run], x: str, others: Sequence[Run] = ()) -> list[Run]:
     """Every run on the x axis (on_axis); runs without timings are left out of "time", with a warning. A fine-tuned
     run whose source is here, or among `others` (runs not plotted, e.g. left out by --exp), gets, as its prefix, the
     source's points up to the step it started from, so that the pipeline's curve runs from 0 (plot_curves draws it;
     the table reads the run's own points only)."""
     pool = {id(r): r for r in [*runs, *others]}
-    placed = {key: on_axis(run, x) for key, run in pool.items()}
+    placed = {key: on for key, run in pool.items() if (on := on_axis(run, x)) is not None}  # None: left out
     for run in runs:
-        if placed[id(run)] is None:
+        if id(run) not in placed:
             warn(f"skipping {run.path} for --x time: no timings.jsonl with a global_step in each row")
-    sources = [r for key, r in pool.items() if placed[key] is not None]
+    sources = [r for key, r in pool.items() if key in placed]
     for run in runs:
-        source = find_source(run, sources) if run.init_from and placed[id(run)] else None
-        if source:  # on_axis keeps the order of a series: the source's own steps pick its points on the axis
-            started = {metric: steps <= run.init_from["global_step"] for metric, (steps, _) in source.series.items()}
+        source = find_source(run, sources) if run.init_from and id(run) in placed else None
+        if run.init_from and source:
+            # on_axis keeps the order of a series: the source's own steps pick its points on the axis
+            started = {metric: steps <= run.init_from.global_step for metric, (steps, _) in source.series.items()}
             axis = placed[id(source)].series
             placed[id(run)].prefix = {metric: (xs[started[metric]], ys[started[metric]]) for metric, (xs, ys) in axis.items()}
-    return [placed[id(r)] for r in runs if placed[id(r)] is not None]
+    return [placed[id(r)] for r in runs if id(r) in placed]
 
 
-def typed(name):
+def typed(name: str) -> str:
     """An algorithm's name as typed: '<-' may stand for a fine-tuned run's '←'."""
     return name.replace("<-", "←")
 
 
 # what --exp and --env match a glob against, and how an error calls it
-FILTERS = {"exp": ("exp_name or algorithm", lambda run: (run.exp_name, run.exp)), "env": ("env_id", lambda run: (run.env,))}
+FILTERS: dict[str, tuple[str, Callable[[Run], tuple[str, ...]]]] = {
+    "exp": ("exp_name or algorithm", lambda run: (run.exp_name, run.exp)),
+    "env": ("env_id", lambda run: (run.env,)),
+}
 
 
-def matches(run, flag, globs):
+def matches(run: Run, flag: str, globs: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, glob) for name in FILTERS[flag][1](run) for glob in globs)
 
 
-def select(runs, globs):
+def select(runs: Sequence[Run], globs: Mapping[str, Sequence[str]]) -> list[Run]:
     """The runs that match, for each flag of FILTERS, one of its globs (`globs`: flag -> globs; none: every run); a glob
     that matches none of `runs` is a UsageError."""
     for flag, patterns in globs.items():
@@ -349,17 +419,18 @@ def select(runs, globs):
     return [r for r in runs if all(matches(r, flag, patterns) for flag, patterns in globs.items() if patterns)]
 
 
-def curve(run, metric):
+def curve(run: Run, metric: str) -> Series:
     """A run's points of `metric`, after its prefix (place_runs) if it has one."""
     if metric not in run.prefix:
         return run.series[metric]
-    return tuple(np.concatenate(parts) for parts in zip(run.prefix[metric], run.series[metric]))
+    (prefix_x, prefix_y), (own_x, own_y) = run.prefix[metric], run.series[metric]
+    return np.concatenate((prefix_x, own_x)), np.concatenate((prefix_y, own_y))
 
 
 # ---- statistics ----
 
 
-def smooth(steps, values, window):
+def smooth(steps: np.ndarray, values: np.ndarray, window: float) -> np.ndarray:
     """Trailing mean over the points in (step - window, step]."""
     if window <= 0 or len(values) < 2:
         return values
@@ -369,7 +440,7 @@ def smooth(steps, values, window):
     return (cumsum[hi] - cumsum[lo]) / (hi - lo)
 
 
-def on_grid(steps, values, grid):
+def on_grid(steps: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Linear interpolation on the grid, NaN outside the run's steps (a run in progress ends early)."""
     out = np.full(len(grid), np.nan)
     if len(steps) == 0:
@@ -383,13 +454,13 @@ def on_grid(steps, values, grid):
     return out
 
 
-def seed_bands(curves):
+def seed_bands(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean, std, min and max over seeds (rows), only where every seed has a value: a mean over
     fewer seeds near the end of a run in progress would jump to whichever seed is ahead."""
     return curves.mean(0), curves.std(0), curves.min(0), curves.max(0)
 
 
-def final_return(run, metric, total_steps):
+def final_return(run: Run, metric: str, total_steps: float) -> float | None:
     """The last evaluation at or before total_steps; for `train`, the mean episodic return over the
     last TRAIN_FINAL_FRACTION of total_steps before the run's last episode. None without data."""
     steps, values = run.series[metric]
@@ -401,7 +472,7 @@ def final_return(run, metric, total_steps):
     return float(values[steps > steps[-1] - TRAIN_FINAL_FRACTION * total_steps].mean())
 
 
-def iqm(scores, axis=None):
+def iqm(scores: Sequence[float] | np.ndarray, axis: int | None = None) -> np.float64 | np.ndarray:
     """Interquartile mean: the mean of the middle 50% (scipy.stats.trim_mean(x, 0.25), as rliable)."""
     scores = np.sort(np.asarray(scores, dtype=float).reshape(-1) if axis is None else np.asarray(scores, dtype=float), axis=-1)
     n = scores.shape[-1]
@@ -409,7 +480,9 @@ def iqm(scores, axis=None):
     return scores[..., cut : n - cut].mean(axis=-1)
 
 
-def stratified_bootstrap_ci(strata, reps=BOOTSTRAP_REPS, confidence=0.95, seed=0):
+def stratified_bootstrap_ci(
+    strata: Sequence[Sequence[float] | np.ndarray], reps: int = BOOTSTRAP_REPS, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile CI of the IQM over all runs, resampling runs with replacement within each
     stratum (task): rliable's StratifiedBootstrap. `strata` is a list of 1-d score arrays."""
     rng = np.random.default_rng(seed)
@@ -419,16 +492,17 @@ def stratified_bootstrap_ci(strata, reps=BOOTSTRAP_REPS, confidence=0.95, seed=0
     return float(low), float(high)
 
 
-def sort_key(value):
+def sort_key(value: ArgValue) -> tuple[int, float, str]:
     """Numbers first, ascending; then anything else by its text."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return (0, value, "") if number else (1, 0, str(value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, str(value))
 
 
-def sweep_points(runs, arg, metric, budget):
+def sweep_points(runs: Sequence[Run], arg: str, metric: str, budget: float) -> dict[str, list[tuple[ArgValue, list[float]]]]:
     """Final returns against the value of `arg`: {config: [(value, [final return of each seed])]}, values in order. A
     config is the script and every other argument that differs between its runs here (config_names)."""
-    configs = {}
+    configs: dict[str, dict[ArgValue, list[float]]] = {}
     for algo in sorted({r.algo for r in runs}):
         family = sorted((r for r in runs if r.algo == algo), key=lambda r: r.seed)
         for r, label in zip(family, config_names(algo, family, ignore=(arg,))):
@@ -441,19 +515,19 @@ def sweep_points(runs, arg, metric, budget):
 # ---- the table ----
 
 
-def exp_order(runs):
+def exp_order(runs: Iterable[Run]) -> list[str]:
     """Algorithms in a stable order: by script, then GRPO group size."""
     keys = {(r.algo, r.group_size or 0, r.exp) for r in runs}
     return [exp for _, _, exp in sorted(keys)]
 
 
-def final_table(runs, metric, budgets, x="steps"):
+def final_table(runs: Sequence[Run], metric: str, budgets: Mapping[str, float], x: str = "steps") -> list[TableRow]:
     rows = []
     for env in sorted(budgets):
         for exp in exp_order([r for r in runs if r.env == env]):
             group = [r for r in runs if r.env == env and r.exp == exp]
             finals = np.array([f for f in (final_return(r, metric, budgets[env]) for r in group) if f is not None])
-            row = {
+            row: TableRow = {
                 "env": env,
                 "algorithm": exp,
                 "group_size": group[0].group_size,
@@ -475,25 +549,28 @@ def final_table(runs, metric, budgets, x="steps"):
     return rows
 
 
-def with_references(rows, refs):
+def with_references(rows: list[TableRow], refs: Sequence[Reference]) -> list[str]:
     """Each row gets, per reference name, the reference's mean and std for the row's env (None where it has none)."""
-    names = list(dict.fromkeys(ref["name"] for ref in refs))
+    names = list(dict.fromkeys(ref.name for ref in refs))
     for row in rows:
         for name in names:
-            match = [ref for ref in refs if ref["name"] == name and ref["env"] == row["env"]]
-            row[f"{name} mean"], row[f"{name} std"] = (match[0]["mean"], match[0]["std"]) if match else (None, None)
+            match = [ref for ref in refs if ref.name == name and ref.env == row["env"]]
+            row[f"{name} mean"], row[f"{name} std"] = (match[0].mean, match[0].std) if match else (None, None)
     return names
 
 
-def with_ratios(rows, to):
+def with_ratios(rows: list[TableRow], to: str) -> None:
     """Each row's final mean as a fraction of algorithm `to`'s in the same env (None where `to` has none there, or <= 0)."""
     base = {row["env"]: row["final_mean"] for row in rows if row["algorithm"] == to}
     for row in rows:
         b, mean = base.get(row["env"]), row["final_mean"]
-        row[f"ratio_to_{to}"] = mean / b if mean is not None and b is not None and b > 0 else None
+        # final_mean: a float, or None without a final return (final_table)
+        row[f"ratio_to_{to}"] = mean / b if isinstance(mean, float) and isinstance(b, float) and b > 0 else None
 
 
-def table_markdown(rows, metric, ref_names=(), ratio_to=None, x="steps"):
+def table_markdown(
+    rows: Sequence[TableRow], metric: str, ref_names: Sequence[str] = (), ratio_to: str | None = None, x: str = "steps"
+) -> str:
     unit = UNIT[x]
     what = (
         "return of the last evaluation"
@@ -515,18 +592,18 @@ def table_markdown(rows, metric, ref_names=(), ratio_to=None, x="steps"):
         final = f"{r['final_mean']:.1f} ± {r['final_std']:.1f}" if r["seeds"] else "–"
         ci = f"{r['iqm']:.1f} [{r['iqm_ci_low']:.1f}, {r['iqm_ci_high']:.1f}]" if r["seeds"] else "–"
         refs = [(r[f"{name} mean"], r[f"{name} std"]) for name in ref_names]
-        refs = ["–" if m is None else f"{m:.0f}" if s is None else f"{m:.0f} ± {s:.0f}" for m, s in refs]
+        extra = ["–" if m is None else f"{m:.0f}" if s is None else f"{m:.0f} ± {s:.0f}" for m, s in refs]
         if ratio_to:
             ratio = r[f"ratio_to_{ratio_to}"]
-            refs.append("–" if ratio is None else f"{ratio:.0%}")
+            extra.append("–" if ratio is None else f"{ratio:.0%}")
         lines.append(
             f"| {r['env']} | {r['algorithm']} | {r[unit]:,.0f} | {r['seeds']} | {r['completed']}/{r['runs']} "
-            f"| {final} | {ci} | {r['sps']:,.0f} |" + "".join(f" {ref} |" for ref in refs)
+            f"| {final} | {ci} | {r['sps']:,.0f} |" + "".join(f" {cell} |" for cell in extra)
         )
     return "\n".join(lines) + "\n"
 
 
-def table_csv(rows):
+def table_csv(rows: Sequence[TableRow]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -537,7 +614,7 @@ def table_csv(rows):
 # ---- figures ----
 
 
-def atomic_write(path: Path, data: bytes):
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
     try:
         tmp.write_bytes(data)
@@ -546,18 +623,27 @@ def atomic_write(path: Path, data: bytes):
         tmp.unlink(missing_ok=True)
 
 
-def save_figure(fig, path: Path):
+def save_figure(fig: Figure, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     atomic_write(path, buffer.getvalue())
 
 
-def steps_formatter():
+def steps_formatter() -> matplotlib.ticker.FuncFormatter:
     return matplotlib.ticker.FuncFormatter(lambda x, _: short_steps(x))
 
 
-def plot_curves(ax, runs, metric, grid, window, label, color, min_max=True):
+def plot_curves(
+    ax: Axes,
+    runs: Sequence[Run],
+    metric: str,
+    grid: np.ndarray,
+    window: float,
+    label: str,
+    color: ColorType,
+    min_max: bool = True,
+) -> bool:
     """Mean over seeds on the grid, a std band and (lighter) a min/max band. False if no data."""
     curves = np.array([on_grid(s, smooth(s, v, window), grid) for s, v in (curve(r, metric) for r in runs) if len(s)])
     if not len(curves):
@@ -573,29 +659,31 @@ def plot_curves(ax, runs, metric, grid, window, label, color, min_max=True):
     return True
 
 
-def draw_references(ax, refs):
+def draw_references(ax: Axes, refs: Sequence[Reference]) -> bool:
     """A reference's final figure as a dashed line (and its std as a faint band) across the axis."""
     for k, ref in enumerate(refs):
         color = plt.get_cmap("Dark2")(k % 8)
-        std = f" ± {ref['std']:.0f}" if ref["std"] is not None else ""
-        ax.axhline(ref["mean"], color=color, linestyle="--", linewidth=1.5, label=f"{ref['name']}: {ref['mean']:.0f}{std}")
-        if ref["std"] is not None:
-            ax.axhspan(ref["mean"] - ref["std"], ref["mean"] + ref["std"], color=color, alpha=0.07, linewidth=0)
+        std = f" ± {ref.std:.0f}" if ref.std is not None else ""
+        ax.axhline(ref.mean, color=color, linestyle="--", linewidth=1.5, label=f"{ref.name}: {ref.mean:.0f}{std}")
+        if ref.std is not None:
+            ax.axhspan(ref.mean - ref.std, ref.mean + ref.std, color=color, alpha=0.07, linewidth=0)
     return bool(refs)
 
 
 class TimeLocator(matplotlib.ticker.MaxNLocator):
     """Round ticks in a unit of `scale` seconds: 10 min, not 600 s or 8.33 min."""
 
-    def __init__(self, scale):
+    def __init__(self, scale: float) -> None:
         super().__init__(nbins="auto", steps=[1, 2, 2.5, 5, 10])
         self.scale = scale
 
-    def tick_values(self, vmin, vmax):
-        return super().tick_values(vmin / self.scale, vmax / self.scale) * self.scale
+    # an ndarray, as MaxNLocator's (matplotlib's stubs say Locator.tick_values gives a Sequence[float], which an ndarray
+    # is not, though matplotlib's callers of a locator index the ticks as an array)
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:  # type: ignore[override]
+        return np.asarray(super().tick_values(vmin / self.scale, vmax / self.scale)) * self.scale
 
 
-def style_axis(ax, title, has_data, empty_text, x="steps"):
+def style_axis(ax: Axes, title: str, has_data: bool, empty_text: str, x: str = "steps") -> None:
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("env steps" if x == "steps" else "wall-clock time")
     if x == "steps":
@@ -611,18 +699,37 @@ def style_axis(ax, title, has_data, empty_text, x="steps"):
         ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
-def curves_panel(ax, env, runs, metric, budget, window, colors, refs, title, x):
+def curves_panel(
+    ax: Axes,
+    env: str,
+    runs: Sequence[Run],
+    metric: str,
+    budget: float,
+    window: float,
+    colors: Mapping[str, ColorType],
+    refs: Sequence[Reference],
+    title: str,
+    x: str,
+) -> None:
     """One env's `metric` curves of every algorithm in `runs`, and the references for that env and metric."""
     grid = np.linspace(0, budget, GRID_POINTS)
     drawn = [
         plot_curves(ax, [r for r in runs if r.exp == exp], metric, grid, window, exp, colors[exp]) for exp in exp_order(runs)
     ]
-    drawn.append(draw_references(ax, [ref for ref in refs if ref["env"] == env and ref["metric"] == metric]))
+    drawn.append(draw_references(ax, [ref for ref in refs if ref.env == env and ref.metric == metric]))
     style_axis(ax, title, any(drawn), f"no {metric} data in these runs", x)
     ax.set_ylabel("return")
 
 
-def figure_learning_curves(env, runs, budget, window, colors, refs=(), x="steps"):
+def figure_learning_curves(
+    env: str,
+    runs: Sequence[Run],
+    budget: float,
+    window: float,
+    colors: Mapping[str, ColorType],
+    refs: Sequence[Reference] = (),
+    x: str = "steps",
+) -> Figure:
     span = f"{window:,.0f} steps" if x == "steps" else duration(window)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, metric, title in (
@@ -634,7 +741,15 @@ def figure_learning_curves(env, runs, budget, window, colors, refs=(), x="steps"
     return fig
 
 
-def figure_env_grid(runs, metric, budgets, windows, colors, refs=(), x="steps"):
+def figure_env_grid(
+    runs: Sequence[Run],
+    metric: str,
+    budgets: Mapping[str, float],
+    windows: Mapping[str, float],
+    colors: Mapping[str, ColorType],
+    refs: Sequence[Reference] = (),
+    x: str = "steps",
+) -> Figure:
     """Every env in one figure: the `metric` curves of every algorithm, with the references."""
     envs = sorted(budgets)
     cols = 2 if len(envs) == 4 else min(len(envs), 3)
@@ -651,15 +766,18 @@ def figure_env_grid(runs, metric, budgets, windows, colors, refs=(), x="steps"):
     return fig
 
 
-def sweep_panel(ax, runs, arg, metric, budget, baselines=()):
+def sweep_panel(
+    ax: Axes, runs: Sequence[Run], arg: str, metric: str, budget: float, baselines: Sequence[tuple[str, float]] = ()
+) -> bool:
     """Final return against the value of `arg`: a line per config (sweep_points), its IQM with the 95% bootstrap CI at
     each value, each seed a dot; a log2 axis for positive numbers spanning 8x or more; baselines as dashed lines."""
     points = sweep_points(runs, arg, metric, budget)
     values = sorted({v for pts in points.values() for v, _ in pts}, key=sort_key)
-    numeric = all(sort_key(v)[0] == 0 for v in values)
-    log = numeric and bool(values) and min(values) > 0 and max(values) >= 8 * min(values)
-    x_of = {v: v if numeric else i for i, v in enumerate(values)}
-    spread = (max(values) - min(values) or 1) if numeric and values else 1
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]  # sort_key's numbers
+    numeric = len(numbers) == len(values)
+    log = numeric and bool(numbers) and min(numbers) > 0 and max(numbers) >= 8 * min(numbers)
+    x_of: dict[ArgValue, float] = dict(zip(values, numbers)) if numeric else {v: i for i, v in enumerate(values)}
+    spread = (max(numbers) - min(numbers) or 1) if numeric and numbers else 1
     for k, (label, pts) in enumerate(points.items()):
         color = plt.get_cmap("tab10")(k % 10)
         xs, centers = [x_of[v] for v, _ in pts], np.array([iqm(finals) for _, finals in pts])
@@ -684,7 +802,7 @@ def sweep_panel(ax, runs, arg, metric, budget, baselines=()):
     return bool(points)
 
 
-def figure_sweep(env, runs, arg, metric, budget):
+def figure_sweep(env: str, runs: Sequence[Run], arg: str, metric: str, budget: float) -> Figure:
     fig, ax = plt.subplots(figsize=(8, 5))
     if not sweep_panel(ax, runs, arg, metric, budget):
         ax.text(0.5, 0.5, f"no {metric} data", ha="center", va="center", transform=ax.transAxes, color="gray")
@@ -692,14 +810,16 @@ def figure_sweep(env, runs, arg, metric, budget):
     return fig
 
 
-def figure_group_sizes(env, runs, metric, budget, window, baselines):
+def figure_group_sizes(
+    env: str, runs: Sequence[Run], metric: str, budget: float, window: float, baselines: Sequence[tuple[str, float]]
+) -> Figure:
     """GRPO at each group size G: the curves of each config, and the final return vs G (sweep_panel)."""
     families = sorted({r.algo for r in runs})
     fig, axes = plt.subplots(len(families), 2, figsize=(13, 4.5 * len(families)), squeeze=False)
     grid = np.linspace(0, budget, GRID_POINTS)
     for (ax_curves, ax_final), algo in zip(axes, families):
         family = [r for r in runs if r.algo == algo]
-        exps = sorted({r.exp for r in family}, key=lambda e: (min(r.group_size for r in family if r.exp == e), e))
+        exps = sorted({r.exp for r in family}, key=lambda e: (min(r.group_size or 0 for r in family if r.exp == e), e))
         colors = plt.get_cmap("viridis")(np.linspace(0, 0.8, len(exps)))
         drawn = [
             plot_curves(ax_curves, [r for r in family if r.exp == e], metric, grid, window, e, c, min_max=False)
@@ -712,17 +832,17 @@ def figure_group_sizes(env, runs, metric, budget, window, baselines):
     return fig
 
 
-def time_unit(seconds):
+def time_unit(seconds: float) -> tuple[int, str]:
     """The unit to say `seconds` in, as (seconds per unit, name): s below 2 min, min below 2 h, then h."""
     return (1, "s") if seconds < 120 else (60, "min") if seconds < 7200 else (3600, "h")
 
 
-def duration(seconds):
+def duration(seconds: float) -> str:
     scale, unit = time_unit(seconds)
     return f"{seconds / scale:.{1 if unit == 'h' else 0}f} {unit}"
 
 
-def time_breakdown(rows):
+def time_breakdown(rows: Sequence[Mapping[str, float]]) -> dict[str, float | None]:
     """Seconds per TIME_PARTS key summed over timings rows. Policy forward is None (not timed: it stays in the rest
     of the rollout) unless every row has it."""
     total = {k: sum(row[k] for row in rows) for k in TIMING_KEYS}
@@ -732,31 +852,32 @@ def time_breakdown(rows):
     return total | {"policy_forward_s": policy, "rest_s": rest}
 
 
-def figure_time_breakdown(runs):
+def figure_time_breakdown(runs: Sequence[Run]) -> Figure | None:
     """Share of wall time per part of an iteration, per algorithm (all its runs, all envs)."""
-    shares, notes = {}, {}
+    shares: dict[str, np.ndarray] = {}
+    notes: dict[str, str] = {}
     for exp in exp_order(runs):
         group = [r for r in runs if r.exp == exp]
         rows = [row for r in group for row in read_timings(r.path)]
         if not rows:
             continue
         total = time_breakdown(rows)
-        parts = np.array([np.nan if total[key] is None else total[key] for key, _, _ in TIME_PARTS])
+        parts = np.array([np.nan if total[part.key] is None else total[part.key] for part in TIME_PARTS])
         shares[exp] = 100 * parts / max(np.nansum(parts), 1e-12)  # nan: not timed, no segment
         envs = ", ".join(sorted({r.env for r in group}))
         untimed = ", policy forward not timed (in rest)" if total["policy_forward_s"] is None else ""
         notes[exp] = (
             f"rollout {np.nansum(shares[exp][:3]):.0f}%{untimed}, {np.mean([r.sps for r in group]):,.0f} SPS, "
-            f"{duration(total['time_s'])} in all ({envs})"
+            f"{duration(sum(row['time_s'] for row in rows))} in all ({envs})"
         )
     if not shares:
         return None
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.55 * len(shares)))
     names = list(shares)[::-1]
     left = np.zeros(len(names))
-    for j, (_, label, color) in enumerate(TIME_PARTS):
+    for j, part in enumerate(TIME_PARTS):
         widths = np.nan_to_num([shares[n][j] for n in names])
-        ax.barh(names, widths, left=left, color=color, label=label, edgecolor="white", linewidth=0.5)
+        ax.barh(names, widths, left=left, color=part.color, label=part.label, edgecolor="white", linewidth=0.5)
         for y, (x0, w) in enumerate(zip(left, widths)):
             if w >= 6:
                 ax.text(x0 + w / 2, y, f"{w:.0f}%", ha="center", va="center", fontsize=8)
@@ -774,11 +895,11 @@ def figure_time_breakdown(runs):
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other bad input
+    def error(self, message: str) -> NoReturn:  # one line, like every other bad input
         raise UsageError(f"{message} (see python plot.py --help)")
 
 
-def parse_args(argv):
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = Parser(
         description="Figures and tables of the runs under RUNS_DIR and any further RUNS_DIRs (every metrics.json below "
         "them, read together, grouped by env and exp_name; a fine-tuned run, from a script's --init-from, is its own "
@@ -877,7 +998,7 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     runs_dirs = [Path(d) for d in args.runs_dirs]
     missing = [str(d) for d in runs_dirs if not d.is_dir()]
@@ -920,7 +1041,7 @@ def main(argv=None):
     palette = plt.get_cmap("tab10")
     colors = {exp: palette(i % 10) for i, exp in enumerate(exp_order(runs))}
     rows = final_table(runs, args.metric, budgets, args.x)
-    ref_names = with_references(rows, [ref for ref in refs if ref["metric"] == args.metric])
+    ref_names = with_references(rows, [ref for ref in refs if ref.metric == args.metric])
     if args.ratio_to:
         with_ratios(rows, args.ratio_to)
     windows = {env: DEFAULT_SMOOTH_FRACTION * budgets[env] if args.smooth is None else args.smooth for env in envs}
@@ -928,8 +1049,11 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def write(name, data):
-        atomic_write(out / name, data) if isinstance(data, bytes) else save_figure(data, out / name)
+    def write(name: str, data: bytes | Figure) -> None:
+        if isinstance(data, bytes):
+            atomic_write(out / name, data)
+        else:
+            save_figure(data, out / name)
         written.append(name)
 
     slug = {env: env.replace("/", "-") for env in envs}
@@ -943,7 +1067,7 @@ def main(argv=None):
         grpo = [r for r in env_runs if r.group_size is not None and steps]
         if grpo:
             baselines = [
-                (row["algorithm"], row["iqm"])
+                (str(row["algorithm"]), float(row["iqm"]))
                 for row in rows
                 if row["env"] == env and row["group_size"] is None and row["iqm"] is not None
             ]

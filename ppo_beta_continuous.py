@@ -384,7 +384,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 def main(args: Args) -> None:
     batch_size, minibatch_size, num_iterations = check_args(args)
     obs_space, act_space = check_env(args)
-    check_flat(args, obs_space, act_space)
+    check_spaces(args, obs_space, act_space)
     run = Run(args, ALGO, total_steps=num_iterations * batch_size)
     device = setup_torch(args)
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
@@ -441,7 +441,8 @@ def main(args: Args) -> None:
     run.close()
 
 
-def check_flat(args: Args, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> None:
+def check_spaces(args: Args, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> None:
+    """The networks take flat observations; the Beta is mapped onto the actions' bounds, which must be finite."""
     if len(obs_space.shape) != 1:
         raise UsageError(f"{args.env_id} has observations of shape {obs_space.shape}; this script needs flat vectors")
     if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):

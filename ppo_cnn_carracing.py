@@ -24,6 +24,7 @@ from torch.distributions import Beta
 
 from runlib import (
     Array,
+    EnvPoolVectorEnv,
     Episodes,
     RewardScaler,
     Run,
@@ -188,16 +189,14 @@ class FrameSkip(gym.Wrapper[Any, Any, Any, Any]):
 
     def __init__(self, env: gym.Env[Any, Any], skip: int, max_negative_steps: Optional[int] = None) -> None:
         super().__init__(env)
-        self.skip = skip
-        self.max_negative_steps = max_negative_steps or math.inf
-        self.negative_steps = 0
+        self.skip, self.max_negative_steps, self.negative_steps = skip, max_negative_steps or math.inf, 0
         self.metadata = {**env.metadata, "render_fps": env.metadata.get("render_fps", 50) / skip}  # real-time videos
 
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None) -> tuple[Array, dict[str, Any]]:
         self.negative_steps = 0
-        return self.env.reset(**kwargs)
+        return self.env.reset(seed=seed, options=options)
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Array) -> tuple[Array, float, bool, bool, dict[str, Any]]:
         total_reward = 0.0
         for _ in range(self.skip):
             obs, reward, terminated, truncated, info = self.env.step(action)
@@ -235,8 +234,7 @@ class Frames:
             x = frames.astype(np.float64)
             frames = (x[..., 0:1] * 0.2125 + x[..., 1:2] * 0.7154 + x[..., 2:3] * 0.0721).astype(np.uint8)
         if self.resize:
-            rows = area_weights(frames.shape[1], self.resize[0])
-            cols = area_weights(frames.shape[2], self.resize[1])
+            rows, cols = area_weights(frames.shape[1], self.resize[0]), area_weights(frames.shape[2], self.resize[1])
             resized = rows @ frames.transpose(0, 3, 1, 2).astype(np.float32) @ cols.T  # (N, channels, h, w)
             frames = np.rint(resized).astype(np.uint8).transpose(0, 2, 3, 1)
         return frames
@@ -249,33 +247,22 @@ class Frames:
         return gym.wrappers.FrameStackObservation(env, self.stack)  # oldest first, the first frame repeated at reset
 
 
-class FramesEnvPool:
+class FramesEnvPool(EnvPoolVectorEnv):
     """EnvPool's batched env as a SAME_STEP vector env with Frames' wrappers (EnvPool's own autoreset is NEXT_STEP)."""
 
     def __init__(self, env_id: str, frames: Frames, num_envs: int, max_episode_steps: Optional[int]) -> None:
-        self.kwargs: dict[str, Any] = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-        self.kwargs |= {"num_envs": num_envs, "num_threads": min(num_envs, len(os.sched_getaffinity(0)))}
-        self.env_id = env_id
+        super().__init__(env_id, num_envs, max_episode_steps)
         self.frames = frames
-        self.num_envs = num_envs
-        self.pool: Any = None  # an envpool env, made at reset
 
     def reset(self, *, seed: int | Sequence[int]) -> tuple[Array, dict[str, Any]]:
-        import envpool
-
-        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed  # as gymnasium seeds envs
-        self.close()  # EnvPool seeds its envs when it makes a pool (its reset takes no seed): a new pool
-        self.pool = envpool.make(self.env_id, "gymnasium", env_seed=[s & 0x7FFFFFFF for s in seeds], **self.kwargs)
-        self.raw = self.pool.reset()[0]  # the latest frame of each env (EnvPool answers in the order of the env ids asked)
+        self.raw = super().reset(seed=seed)[0]  # the latest frame of each env (EnvPool answers in the order of the ids asked)
         self.stack = np.repeat(self.frames.preprocess(self.raw)[:, None], self.frames.stack, axis=1)  # as gymnasium's
         self.negative_steps = np.zeros(self.num_envs)  # consecutive steps of negative reward, as FrameSkip counts them
         return self.stack.copy(), {}
 
     def step(self, actions: Array) -> tuple[Array, Array, Array, Array, dict[str, Any]]:
         n = self.num_envs
-        reward = np.zeros(n)
-        terminated = np.zeros(n, bool)
-        truncated = np.zeros(n, bool)
+        reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
         live = np.arange(n, dtype=np.int32)
         for _ in range(self.frames.skip):  # FrameSkip on the batch: an env that ends stops there
             raw, r, term, trunc, _ = self.pool.step(actions[live], live)
@@ -297,11 +284,6 @@ class FramesEnvPool:
             self.negative_steps[done] = 0
         return self.stack.copy(), reward, terminated, truncated, info
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-
 
 def layer_init(layer: Layer, std: float = np.sqrt(2), bias_const: float = 0.0) -> Layer:
     assert layer.bias is not None
@@ -320,20 +302,14 @@ def mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, out_std: float
 
 
 class CNNFeatureExtractor(nn.Module):
-    """uint8 frames (B, stack, H, W, C), scaled to [0, 1] here, -> features: convolutions and a linear layer, with ReLU."""
+    """uint8 frames (B, stack, H, W, C), scaled to [0, 1] here, -> features: the convolutions of --cnn-channels,
+    --cnn-kernel-sizes and --cnn-strides, and a linear layer to `feature_size`, each with ReLU."""
 
-    def __init__(
-        self,
-        obs_shape: tuple[int, ...],
-        channels: Sequence[int],
-        kernel_sizes: Sequence[int],
-        strides: Sequence[int],
-        feature_size: int,
-    ) -> None:
+    def __init__(self, obs_shape: tuple[int, ...], args: PixelArgs, feature_size: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         last = obs_shape[0] * obs_shape[3]
-        for out, kernel, stride in zip(channels, kernel_sizes, strides):
+        for out, kernel, stride in zip(args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides):
             layers += [layer_init(nn.Conv2d(last, out, kernel, stride)), nn.ReLU()]
             last = out
         # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW
@@ -360,17 +336,13 @@ def beta_dist(out: torch.Tensor) -> Beta:
 class Agent(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], act_dim: int, args: Args) -> None:
         super().__init__()
-        cnn = (obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, args.cnn_feature_size)
-        self.actor_trunk = CNNFeatureExtractor(*cnn)
-        self.critic_trunk = None if args.shared_trunk else CNNFeatureExtractor(*cnn)
+        self.actor_trunk = CNNFeatureExtractor(obs_shape, args, args.cnn_feature_size)
+        self.critic_trunk = None if args.shared_trunk else CNNFeatureExtractor(obs_shape, args, args.cnn_feature_size)
         self.critic = mlp(args.cnn_feature_size, args.hidden_sizes, 1, out_std=1.0)
         self.actor = mlp(args.cnn_feature_size, args.hidden_sizes, 2 * act_dim, out_std=0.01)
 
     def dist(self, obs: torch.Tensor) -> Beta:
         return beta_dist(self.actor(self.actor_trunk(obs)))
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.actor_trunk(obs) if self.critic_trunk is None else self.critic_trunk(obs))
 
     def dist_and_value(self, obs: torch.Tensor) -> tuple[Beta, torch.Tensor]:  # the trunk runs once when it is shared
         features = self.actor_trunk(obs)
@@ -553,7 +525,7 @@ def make_batch(agent: Agent, rollout: Rollout, next_obs: Array, args: Args, devi
             dist, value = agent.dist_and_value(obs_chunk.to(device))
             logprobs.append(dist.log_prob(actions_chunk.to(device)).sum(-1))
             value_chunks.append(value.view(-1).cpu())
-        after_values = torch.cat([agent.value(o.to(device)).view(-1).cpu() for o in after.split(chunk)])
+        after_values = torch.cat([agent.dist_and_value(o.to(device))[1].view(-1).cpu() for o in after.split(chunk)])
     values = torch.cat(value_chunks).view(T, N)
     next_value, final_values = after_values.split([N, len(rollout.final_obs)])
     next_values = torch.cat([values[1:], next_value.view(1, N)])
@@ -619,9 +591,8 @@ def main(args: Args) -> None:
     global_step = run.global_step
     for iteration in range(run.iteration + 1, num_iterations + 1):
         t_iter = time.perf_counter()
-        optimizer.param_groups[0]["lr"].fill_(
-            lr_factor(args.lr_schedule, (iteration - 1) / num_iterations) * args.learning_rate
-        )
+        lr = lr_factor(args.lr_schedule, (iteration - 1) / num_iterations) * args.learning_rate
+        optimizer.param_groups[0]["lr"].fill_(lr)
         timings = Timings()
         with torch.inference_mode():
             next_obs = collect_rollout(
@@ -639,42 +610,34 @@ def main(args: Args) -> None:
 
 
 def check_frames(args: PixelArgs, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> tuple[int, ...]:
-    """What both CNN scripts need of the env beyond runlib.check_env: finite action bounds (the Beta policy maps (0, 1)
-    onto them), (H, W, 3) uint8 images, and frames the convolutions do not shrink to nothing. Returns the observations'
-    shape, (frame_stack, height, width, channels)."""
+    """What both CNN scripts need beyond runlib's checks: finite action bounds (the Beta policy maps (0, 1) onto them),
+    (H, W, 3) uint8 images, a --resize and one --cnn-* entry per convolution, and frames that the convolutions do not
+    shrink to nothing. Returns the observations' shape, (frame_stack, height, width, channels)."""
     if not (np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
         raise UsageError(f"{args.env_id} has unbounded actions; a Beta policy needs finite bounds")
     shape = obs_space.shape
     if not (len(shape) == 3 and shape[2] == 3 and obs_space.dtype == np.uint8):
         raise UsageError(f"{args.env_id} has observations of shape {shape}; this CNN script needs (H, W, 3) uint8 images")
-    with Frames.of(args).wrap(gym.make(args.env_id)) as env:
-        obs_shape = env.observation_space.shape or ()
-    try:  # the convolutions' output size, as the network computes it
-        CNNFeatureExtractor(obs_shape, args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides, 1)
-    except RuntimeError:
-        raise UsageError(f"--cnn-kernel-sizes and --cnn-strides shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing")
-    return obs_shape
-
-
-def check_frame_args(args: PixelArgs) -> None:
-    """Both CNN scripts' frame and CNN arguments, beyond runlib.check_arg_ranges (which checks every --cnn-* entry)."""
     if args.resize is not None and min(args.resize) <= 0:
         raise UsageError(f"--resize needs a positive height and width, got {args.resize}")
     convs = (args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides)
     if len(set(map(len, convs))) != 1:
         raise UsageError(f"--cnn-channels/-kernel-sizes/-strides need one positive entry per convolution each, got {convs}")
+    with Frames.of(args).wrap(gym.make(args.env_id)) as env:
+        obs_shape = env.observation_space.shape or ()
+    try:  # the convolutions' output size, as the network computes it
+        CNNFeatureExtractor(obs_shape, args, 1)
+    except RuntimeError:
+        raise UsageError(f"--cnn-kernel-sizes and --cnn-strides shrink a {obs_shape[1]}x{obs_shape[2]} frame to nothing")
+    return obs_shape
 
 
 def check_args(args: Args) -> tuple[int, int, int]:
-    """Every argument a user can get wrong, checked before anything is written: CleanRL's batch, minibatch and iteration
-    counts."""
-    positive = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "learning_rate", "clip_coef", "max_grad_norm")
-    frames = ("frame_skip", "frame_stack", "cnn_feature_size")
-    positive_or_none = ("target_kl", "max_negative_steps")
-    check_arg_ranges(
-        args, positive=(*positive, "clip_reward", *frames), non_negative=("ent_coef",), positive_or_none=positive_or_none
-    )
-    check_frame_args(args)
+    """Every argument a user can get wrong, checked before anything is written (the frames' and the CNN's with the env,
+    check_frames): CleanRL's batch, minibatch and iteration counts."""
+    positive: tuple[str, ...] = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "learning_rate", "clip_coef")
+    positive += ("max_grad_norm", "clip_reward", "frame_skip", "frame_stack", "cnn_feature_size")
+    check_arg_ranges(args, positive, non_negative=("ent_coef",), positive_or_none=("target_kl", "max_negative_steps"))
     if not (0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1):
         raise UsageError("--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
     batch_size = args.num_envs * args.num_steps

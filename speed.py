@@ -24,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, NoReturn, NotRequired, TypedDict
 
 import numpy as np
 
@@ -32,9 +34,40 @@ ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("ppo_continuous", "ppo_beta_continuous", "grpo_continuous", "ppo_cnn_carracing", "grpo_cnn_carracing")
 CNN_SCRIPTS = ("ppo_cnn_carracing", "grpo_cnn_carracing")
 CLEANRL = ROOT.parent / "shared" / "peers" / "cleanrl_ppo_continuous_action.py"
+Phase = Literal["rollout_s", "update_s"]
+PHASES: tuple[Phase, ...] = ("rollout_s", "update_s")  # timings.jsonl's: the table's "rollout s", "update s" per iteration
 # whose make_vector_env gives the raw env rate: GRPO's members run one episode each, a vector env of the same envs does not
-PHASES = ("rollout_s", "update_s")  # timings.jsonl's, as the table's "rollout s" and "update s" per iteration
 ENVS_OF = {"cleanrl": "ppo_continuous", "grpo_continuous": "ppo_continuous", "grpo_cnn_carracing": "ppo_cnn_carracing"}
+
+
+class Measured(TypedDict):
+    """What one training run gives: its SPS, steady-state SPS and extra seconds of the first iteration, and (ours, not
+    CleanRL's) the seconds of each of PHASES per steady iteration."""
+
+    sps: float
+    steady_sps: float
+    first_iteration_extra_s: float
+    rollout_s: NotRequired[float]
+    update_s: NotRequired[float]
+
+
+class Row(TypedDict):
+    """A measurement, a row of the table and of FILE.json (a dict: its keys, in this order, are FILE.json's; those
+    NotRequired are missing from some rows: the phases from CleanRL's and from an older FILE.json's, vs_eager from a
+    row without --compile)."""
+
+    round: int
+    script: str
+    argv: str  # the flags, joined by spaces
+    raw: float
+    sps: float
+    steady_sps: float
+    first_iteration_extra_s: float
+    rollout_s: NotRequired[float]
+    update_s: NotRequired[float]
+    ratio: float
+    vs_cleanrl: NotRequired[float]  # set once every row is measured
+    vs_eager: NotRequired[float]
 
 
 class UsageError(Exception):
@@ -42,11 +75,11 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, like every other bad input
+    def error(self, message: str) -> NoReturn:  # one line, like every other bad input
         raise UsageError(f"{message} (see python speed.py --help)")
 
 
-def parse_args(argv):
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = Parser(description="Raw env rate and train SPS of each training script, measured in one run, and their ratio.")
     parser.add_argument(
         "--scripts",
@@ -109,7 +142,7 @@ def parse_args(argv):
     return args
 
 
-def env_rate(script, argv, num_steps, seed=1):
+def env_rate(script: str, argv: list[str], num_steps: int, seed: int = 1) -> float:
     """Steps per second of the script's training envs, built as its main builds them, under uniform random actions; for
     the CNN scripts in agent steps (each `--frame-skip` frames), the unit of their SPS."""
     import tyro
@@ -131,7 +164,7 @@ def env_rate(script, argv, num_steps, seed=1):
         envs.close()
 
 
-def train(script, argv, budget, workdir):
+def train(script: str, argv: list[str], budget: int, workdir: str) -> Measured:
     """metrics.json's SPS and the steady-state SPS (iterations after the first) of one short training run."""
     runs_dir = Path(tempfile.mkdtemp(dir=workdir))
     cmd = [
@@ -157,15 +190,17 @@ def train(script, argv, budget, workdir):
     steps = rows[-1]["global_step"] - (rows[0]["global_step"] if len(rows) > 1 else 0)
     first_extra = rows[0]["time_s"] - statistics.median(r["time_s"] for r in steady)
     sps = json.loads((run_dir / "metrics.json").read_text())["sps"]
-    phases = {k: statistics.mean(r[k] for r in steady) for k in PHASES}  # seconds per steady iteration
-    return {
+    measured: Measured = {
         "sps": sps,
         "steady_sps": steps / sum(r["time_s"] for r in steady),
         "first_iteration_extra_s": first_extra,
-    } | phases
+    }
+    for k in PHASES:  # seconds per steady iteration
+        measured[k] = statistics.mean(r[k] for r in steady)
+    return measured
 
 
-def cleanrl(python, script, env_id, budget, workdir):
+def cleanrl(python: str, script: str, env_id: str, budget: int, workdir: str) -> Measured:
     """CleanRL's own SPS line at the end of its run: global steps over wall time since its start, as our `sps`."""
     cmd = [python, script, "--env-id", env_id, "--total-timesteps", str(budget), "--no-cuda"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -175,13 +210,13 @@ def cleanrl(python, script, env_id, budget, workdir):
     return {"sps": float(found[-1]), "steady_sps": float("nan"), "first_iteration_extra_s": float("nan")}
 
 
-def table(rows):
+def table(rows: Sequence[Row]) -> str:
     head = "| round | script | flags | raw env steps/s | train SPS | steady SPS | 1st iteration extra s | train / raw |"
     lines = [head + " SPS / CleanRL's | rollout s | update s | steady / eager |"]
     lines.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     nan = float("nan")
     for r in rows:
-        cells = (str(r["round"]), r["script"], r["argv"] or "(defaults)", f"{r['raw']:,.0f}", f"{r['sps']:,.0f}")
+        cells = [str(r["round"]), r["script"], r["argv"] or "(defaults)", f"{r['raw']:,.0f}", f"{r['sps']:,.0f}"]
         cells += (
             f"{r['steady_sps']:,.0f}",
             f"{r['first_iteration_extra_s']:.1f}",
@@ -194,7 +229,7 @@ def table(rows):
     return "\n".join(lines).replace("nan", "-")
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.output:  # before the measurements, not after them: a bad --output must not cost a run's minutes
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +239,8 @@ def main(argv=None):
     if args.cleanrl_python:  # CleanRL between ours eager and ours --compile: the three side by side in every round
         side_by_side = [("ppo_continuous", []), ("cleanrl", []), ("ppo_continuous", ["--compile"])]
         configs = side_by_side + [c for c in configs if c not in side_by_side]
-    rows, started = json.loads(Path(args.from_json).read_text()) if args.from_json else [], time.time()
+    rows: list[Row] = json.loads(Path(args.from_json).read_text()) if args.from_json else []
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="speed-") as workdir:
         for round in range(1, 0 if args.from_json else args.rounds + 1):
             for script, flags in configs:
@@ -218,7 +254,7 @@ def main(argv=None):
                 else:
                     result = train(script, [*flags, *args.extra_args.split()], budget, workdir)
                 raw = (raw_before + env_rate(env_script, env_argv, raw_steps)) / 2
-                row = {
+                row: Row = {
                     "round": round,
                     "script": script,
                     "argv": " ".join(flags),

@@ -253,8 +253,17 @@ def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", s
     scaler, ended, low, high = runlib.RewardScaler(N, 0.99, 10.0, enabled=False), [], np.float32(-bound), np.float32(bound)
     with torch.inference_mode():
         next_obs = module.collect_rollout(
-            envs, next_obs, agent.sample, norm, scaler, buf, low, high, runlib.Episodes(N),
-            lambda *e: ended.append(e), runlib.Timings(),
+            envs,
+            next_obs,
+            agent.sample,
+            norm,
+            scaler,
+            buf,
+            low,
+            high,
+            runlib.Episodes(N),
+            lambda *e: ended.append(e),
+            runlib.Timings(),
         )
     envs.close()
     return buf, next_obs.astype(np.float32), ended

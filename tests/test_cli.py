@@ -11,6 +11,7 @@ from dataclasses import asdict, fields
 import pytest
 import torch
 
+import runlib
 from conftest import ROOT, TINY, assert_clean_error, existing_scripts, read_run, run_cli, run_script
 
 SCRIPTS = existing_scripts()
@@ -132,15 +133,15 @@ def test_resume_compares_only_what_the_run_computes(tmp_path, script):
     latest = tmp_path / f"{args.env_id}__{args.exp_name}__seed1" / "checkpoints" / "latest.pt"
     latest.parent.mkdir(parents=True)
     saved = {k: v for k, v in asdict(args).items() if k != "env_backend"}  # as written before --env-backend existed
-    torch.save({"algo": script, "format": module.CHECKPOINT_FORMAT, "args": saved, "metrics": {"completed": False}}, latest)
-    assert module.open_run(args)[1]["args"] == saved
+    torch.save({"algo": script, "format": runlib.CHECKPOINT_FORMAT, "args": saved, "metrics": {"completed": False}}, latest)
+    assert runlib.open_run(args, script).ckpt["args"] == saved
     faster = module.Args(runs_dir=str(tmp_path), resume=True, torch_threads=2, compile=True)
     module.check_args(faster)
-    assert module.open_run(faster)[1] is not None
-    with pytest.raises(module.UsageError, match="--env-backend 'gymnasium' -> 'envpool'"):
+    assert runlib.open_run(faster, script).ckpt is not None
+    with pytest.raises(runlib.UsageError, match="--env-backend 'gymnasium' -> 'envpool'"):
         other = module.Args(runs_dir=str(tmp_path), resume=True, env_backend="envpool")
         module.check_args(other)
-        module.open_run(other)
+        runlib.open_run(other, script)
 
 
 class RunsCode:

@@ -16,11 +16,10 @@ from conftest import (
     TINY,
     assert_clean_error,
     assert_run_layout,
-    kill_when,
+    kill_at,
     poison_update,
     read_run,
     run_script,
-    start_killable,
     tb_scalars,
 )
 
@@ -61,13 +60,17 @@ def test_smoke_writes_the_whole_run_layout(runs_dir, script):
     assert " steps on cpu" in log and "CUDA" not in log  # --cuda is off by default, as in every script
 
 
-@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
-def test_ppo_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, backend):
+@pytest.mark.parametrize("backend, point", [("gymnasium", "before_checkpoint"), ("envpool", "before_row")])
+def test_ppo_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, backend, point):
+    """Killed at an exact point of the bookkeeping (tests/kill_at.py): with metrics.json, TensorBoard and timings.jsonl
+    ahead of latest.pt, which the resume rewinds them to."""
     needs(backend)
-    flags = "--total-timesteps 320 --eval-every 160 --eval-episodes 1 --checkpoint-every 32".split()
+    flags = "--total-timesteps 320 --eval-every 160 --eval-episodes 1 --checkpoint-every 64".split()
     args = [*TINY["ppo_cnn_carracing"], *flags, *QUIET, "--runs-dir", runs_dir, "--env-backend", backend]
     run_dir = runs_dir / RUN_DIR["ppo_cnn_carracing"]
-    assert 0 < kill_when(start_killable("ppo_cnn_carracing", *args), run_dir, 96) < 320
+    killed = kill_at("ppo_cnn_carracing", point, 96, *args)["global_step"]
+    latest = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"]
+    assert 0 < latest < killed < 320  # killed at the step of the metrics.json it left, past latest.pt
     (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
 
     result = run_script("ppo_cnn_carracing", *args, "--resume")
@@ -85,19 +88,23 @@ def test_ppo_resume_after_kill_9_continues_without_gap_or_duplicate(runs_dir, ba
     assert metrics["args"]["env_backend"] == backend and all(length == 25 for length in train["episodic_length"])
 
 
-@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
-def test_grpo_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, backend):
-    """As grpo_continuous.py: groups start from seeds of (seed, iteration), so a resumed run is the uninterrupted run. The
-    killed run steps its members in subprocesses (--vector-mode async), the uninterrupted one in this process: which
-    process steps a member changes nothing."""
+@pytest.mark.parametrize("backend, point", [("gymnasium", "after_best"), ("envpool", "after_checkpoint")])
+def test_grpo_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, backend, point):
+    """As grpo_continuous.py: groups start from seeds of (seed, iteration), so a resumed run is the uninterrupted run,
+    killed at an exact point of the bookkeeping (tests/kill_at.py) or not; after_best leaves an evaluation's new best as
+    best-next.pt, ahead of latest.pt, which the resume must drop. The killed run steps its members in subprocesses
+    (--vector-mode async), the uninterrupted one in this process: which process steps a member changes nothing."""
     needs(backend)
     flags = "--total-timesteps 300 --eval-every 200 --eval-episodes 1 --checkpoint-every 1".split()
     args = [*TINY["grpo_cnn_carracing"], *flags, *QUIET, "--runs-dir", runs_dir, "--env-backend", backend]
-    assert run_script("grpo_cnn_carracing", *args, "--exp-name", "whole").returncode == 0
     run_dir = runs_dir / "CarRacing-v3__killed__seed1"
     killed = [*args, "--exp-name", "killed", "--vector-mode", "async"]
-    # an iteration is 100 steps (2 groups of 2, 25 steps each): past the first, whose checkpoint the resume needs
-    assert 100 < kill_when(start_killable("grpo_cnn_carracing", *killed), run_dir, 200) < 300
+    # an iteration is 100 steps (2 groups of 2, 25 steps each): killed in the second, past the first's checkpoint
+    metrics = kill_at("grpo_cnn_carracing", point, 200, *killed)
+    latest = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"]
+    assert (latest, metrics["global_step"]) == ((100, 100) if point == "after_best" else (200, 200))
+    assert (run_dir / "checkpoints" / "best-next.pt").exists()  # ahead of latest.pt (after_best) or caught up with it
+    assert run_script("grpo_cnn_carracing", *args, "--exp-name", "whole").returncode == 0
     result = run_script("grpo_cnn_carracing", *killed, "--resume")
     assert result.returncode == 0, result.stderr
     assert "resuming" in (run_dir / "logs" / "train.log").read_text()
@@ -110,6 +117,15 @@ def test_grpo_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir
     iteration_steps = [row["global_step"] for row in whole_timings]
     assert [row["global_step"] for row in resumed_timings] == iteration_steps == tb_scalars(run_dir)["charts/SPS"]
     assert resumed["args"]["env_backend"] == backend
+    for name in ("latest.pt", "best.pt"):  # best.pt: the same evaluation's policy, not one of a lost timeline
+        ckpts = [
+            torch.load(runs_dir / f"CarRacing-v3__{e}__seed1" / "checkpoints" / name, weights_only=True)
+            for e in ("whole", "killed")
+        ]
+        assert ckpts[1]["global_step"] == ckpts[0]["global_step"], name
+        for key in ("agent", "ref_agent"):
+            assert all(torch.equal(ckpts[1][key][k], v) for k, v in ckpts[0][key].items()), (name, key)
+    assert not (run_dir / "checkpoints" / "best-next.pt").exists()
 
 
 @pytest.mark.parametrize(

@@ -8,31 +8,35 @@ import torch
 
 import grpo_cnn_carracing as grpo
 import ppo_cnn_carracing as ppo
+from runlib import Episodes, RewardScaler, Timings
 
 BRAKE = np.array([0.0, 0.0, 1.0], np.float32)  # a car that never moves: every frame costs 0.1
 LOW, HIGH = np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
 
 
 def carracing(module=ppo, **kwargs):
-    return module.make_carracing_env(module.Args(**{"max_episode_steps": 50, **kwargs}))
+    return module.make_env(module.Args(**{"max_episode_steps": 50, **kwargs}))
+
+
+def check_env(module, args):
+    """The script's checks of args and env, as its main runs them: the observations' shape and the action space."""
+    obs_space, act_space = module.check_env(args, whole_episodes=module is grpo)
+    return module.check_frames(args, obs_space, act_space), act_space
 
 
 def rollout(envs, T, seed):
-    """ppo's collect_rollout of a fresh agent for T steps; returns (buf, first obs, final, episodes)."""
+    """ppo's collect_rollout of a fresh agent for T steps; returns (the Rollout, the first obs, the ended episodes as
+    [(t, return, length)])."""
     next_obs = envs.reset(seed=seed)[0].copy()
     (N, *obs_shape) = next_obs.shape
-    agent = ppo.Agent(obs_shape, 3, ppo.Args())
-    buf = {"obs": np.zeros((T, N, *obs_shape), np.uint8), "actions": np.zeros((T, N, 3), np.float32)}
-    buf.update({k: np.zeros((T, N), np.float32) for k in ("rewards", "dones", "terminations")})
-    episodes, ended, raw_rewards = np.zeros((2, N)), [], ppo.RewardScaler(N, 0.99, 10.0, enabled=False)
-
-    def on_episode(episodic_return, length, t):
-        ended.append((t, episodic_return, length))
-
+    agent = ppo.Agent(tuple(obs_shape), 3, ppo.Args())
+    buf, ended, raw_rewards = ppo.Rollout.empty(T, N, tuple(obs_shape), 3), [], RewardScaler(N, 0.99, 10.0, enabled=False)
     with torch.inference_mode():
-        _, final, _ = ppo.collect_rollout(envs, next_obs, agent.sample, raw_rewards, buf, LOW, HIGH, episodes, on_episode)
+        ppo.collect_rollout(
+            envs, next_obs, agent.sample, raw_rewards, buf, LOW, HIGH, Episodes(N), lambda *e: ended.append(e), Timings()
+        )
     envs.close()
-    return buf, next_obs, final, ended
+    return buf, next_obs, ended
 
 
 SMALL_CNN = dict(
@@ -51,8 +55,8 @@ def test_cnn_output_shapes_across_configurations(module, config, shape):
     if module is grpo:
         config = {k: v for k, v in config.items() if k != "shared_trunk"}  # GRPO has no critic to share with
     args = module.Args(**config)
-    obs_shape, act_space = module.check_env(args)
-    env = module.make_carracing_env(args)
+    obs_shape, act_space = check_env(module, args)
+    env = module.make_env(args)
     frames = env.reset(seed=0)[0]
     assert obs_shape == env.observation_space.shape == frames.shape == shape and frames.dtype == np.uint8
     env.close()
@@ -78,18 +82,18 @@ def test_cnn_output_shapes_across_configurations(module, config, shape):
 def test_resize_is_area_averaging():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
-    half = ppo.preprocess(ppo.Args(grayscale=False, resize=(48, 48)), frame[None])[0]
+    half = ppo.Frames.of(ppo.Args(grayscale=False, resize=(48, 48))).preprocess(frame[None])[0]
     blocks = frame.reshape(48, 2, 48, 2, 3).astype(np.float64).mean((1, 3))
     assert half.dtype == np.uint8 and np.abs(half.astype(np.float64) - blocks).max() <= 0.5 + 1e-3
     flat = np.full((1, 96, 96, 3), 77, np.uint8)  # any size: a flat image stays flat
-    assert (ppo.preprocess(ppo.Args(resize=(64, 50)), flat) == 77).all()
+    assert (ppo.Frames.of(ppo.Args(resize=(64, 50))).preprocess(flat) == 77).all()
 
 
 def test_grayscale_is_gymnasiums_to_the_bit():
     gray = gym.wrappers.GrayscaleObservation(gym.make("CarRacing-v3"), keep_dim=True)
     frames = np.random.default_rng(0).integers(0, 256, (16, 96, 96, 3), dtype=np.uint8)
     expected = np.stack([gray.func(frame) for frame in frames])
-    assert np.array_equal(ppo.preprocess(ppo.Args(resize=None), frames), expected)
+    assert np.array_equal(ppo.Frames.of(ppo.Args(resize=None)).preprocess(frames), expected)
     gray.close()
 
 
@@ -135,11 +139,10 @@ def test_max_negative_steps_truncates_after_that_many_negative_steps():
 
 
 def test_rollout_buffer_holds_the_env_frames_as_uint8():
-    args = ppo.Args(max_episode_steps=50)
-    buf, first, _, _ = rollout(ppo.make_carracing_envs(args, 2), 6, [1, 2])
-    assert buf["obs"].dtype == np.uint8 and buf["obs"].shape == (6, 2, 4, 64, 64, 1)
-    assert (buf["obs"][0] == first).all() and not (buf["obs"][-1] == first).all()
-    assert ((buf["actions"] > 0) & (buf["actions"] < 1)).all()  # Beta samples x, not env actions
+    buf, first, _ = rollout(ppo.make_vector_env(ppo.Args(max_episode_steps=50, num_envs=2)), 6, [1, 2])
+    assert buf.obs.dtype == np.uint8 and buf.obs.shape == (6, 2, 4, 64, 64, 1)
+    assert (buf.obs[0] == first).all() and not (buf.obs[-1] == first).all()
+    assert ((buf.actions > 0) & (buf.actions < 1)).all()  # Beta samples x, not env actions
 
 
 def test_make_batch_in_chunks_is_the_batch_at_once_and_bootstraps_only_truncations():
@@ -147,20 +150,22 @@ def test_make_batch_in_chunks_is_the_batch_at_once_and_bootstraps_only_truncatio
     T, N, obs_shape, args = 6, 2, (4, 64, 64, 1), ppo.Args(**SMALL_CNN)
     agent, rng = ppo.Agent(obs_shape, 3, args), np.random.default_rng(0)
     frames = rng.integers(0, 256, (T + 3, N, *obs_shape), np.uint8)  # the rollout, next_obs, two final observations
-    buf = {"obs": frames[:T], "actions": rng.uniform(0.1, 0.9, (T, N, 3)).astype(np.float32)}
-    buf |= {k: np.zeros((T, N), np.float32) for k in ("dones", "terminations")} | {"rewards": np.ones((T, N), np.float32)}
-    buf["dones"][2, 0] = buf["dones"][4, 1] = buf["terminations"][4, 1] = 1.0  # a truncation, a termination
-    final = [(2, 0, frames[T + 1, 0]), (4, 1, frames[T + 2, 1])]
-    whole, chunked = (ppo.make_batch(agent, buf, frames[T], final, args, "cpu", chunk=c) for c in (10**6, 5))
-    for key in whole:
-        torch.testing.assert_close(chunked[key], whole[key])
-    assert whole["obs"].dtype == torch.uint8
+    buf = ppo.Rollout.empty(T, N, obs_shape, 3)
+    buf.obs[:] = frames[:T]
+    buf.actions[:] = rng.uniform(0.1, 0.9, (T, N, 3))
+    buf.rewards[:] = 1.0
+    buf.dones[2, 0] = buf.dones[4, 1] = buf.terminations[4, 1] = 1.0  # a truncation, a termination
+    buf.final_obs.update({(2, 0): frames[T + 1, 0], (4, 1): frames[T + 2, 1]})
+    whole, chunked = (ppo.make_batch(agent, buf, frames[T], args, torch.device("cpu"), chunk=c) for c in (10**6, 5))
+    for key in whole._fields:
+        torch.testing.assert_close(getattr(chunked, key), getattr(whole, key))
+    assert whole.obs.dtype == torch.uint8
 
     def value(frame):
         with torch.no_grad():
             return agent.dist_and_value(torch.from_numpy(frame[None]))[1].item()
 
-    advantages = whole["advantages"].view(T, N)  # where an episode ends, GAE carries nothing: the TD error
+    advantages = whole.advantages.view(T, N)  # where an episode ends, GAE carries nothing: the TD error
     assert advantages[2, 0].item() == pytest.approx(1.0 + args.gamma * value(frames[T + 1, 0]) - value(frames[2, 0]), abs=1e-5)
     assert advantages[4, 1].item() == pytest.approx(1.0 - value(frames[4, 1]), abs=1e-5)
 
@@ -181,23 +186,25 @@ def test_members_reset_with_one_seed_drive_the_same_track(backend):
     assert tracks[0].shape != tracks[2].shape or not np.allclose(tracks[0], tracks[2])
 
     args = grpo.Args(max_episode_steps=20, num_groups=2, group_size=2, env_backend=backend)  # in the training loop
-    obs_shape, act_space = grpo.check_env(args)
-    members, agent, episodes = grpo.make_carracing_members(args), grpo.Agent(obs_shape, 3, args), []
+    obs_shape, act_space = check_env(grpo, args)
+    members, agent, episodes = grpo.make_members(args), grpo.Agent(obs_shape, 3, args), []
     with torch.inference_mode():
-        rollout, _ = grpo.collect_rollout(members, agent.sample, [11, 12], 2, LOW, HIGH, lambda *e: episodes.append(e), 10**6)
+        rollout = grpo.collect_group_rollouts(
+            members, agent.sample, [11, 12], 2, LOW, HIGH, lambda *e: episodes.append(e), 10**6, Timings()
+        )
     members.close()
-    obs = rollout["obs"].numpy()
+    obs = rollout.obs.numpy()
     assert obs.dtype == np.uint8 and obs.shape == (5, 4, *obs_shape)  # 20 frames = 5 steps of 4
     assert (obs[0, 0] == obs[0, 1]).all() and (obs[0, 2] == obs[0, 3]).all() and not (obs[0, 0] == obs[0, 2]).all()
     assert not (obs[-1, 0] == obs[-1, 1]).all()  # sampled actions drive the members apart
-    assert len(episodes) == 4 and rollout["mask"].all()
+    assert len(episodes) == 4 and rollout.mask.all()
 
 
 # ---- --env-backend envpool: the same observations, SAME_STEP autoreset ----
 
 
 class GymnasiumPool:
-    """EnvPool's calls served by gymnasium's CarRacing: CarRacingEnvPool's own code on gymnasium's frames."""
+    """EnvPool's calls served by gymnasium's CarRacing: FramesEnvPool's own code on gymnasium's frames."""
 
     def __init__(self, seeds, max_episode_steps):
         self.envs, self.seeds = [gym.make("CarRacing-v3", max_episode_steps=max_episode_steps) for _ in seeds], seeds
@@ -216,16 +223,17 @@ class GymnasiumPool:
 
 
 @pytest.mark.parametrize("config", [{}, {"grayscale": False, "resize": (84, 48), "frame_stack": 2}])
-def test_envpool_pipeline_gives_the_gymnasium_wrappers_bytes_on_the_same_frames(config):
-    """CarRacingEnvPool does the frame skip, early end, preprocessing, frame stack and SAME_STEP autoreset on the batch;
-    gymnasium's vector env runs make_carracing_env's wrappers. Fed gymnasium's frames, the batch code must give the
+def test_envpool_pipeline_gives_the_gymnasium_wrappers_bytes_on_the_same_frames(monkeypatch, config):
+    """FramesEnvPool does the frame skip, early end, preprocessing, frame stack and SAME_STEP autoreset on the batch;
+    gymnasium's vector env runs make_env's wrappers (Frames.wrap). Fed gymnasium's frames, the batch code must give the
     network, the rewards and the bootstrap the same bytes: here through two episode ends of each env (env 0 brakes and is
     cut by --max-negative-steps after 5 steps, env 1 drives until the 12-frame time limit after 6)."""
-    pytest.importorskip("envpool")
-    args = ppo.Args(frame_skip=2, max_episode_steps=12, max_negative_steps=4, **config)
-    gymnasium = ppo.make_carracing_envs(args, 2)
-    batched = ppo.make_carracing_envs(ppo.Args(**{**vars(args), "env_backend": "envpool"}), 2)
-    batched.make = lambda seeds: GymnasiumPool(seeds, args.max_episode_steps)
+    envpool = pytest.importorskip("envpool")
+    args = ppo.Args(frame_skip=2, max_episode_steps=12, max_negative_steps=4, num_envs=2, **config)
+    gymnasium = ppo.make_vector_env(args)
+    batched = ppo.make_vector_env(ppo.Args(**{**vars(args), "env_backend": "envpool"}))
+    assert isinstance(batched, ppo.FramesEnvPool)
+    monkeypatch.setattr(envpool, "make", lambda env_id, kind, env_seed, **_: GymnasiumPool(env_seed, args.max_episode_steps))
     expected, got = gymnasium.reset(seed=[3, 4])[0], batched.reset(seed=[3, 4])[0]
     assert expected.dtype == got.dtype == np.uint8 and np.array_equal(expected, got)
     rng, ends = np.random.default_rng(0), []
@@ -246,33 +254,33 @@ def test_envpool_autoresets_as_gymnasium_same_step():
     episode's final observation, and already returns the next episode's first; the step after it is a real step of the
     new episode, never EnvPool's reset step (reward 0, action ignored)."""
     pytest.importorskip("envpool")
-    args = ppo.Args(env_backend="envpool", max_episode_steps=10, frame_skip=4)
-    buf, _, final, ended = rollout(ppo.make_carracing_envs(args, 2), 7, [1, 2])
-    assert buf["dones"][:, 0].tolist() == buf["dones"][:, 1].tolist() == [0, 0, 1, 0, 0, 1, 0]
-    assert not buf["terminations"].any() and [(t, i) for t, i, _ in final] == [(2, 0), (2, 1), (5, 0), (5, 1)]
-    rewards = buf["rewards"]
+    args = ppo.Args(env_backend="envpool", max_episode_steps=10, frame_skip=4, num_envs=2)
+    buf, _, ended = rollout(ppo.make_vector_env(args), 7, [1, 2])
+    assert buf.dones[:, 0].tolist() == buf.dones[:, 1].tolist() == [0, 0, 1, 0, 0, 1, 0]
+    assert not buf.terminations.any() and list(buf.final_obs) == [(2, 0), (2, 1), (5, 0), (5, 1)]
+    rewards = buf.rewards
     assert [(t, length) for t, _, length in ended] == [(2, 3), (2, 3), (5, 3), (5, 3)]
     assert [ret for _, ret, _ in ended] == pytest.approx(
         [rewards[:3, 0].sum(), rewards[:3, 1].sum(), rewards[3:6, 0].sum(), rewards[3:6, 1].sum()], abs=1e-5
     )
     for t in (3, 6):  # a new episode starts from its first frame repeated, and its first step is real (the first tile)
-        assert all((buf["obs"][t, i] == buf["obs"][t, i, :1]).all() for i in range(2)) and (rewards[t] > 1).all()
-    final_obs = {(t, i): o for t, i, o in final}
-    assert not (final_obs[(2, 0)] == buf["obs"][3, 0]).all()  # the bootstrap sees the ended episode's last frames ...
-    assert (final_obs[(2, 0)][:-1] == buf["obs"][2, 0][1:]).all()  # ... stacked after the step's frames
+        assert all((buf.obs[t, i] == buf.obs[t, i, :1]).all() for i in range(2)) and (rewards[t] > 1).all()
+    final_obs = buf.final_obs
+    assert not (final_obs[(2, 0)] == buf.obs[3, 0]).all()  # the bootstrap sees the ended episode's last frames ...
+    assert (final_obs[(2, 0)][:-1] == buf.obs[2, 0][1:]).all()  # ... stacked after the step's frames
 
 
 def test_envpool_carracing_is_gymnasiums_task():
     """EnvPool's CarRacing-v3: 1000-frame time limit (250 agent steps at frame skip 4, truncated), the reward scale (-0.1 a
     frame, +1000/N a tile: a braking car scores about -100 + one tile), --max-negative-steps truncating."""
     pytest.importorskip("envpool")
-    envs = ppo.make_carracing_envs(ppo.Args(env_backend="envpool"), 1)
+    envs = ppo.make_vector_env(ppo.Args(env_backend="envpool", num_envs=1))
     envs.reset(seed=4)
     rewards = [envs.step(BRAKE[None])[1:4] for _ in range(250)]
     assert [bool(r[2][0]) for r in rewards] == [False] * 249 + [True] and not any(r[1][0] for r in rewards)
     assert -100 < sum(r[0][0] for r in rewards) < -90
     envs.close()
-    envs = ppo.make_carracing_envs(ppo.Args(env_backend="envpool", frame_skip=2, max_negative_steps=6), 1)
+    envs = ppo.make_vector_env(ppo.Args(env_backend="envpool", frame_skip=2, max_negative_steps=6, num_envs=1))
     envs.reset(seed=4)
     steps = [envs.step(BRAKE[None])[1:4] for _ in range(7)]
     assert [bool(s[2][0]) for s in steps] == [False] * 6 + [True] and (np.array([s[0][0] for s in steps[1:]]) < 0).all()

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import grpo_continuous as grpo
+import runlib
+from runlib import ObsNormalizer, Timings
 
 
 def advantages_reference(rewards_per_member, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):
@@ -96,11 +98,13 @@ def test_group_seeds_depend_only_on_seed_iteration_and_group():
 def grpo_batch(agent, B=256, obs_dim=5, act_dim=2):
     """A batch whose reference log-probs are far enough off, on a few rows, to hit k3's clamp."""
     torch.manual_seed(0)
-    batch = {"obs": torch.randn(B, obs_dim), "actions": torch.randn(B, act_dim)}
+    obs = torch.randn(B, obs_dim)
+    actions = torch.randn(B, act_dim)
     with torch.no_grad():
-        batch["logprobs"] = agent.dist(batch["obs"]).log_prob(batch["actions"]).sum(-1) + 0.05 * torch.randn(B)
+        logprobs = agent.dist(obs).log_prob(actions).sum(-1) + 0.05 * torch.randn(B)
     far = torch.where(torch.arange(B) % 50 == 0, 100.0, 0.3)
-    return {**batch, "ref_logprobs": batch["logprobs"] + far * torch.randn(B), "advantages": torch.randn(B)}
+    ref_logprobs = logprobs + far * torch.randn(B)
+    return grpo.Batch(obs=obs, actions=actions, logprobs=logprobs, ref_logprobs=ref_logprobs, advantages=torch.randn(B))
 
 
 UPDATE_ARGS = dict(update_epochs=3, minibatch_size=48, clip_coef=0.2, kl_coef=0.05, ent_coef=0.01, max_grad_norm=0.5)
@@ -119,16 +123,18 @@ def reference_update(agent, batch, args):
     optimizer = torch.optim.Adam(agent.parameters(), lr=3e-3, eps=1e-5)
     torch.manual_seed(1)
     for _ in range(args.update_epochs):
-        perm = torch.randperm(len(batch["advantages"]))
+        perm = torch.randperm(len(batch.advantages))
         for start in range(0, len(perm), args.minibatch_size):
-            mb = {k: v[perm[start : start + args.minibatch_size]] for k, v in batch.items()}
-            logstd = agent.actor_logstd.expand_as(mb["actions"])
-            z = (mb["actions"] - agent.actor_mean(mb["obs"])) / logstd.exp()
+            idx = perm[start : start + args.minibatch_size]
+            actions = batch.actions[idx]
+            advantages = batch.advantages[idx]
+            logstd = agent.actor_logstd.expand_as(actions)
+            z = (actions - agent.actor_mean(batch.obs[idx])) / logstd.exp()
             newlogprob = (-0.5 * z**2 - logstd - 0.5 * math.log(2 * math.pi)).sum(-1)
-            ratio = (newlogprob - mb["logprobs"]).exp()
+            ratio = (newlogprob - batch.logprobs[idx]).exp()
             clipped = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
-            pg_loss = torch.max(-mb["advantages"] * ratio, -mb["advantages"] * clipped).mean()
-            log_r = (mb["ref_logprobs"] - newlogprob).clamp(-20, 20)
+            pg_loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
+            log_r = (batch.ref_logprobs[idx] - newlogprob).clamp(-20, 20)
             kl = (log_r.exp() - log_r - 1).mean()
             entropy = (0.5 + 0.5 * math.log(2 * math.pi) + agent.actor_logstd).sum()
             optimizer.zero_grad()
@@ -170,16 +176,18 @@ def test_compiled_update_gives_the_same_parameters_as_eager():
     assert compiled_stats == pytest.approx(eager_stats, rel=1e-4, abs=1e-5)
 
 
-def rollout(backend="gymnasium", vector_mode="sync", max_steps=10**9, G=4, num_groups=3):
+def rollout(backend="gymnasium", vector_mode="sync", max_steps=10**9, G=4, num_groups=3, timings=None):
     """One iteration's groups (reset seeds 11, 22, 33, ...) of a random tiny policy on Hopper-v4, episodes of at most 40
-    steps; returns the rollout and the episodes reported as (steps into the rollout, return, length)."""
+    steps; returns the GroupRollout and the episodes reported as (steps into the rollout, return, length)."""
     args = SimpleNamespace(env_id="Hopper-v4", max_episode_steps=40, num_groups=num_groups, group_size=G)
     members, episodes = grpo.make_members(SimpleNamespace(**vars(args), env_backend=backend, vector_mode=vector_mode)), []
-    obs_norm, seeds, bound = grpo.ObsNormalizer((11,), 10.0), [11 * (g + 1) for g in range(num_groups)], np.ones(3, np.float32)
+    obs_norm, seeds, bound = ObsNormalizer((11,), 10.0), [11 * (g + 1) for g in range(num_groups)], np.ones(3, np.float32)
     with torch.inference_mode(), torch.random.fork_rng():
         torch.manual_seed(0)
         policy, on_episode = grpo.Agent(11, 3, (16,)).sample, lambda *e: episodes.append(e)
-        out, _ = grpo.collect_group_rollouts(members, policy, obs_norm, seeds, G, -bound, bound, on_episode, max_steps)
+        out = grpo.collect_group_rollouts(
+            members, policy, obs_norm, seeds, G, -bound, bound, on_episode, max_steps, timings or Timings()
+        )
     members.close()
     return out, [tuple(e) for e in episodes]
 
@@ -188,21 +196,24 @@ def rollout(backend="gymnasium", vector_mode="sync", max_steps=10**9, G=4, num_g
 def test_members_of_a_group_share_the_start_state_and_groups_differ(backend, vector_mode):
     if backend == "envpool":
         pytest.importorskip("envpool")
-    G, num_groups = 4, 3
-    out, episodes = rollout(backend, vector_mode, G=G, num_groups=num_groups)
-    start = out["obs"][0].reshape(num_groups, G, -1)
+    G, num_groups, timings = 4, 3, Timings()
+    out, episodes = rollout(backend, vector_mode, G=G, num_groups=num_groups, timings=timings)
+    assert isinstance(out, grpo.GroupRollout) and timings.policy_forward_s > 0 and timings.env_step_s > 0
+    T, M = out.mask.shape
+    assert out.obs.shape == (T, M, 11) and out.actions.shape == (T, M, 3) and out.rewards.shape == (T, M)
+    start = out.obs[0].reshape(num_groups, G, -1)
     for g in range(num_groups):
         assert torch.all(start[g] == start[g, 0])  # identical within a group ...
     assert len({start[g, 0].numpy().tobytes() for g in range(num_groups)}) == num_groups  # ... different across groups
-    assert not torch.all(out["actions"][0].reshape(num_groups, G, -1) == out["actions"][0, :1])  # members act on their own
+    assert not torch.all(out.actions[0].reshape(num_groups, G, -1) == out.actions[0, :1])  # members act on their own
 
-    lengths = out["mask"].sum(0).long()  # each member's mask is one run of ones, its episode
+    lengths = out.mask.sum(0).long()  # each member's mask is one run of ones, its episode
     for m in range(G * num_groups):
-        assert torch.all(out["mask"][: lengths[m], m] == 1) and torch.all(out["mask"][lengths[m] :, m] == 0)
-        assert torch.all(out["rewards"][lengths[m] :, m] == 0)
-    assert len(out["mask"]) == lengths.max() and (lengths < 40).any()  # some fell before the time limit
+        assert torch.all(out.mask[: lengths[m], m] == 1) and torch.all(out.mask[lengths[m] :, m] == 0)
+        assert torch.all(out.rewards[lengths[m] :, m] == 0)
+    assert len(out.mask) == lengths.max() and (lengths < 40).any()  # some fell before the time limit
     assert sorted(n for _, _, n in episodes) == sorted(lengths.tolist())
-    assert sorted(ret for _, ret, _ in episodes) == pytest.approx(sorted(out["rewards"].sum(0).tolist()), rel=1e-5)
+    assert sorted(ret for _, ret, _ in episodes) == pytest.approx(sorted(out.rewards.sum(0).tolist()), rel=1e-5)
     assert max(step for step, _, _ in episodes) == lengths.sum()  # the last end is the rollout's last env step
 
 
@@ -210,16 +221,16 @@ def test_sync_and_async_members_give_the_same_rollout():
     """Sync steps only the live members' plain envs, async all of a vector env's, the ended ones masked: the same data."""
     (sync, sync_episodes), (asyn, async_episodes) = rollout("gymnasium", "sync"), rollout("gymnasium", "async")
     assert sync_episodes == async_episodes
-    for key in sync:
-        assert torch.equal(sync[key], asyn[key]), key
+    for key in grpo.GroupRollout._fields:
+        assert torch.equal(getattr(sync, key), getattr(asyn, key)), key
 
 
 def test_the_budget_cuts_every_live_member_at_the_same_step():
     (full, full_episodes), (cut, episodes) = rollout(), rollout(max_steps=100)
-    assert 100 <= cut["mask"].sum() < 100 + 12 and len(cut["mask"]) < len(full["mask"])
-    for key in full:  # the same steps as far as they go ...
-        assert torch.equal(cut[key], full[key][: len(cut[key])]), key
-    assert episodes == [e for e in full_episodes if e[2] <= len(cut["mask"])]  # ... and no report of a cut episode
+    assert 100 <= cut.mask.sum() < 100 + 12 and len(cut.mask) < len(full.mask)
+    for key in grpo.GroupRollout._fields:  # the same steps as far as they go ...
+        assert torch.equal(getattr(cut, key), getattr(full, key)[: len(cut.mask)]), key
+    assert episodes == [e for e in full_episodes if e[2] <= len(cut.mask)]  # ... and no report of a cut episode
 
 
 class EndlessEnv(gym.Env):
@@ -227,9 +238,13 @@ class EndlessEnv(gym.Env):
     action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
 
 
-def test_envs_without_a_time_limit_need_max_episode_steps():
+def test_envs_without_a_time_limit_need_max_episode_steps(tmp_path):
+    """GRPO compares whole episodes: it asks for a time limit even when no evaluation would need one, before it writes."""
     if "EndlessTest-v0" not in gym.registry:
         gym.register("EndlessTest-v0", entry_point=EndlessEnv)
-    with pytest.raises(grpo.UsageError, match="pass --max-episode-steps"):
-        grpo.check_env(SimpleNamespace(env_id="EndlessTest-v0", max_episode_steps=None, env_backend="gymnasium"))
-    grpo.check_env(SimpleNamespace(env_id="EndlessTest-v0", max_episode_steps=100, env_backend="gymnasium"))
+    args = grpo.Args(env_id="EndlessTest-v0", eval_every=0, capture_video=False, runs_dir=str(tmp_path / "runs"))
+    with pytest.raises(runlib.UsageError, match="GRPO compares whole episodes: pass --max-episode-steps"):
+        grpo.main(args)
+    assert not (tmp_path / "runs").exists()
+    args.max_episode_steps = 100
+    runlib.check_env(args, whole_episodes=True)

@@ -1,17 +1,12 @@
 """grpo_continuous.py end to end: the run layout, an exact resume after kill -9, the NaN stop, learning. The command line
 and bad input are in test_cli.py."""
 
-import os
-import signal
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 import grpo_continuous as grpo
-from conftest import ROOT, TINY, assert_run_layout, kill_when, poison_update, read_run, run_script, start_killable, tb_scalars
+from conftest import TINY, assert_run_layout, kill_at, poison_update, read_run, run_script, tb_scalars
 
 CHARTS = "episodic_return episodic_length SPS learning_rate group_return_mean group_return_std batch_steps"
 LOSSES = "policy_loss kl_ref entropy approx_kl old_approx_kl clipfrac advantage_mean advantage_std advantage_abs_max"
@@ -45,11 +40,13 @@ def assert_resumed_run_is_the_whole_run(whole_dir, run_dir):
     assert resumed["completed"] and resumed["train"] == whole["train"] and resumed["eval"] == whole["eval"]
     assert [row["global_step"] for row in resumed_timings] == [row["global_step"] for row in whole_timings]
     assert tb_scalars(run_dir)["charts/SPS"] == [row["global_step"] for row in whole_timings]  # no gap, no duplicate
-    ckpts = [torch.load(d / "checkpoints" / "latest.pt", weights_only=True) for d in (whole_dir, run_dir)]
-    for key in ("agent", "ref_agent"):
-        for name, value in ckpts[0][key].items():
-            assert torch.equal(ckpts[1][key][name], value), (key, name)
-    assert not list(run_dir.rglob("*.tmp*"))
+    for name in ("latest.pt", "best.pt"):  # best.pt: the same evaluation's policy, not one of a lost timeline
+        ckpts = [torch.load(d / "checkpoints" / name, weights_only=True) for d in (whole_dir, run_dir)]
+        assert ckpts[1]["global_step"] == ckpts[0]["global_step"], name
+        for key in ("agent", "ref_agent"):
+            for param, value in ckpts[0][key].items():
+                assert torch.equal(ckpts[1][key][param], value), (name, key, param)
+    assert not list(run_dir.rglob("*.tmp*")) and not (run_dir / "checkpoints" / "best-next.pt").exists()
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
@@ -58,10 +55,13 @@ def test_resume_after_kill_9_replays_the_uninterrupted_run_exactly(runs_dir, bac
     checkpoint holds torch's generator: a resumed run is the uninterrupted run, bit for bit, on either backend."""
     if backend == "envpool":
         pytest.importorskip("envpool")
-    args = [*RESUME_ARGS, "--checkpoint-every", 200, "--no-capture-video", "--env-backend", backend, "--runs-dir", runs_dir]
-    assert run_script("grpo_continuous", *args, "--exp-name", "whole").returncode == 0
+    args = [*RESUME_ARGS, "--checkpoint-every", 500, "--no-capture-video", "--env-backend", backend, "--runs-dir", runs_dir]
+    # killed as it is about to checkpoint: metrics, curves and timings run past latest.pt, and the resume rewinds them
+    killed = kill_at("grpo_continuous", "before_checkpoint", 1200, *args, "--exp-name", "killed")
     whole_dir, run_dir = runs_dir / "Hopper-v4__whole__seed1", runs_dir / "Hopper-v4__killed__seed1"
-    assert 0 < kill_when(start_killable("grpo_continuous", *args, "--exp-name", "killed"), run_dir, 1200) < 3000
+    latest = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"]
+    assert 0 < latest < killed["global_step"] < 3000
+    assert run_script("grpo_continuous", *args, "--exp-name", "whole").returncode == 0
     (run_dir / "checkpoints" / "latest.pt.tmp123").write_bytes(b"half a checkpoint")  # as if killed mid-write
     result = run_script("grpo_continuous", *args, "--exp-name", "killed", "--resume")
     assert result.returncode == 0, result.stderr
@@ -78,22 +78,31 @@ def whole_dir(tmp_path_factory):
     return runs_dir / "Hopper-v4__whole__seed1"
 
 
-@pytest.mark.parametrize("point", ["before_row", "before_checkpoint", "after_checkpoint"])
+# what each kill point leaves, against the step of the metrics.json it left: (the timings row written, latest.pt written)
+KILL_POINTS = {
+    "before_row": (False, False),
+    "before_checkpoint": (True, False),
+    "after_checkpoint": (True, True),
+    "after_best": (True, True),  # in the next iteration, before its metrics.json: best-next.pt is a step ahead of both
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_a_kill_at_any_point_of_the_bookkeeping_resumes_to_the_whole_run(runs_dir, whole_dir, point):
-    """kill -9 exactly between two of an iteration's writes (metrics.json, the timings row, the checkpoint; see
-    tests/kill_at.py), not wherever a poll happens to land: the resumed run is still the uninterrupted run."""
+    """kill -9 exactly between two of an iteration's writes (metrics.json, the timings row, the checkpoint, an evaluation's
+    new best; see tests/kill_at.py), not wherever a poll happens to land: the resumed run is still the uninterrupted run."""
     args = [*RESUME_ARGS, "--checkpoint-every", 1, "--no-capture-video", "--runs-dir", runs_dir]
-    command = [sys.executable, str(ROOT / "tests" / "kill_at.py"), "grpo_continuous", point, "1200", *map(str, args)]
-    killed = subprocess.run(
-        [*command, "--exp-name", "killed"], capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    metrics = kill_at("grpo_continuous", point, 1200, *args, "--exp-name", "killed")
     run_dir = runs_dir / "Hopper-v4__killed__seed1"
-    metrics, timings = read_run(run_dir)
+    _, timings = read_run(run_dir)
     latest = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["global_step"]
-    row_written, checkpointed = point != "before_row", point == "after_checkpoint"
+    row_written, checkpointed = KILL_POINTS[point]
     assert (timings[-1]["global_step"] == metrics["global_step"]) == row_written  # the state the kill left
     assert (latest == metrics["global_step"]) == checkpointed
+    best_next = run_dir / "checkpoints" / "best-next.pt"
+    assert best_next.exists() == (point == "after_best")
+    if point == "after_best":
+        assert torch.load(best_next, weights_only=True)["global_step"] > latest >= 1000  # of a timeline the resume drops
     assert run_script("grpo_continuous", *args, "--exp-name", "killed", "--resume").returncode == 0
     assert_resumed_run_is_the_whole_run(whole_dir, run_dir)
 
