@@ -83,7 +83,7 @@ class RunArgs(Protocol):
 class Stateful(Protocol):
     def state_dict(self) -> StateDict: ...
 
-    def load_state_dict(self, state: StateDict, /) -> Any: ...
+    def load_state_dict(self, state: StateDict, /) -> object: ...
 
 
 class UsageError(Exception):
@@ -397,7 +397,9 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, algos: Sequence[str], fix: str = "pass a run's checkpoints/latest.pt or best.pt") -> Any:
+def load_checkpoint(
+    path: str | Path, algos: Sequence[str], fix: str = "pass a run's checkpoints/latest.pt or best.pt"
+) -> StateDict:
     """weights_only: a checkpoint is tensors and plain containers, so reading one never runs code from the file."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

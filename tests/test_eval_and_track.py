@@ -113,6 +113,7 @@ def test_track_without_a_wandb_login_is_one_line_that_says_how_to_go_on(runs_dir
 
 def test_without_track_wandb_is_not_imported(runs_dir):
     argv = ["ppo_continuous.py", *map(str, TINY_RUN), "--eval-every", "0", "--runs-dir", str(runs_dir)]
-    code = f"import sys; sys.argv = {argv!r}; import ppo_continuous as m; m.cli(m.main, m.Args, m.ALGO); print('wandb' in sys.modules)"
+    code = f"import sys; sys.argv = {argv!r}; import ppo_continuous as m; m.cli(m.main, m.Args, m.ALGO)"
+    code += "; print('wandb' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "False", result.stderr
