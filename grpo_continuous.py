@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Optional, cast
+from typing import Any, Literal, NamedTuple, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -143,7 +143,7 @@ def make_env(env_id: str, max_episode_steps: Optional[int] = None, render_mode: 
     return fast_render(gym.make(env_id, max_episode_steps=max_episode_steps, **render))
 
 
-Members = LiveMembers | EnvPoolVectorEnv | gym.vector.AsyncVectorEnv  # make_members': reset with a seed per member
+Members = LiveMembers | EnvPoolVectorEnv | gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv
 
 
 def make_members(args: Args) -> Members:
@@ -155,7 +155,7 @@ def make_members(args: Args) -> Members:
     env_fn = partial(make_env, args.env_id, args.max_episode_steps)
     if args.vector_mode == "sync":  # a masked vector env would waste ~50% of the steps (default Hopper-v4 run)
         return LiveMembers(env_fn, num_members)
-    return cast(gym.vector.AsyncVectorEnv, vector_env(env_fn, num_members, "async"))
+    return vector_env(env_fn, num_members, "async")
 
 
 def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
@@ -392,7 +392,7 @@ def make_group_batch(agent: Agent, ref_agent: Agent, rollout: GroupRollout, args
 def main(args: Args) -> None:
     check_args(args)
     obs_space, act_space = check_env(args, whole_episodes=True)
-    check_flat(args, obs_space)
+    check_spaces(args, obs_space, act_space)
     run = Run(args, ALGO, total_steps=args.total_timesteps, init_sources=("ppo_continuous",), group_size=args.group_size)
     device = setup_torch(args)
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
@@ -457,7 +457,8 @@ def main(args: Args) -> None:
     run.close()
 
 
-def check_flat(args: Args, obs_space: gym.spaces.Box) -> None:
+def check_spaces(args: Args, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> None:
+    """The network takes flat observations; any Box of actions is clipped to its bounds."""
     if len(obs_space.shape) != 1:
         raise UsageError(f"{args.env_id} has observations of shape {obs_space.shape}; this script needs flat vectors")
 

@@ -197,7 +197,9 @@ def fast_render(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
     return env
 
 
-def vector_env(env_fn: Callable[[], gym.Env[Any, Any]], num_envs: int, mode: str) -> gym.vector.VectorEnv[Any, Any, Any]:
+def vector_env(
+    env_fn: Callable[[], gym.Env[Any, Any]], num_envs: int, mode: str
+) -> gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv:
     """`num_envs` copies of env_fn() as gymnasium's sync or async vector env, with SAME_STEP autoreset: gymnasium's
     default NEXT_STEP would add a reset step whose action is ignored."""
     vector_cls = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
