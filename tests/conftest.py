@@ -158,10 +158,10 @@ def assert_clean_error(result, expected):
 
 
 def assert_timings_add_up(timings, wall_time_s):
-    """An iteration's phases follow each other and cover it; the policy's and the envs' time is part of the rollout's."""
+    """Every phase was timed; the policy's and the envs' time is part of the rollout's. (test_ppo_runs.py checks on a
+    fake clock that each phase gets its own seconds and that the rows add up to the run's wall time.)"""
     for row in timings:
-        phases = row["rollout_s"] + row["update_s"] + row["eval_s"] + row["io_s"]
-        assert abs(phases - row["time_s"]) <= 1e-9 * row["time_s"] and min(phases, row["sps"]) > 0
+        assert min(row["rollout_s"], row["update_s"], row["io_s"], row["sps"]) > 0 and row["eval_s"] >= 0
         assert 0 < row["policy_forward_s"] and 0 < row["env_step_s"]
         assert row["policy_forward_s"] + row["env_step_s"] <= row["rollout_s"]
     # the rows never claim more than the run's wall time (metrics.json's stops before the last row's io)

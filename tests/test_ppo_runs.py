@@ -195,3 +195,44 @@ def test_lr_schedule_cosine_sets_each_iterations_learning_rate(runs_dir, script)
     steps, lrs = tb_values(runs_dir / "Hopper-v4__x__seed1", "charts/learning_rate")
     before = [0, *steps[:-1]]  # an iteration's rate is set from the steps done before it
     assert len(steps) >= 3 and lrs == pytest.approx([0.001 * (0.5 + 0.5 * math.cos(math.pi * s / 512)) for s in before])
+
+
+def test_each_timings_row_gives_each_phase_its_own_seconds_and_the_rows_add_up_to_the_wall_time(runs_dir, monkeypatch):
+    """On a fake clock that only moves inside the rollout (1 s), the update (2 s), an evaluation (4 s) and a latest.pt
+    (8 s, counted in the next row's io_s): each row holds exactly those, and the rows sum to metrics.json's wall time."""
+    import time
+
+    import ppo_continuous as ppo
+    import runlib
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def taking(seconds, fn, only=None):
+        def timed(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            if only is None or only(*args, **kwargs):
+                clock[0] += seconds
+            return result
+
+        return timed
+
+    monkeypatch.setattr(ppo, "collect_rollout", taking(1.0, ppo.collect_rollout))
+    monkeypatch.setattr(ppo, "ppo_update", taking(2.0, ppo.ppo_update))
+    monkeypatch.setattr(runlib.Run, "evaluate", taking(4.0, runlib.Run.evaluate))
+    monkeypatch.setattr(runlib.Run, "save", taking(8.0, runlib.Run.save, only=lambda run, name: name == "latest.pt"))
+    args = ppo.Args(
+        env_id="Hopper-v4", max_episode_steps=50, num_steps=128, num_minibatches=4, update_epochs=1, total_timesteps=768,
+        eval_every=256, eval_episodes=1, checkpoint_every=384, capture_video=False, runs_dir=str(runs_dir),
+    )  # fmt: skip
+    ppo.main(args)
+    metrics, timings = read_run(runs_dir / "Hopper-v4__ppo_continuous__seed1")
+    evaluated = [256, 512, 768]
+    saved_before = [512]  # latest.pt at 384 is timed in the next iteration's row (the one at 512)
+    for row in timings:
+        step = row["global_step"]
+        assert (row["rollout_s"], row["update_s"]) == (1.0, 2.0)
+        assert row["eval_s"] == (4.0 if step in evaluated else 0.0)
+        assert row["io_s"] == (8.0 if step in saved_before else 0.0)
+        assert row["time_s"] == 3.0 + row["eval_s"] + row["io_s"] and row["sps"] == 128 / row["time_s"]
+    assert sum(row["time_s"] for row in timings) == metrics["wall_time_s"]  # the final latest.pt comes after both
