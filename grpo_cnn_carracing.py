@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Optional, cast
+from typing import Any, Literal, NamedTuple, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -27,7 +27,7 @@ from ppo_cnn_carracing import (
     Frames,
     FramesEnvPool,
     beta_dist,
-    check_frames,
+    check_spaces,
     env_action,
     mlp,
 )
@@ -159,7 +159,7 @@ def make_env(args: Args, render_mode: Optional[str] = None) -> gym.Env[Any, Any]
     return Frames.of(args).wrap(env)
 
 
-Members = LiveMembers | FramesEnvPool | gym.vector.AsyncVectorEnv  # make_members': reset with a seed per member
+Members = LiveMembers | FramesEnvPool | gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv  # reset: a seed per member
 
 
 def make_members(args: Args) -> Members:
@@ -171,7 +171,7 @@ def make_members(args: Args) -> Members:
     env_fn = partial(make_env, args)
     if args.vector_mode == "sync":  # a masked vector env would step the members that have ended
         return LiveMembers(env_fn, num_members)
-    return cast(gym.vector.AsyncVectorEnv, vector_env(env_fn, num_members, "async"))
+    return vector_env(env_fn, num_members, "async")
 
 
 class Agent(nn.Module):
@@ -325,8 +325,8 @@ def collect_group_rollouts(
     timings: Timings,
 ) -> GroupRollout:
     """grpo_continuous.py's collect_group_rollouts on uint8 frames, not normalized: every member of every group runs to the
-    end of its episode (group g resets with seeds[g]: on CarRacing, one track), or until `max_steps` env steps, the rest of
-    the run's budget, cut every live member at the same t. on_episode(steps into the rollout, return, length) for each
+    end of its episode (group g resets with seeds[g]: on CarRacing, one track), or until `max_steps` env steps (the rest of
+    the run's budget) cut every live member at the same t. on_episode(steps into the rollout, return, length) for each
     episode that ends."""
     M = len(seeds) * group_size
     obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
@@ -386,7 +386,7 @@ def make_group_batch(
 def main(args: Args) -> None:
     check_args(args)
     obs_space, act_space = check_env(args, whole_episodes=True)
-    obs_shape = check_frames(args, obs_space, act_space)
+    obs_shape = check_spaces(args, obs_space, act_space)
     run = Run(args, ALGO, total_steps=args.total_timesteps, init_sources=("ppo_cnn_carracing",), group_size=args.group_size)
     device = setup_torch(args)
     low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
@@ -449,7 +449,7 @@ def main(args: Args) -> None:
 
 def check_args(args: Args) -> None:
     """Every argument a user can get wrong, checked before anything is written (the frames' and the CNN's with the env,
-    ppo_cnn_carracing.check_frames); fills in the default --exp-name."""
+    ppo_cnn_carracing.check_spaces); fills in the default --exp-name."""
     if args.exp_name is None:
         args.exp_name = f"{ALGO}_g{args.group_size}"
     positive: tuple[str, ...] = ("num_groups", "minibatch_size", "update_epochs", "learning_rate", "clip_coef")

@@ -312,8 +312,8 @@ class CNNFeatureExtractor(nn.Module):
         for out, kernel, stride in zip(args.cnn_channels, args.cnn_kernel_sizes, args.cnn_strides):
             layers += [layer_init(nn.Conv2d(last, out, kernel, stride)), nn.ReLU()]
             last = out
-        # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW
-        # (torch's type stubs lack Module.to's memory_format)
+        # channels-last (NHWC) weights and input: oneDNN's CPU convolutions and their backward run ~1/3 faster than in NCHW;
+        # torch's type stubs lack Module.to's memory_format
         self.convs = nn.Sequential(*layers, nn.Flatten()).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         flat = self.convs(torch.zeros(1, obs_shape[0] * obs_shape[3], *obs_shape[1:3])).shape[1]
         self.fc = nn.Sequential(layer_init(nn.Linear(flat, feature_size)), nn.ReLU())
@@ -517,19 +517,17 @@ def make_batch(agent: Agent, rollout: Rollout, next_obs: Array, args: Args, devi
     T, N = rollout.rewards.shape
     obs = torch.from_numpy(rollout.obs).flatten(0, 1)
     actions = torch.from_numpy(rollout.actions).flatten(0, 1)
-    # the states that follow steps without being in the rollout: after its last step, and the ended episodes' last
-    after = torch.from_numpy(np.stack([*next_obs, *rollout.final_obs.values()]))
-    logprobs, value_chunks = [], []
+    # V of the state after each step: the next step's; after the last step next_obs's, and where an env reset after step
+    # t the episode's final observation's, these two in the same calls
+    bootstrap_obs = torch.from_numpy(np.stack([*next_obs, *rollout.final_obs.values()]))
     with torch.no_grad():  # a dist holds only its parameters
-        for obs_chunk, actions_chunk in zip(obs.split(chunk), actions.split(chunk)):
-            dist, value = agent.dist_and_value(obs_chunk.to(device))
-            logprobs.append(dist.log_prob(actions_chunk.to(device)).sum(-1))
-            value_chunks.append(value.view(-1).cpu())
-        after_values = torch.cat([agent.dist_and_value(o.to(device))[1].view(-1).cpu() for o in after.split(chunk)])
-    values = torch.cat(value_chunks).view(T, N)
-    next_value, final_values = after_values.split([N, len(rollout.final_obs)])
+        parts = [agent.dist_and_value(o.to(device)) for o in obs.split(chunk)]
+        logprobs = torch.cat([dist.log_prob(a.to(device)).sum(-1) for (dist, _), a in zip(parts, actions.split(chunk))])
+        values = torch.cat([value.view(-1) for _, value in parts]).cpu().view(T, N)
+        bootstrap_values = torch.cat([agent.dist_and_value(o.to(device))[1].view(-1) for o in bootstrap_obs.split(chunk)])
+    next_value, final_values = bootstrap_values.cpu().split([N, len(rollout.final_obs)])
     next_values = torch.cat([values[1:], next_value.view(1, N)])
-    for (t, i), value in zip(rollout.final_obs, final_values):  # the env reset after step t: the next state is the final
+    for (t, i), value in zip(rollout.final_obs, final_values):
         next_values[t, i] = value
     next_values *= 1.0 - torch.from_numpy(rollout.terminations)
     rewards = torch.from_numpy(rollout.rewards)
@@ -538,7 +536,7 @@ def make_batch(agent: Agent, rollout: Rollout, next_obs: Array, args: Args, devi
     return Batch(
         obs=obs.to(device),
         actions=actions.to(device),
-        logprobs=torch.cat(logprobs),
+        logprobs=logprobs,
         advantages=advantages.view(-1).to(device),
         returns=returns.view(-1).to(device),
         values=values.view(-1).to(device),
@@ -554,7 +552,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 def main(args: Args) -> None:
     batch_size, minibatch_size, num_iterations = check_args(args)
     obs_space, act_space = check_env(args)
-    obs_shape = check_frames(args, obs_space, act_space)
+    obs_shape = check_spaces(args, obs_space, act_space)
     run = Run(args, ALGO, total_steps=num_iterations * batch_size)
     device = setup_torch(args)
     act_dim = act_space.shape[0]
@@ -609,7 +607,7 @@ def main(args: Args) -> None:
     run.close()
 
 
-def check_frames(args: PixelArgs, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> tuple[int, ...]:
+def check_spaces(args: PixelArgs, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> tuple[int, ...]:
     """What both CNN scripts need beyond runlib's checks: finite action bounds (the Beta policy maps (0, 1) onto them),
     (H, W, 3) uint8 images, a --resize and one --cnn-* entry per convolution, and frames that the convolutions do not
     shrink to nothing. Returns the observations' shape, (frame_stack, height, width, channels)."""
@@ -634,7 +632,7 @@ def check_frames(args: PixelArgs, obs_space: gym.spaces.Box, act_space: gym.spac
 
 def check_args(args: Args) -> tuple[int, int, int]:
     """Every argument a user can get wrong, checked before anything is written (the frames' and the CNN's with the env,
-    check_frames): CleanRL's batch, minibatch and iteration counts."""
+    check_spaces): CleanRL's batch, minibatch and iteration counts."""
     positive: tuple[str, ...] = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "learning_rate", "clip_coef")
     positive += ("max_grad_norm", "clip_reward", "frame_skip", "frame_stack", "cnn_feature_size")
     check_arg_ranges(args, positive, non_negative=("ent_coef",), positive_or_none=("target_kl", "max_negative_steps"))

@@ -21,7 +21,7 @@ def carracing(module=ppo, **kwargs):
 def check_env(module, args):
     """The script's checks of args and env, as its main runs them: the observations' shape and the action space."""
     obs_space, act_space = module.check_env(args, whole_episodes=module is grpo)
-    return module.check_frames(args, obs_space, act_space), act_space
+    return module.check_spaces(args, obs_space, act_space), act_space
 
 
 def rollout(envs, T, seed):
