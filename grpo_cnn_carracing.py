@@ -2,9 +2,10 @@
 
 grpo_continuous.py (Group Relative Policy Optimization, Shao et al., DeepSeekMath, arXiv 2402.03300: groups of G episodes
 from one start state, advantages relative to the group by `--adv-mode`, PPO's clipped surrogate plus a k3 KL penalty to a
-reference policy; a resumed run replays the uninterrupted one) with ppo_cnn_carracing.py's frames, CNN and Beta policy,
-imported from it. CarRacing generates its track from the reset seed, so the members of a group, reset with one seed, drive
-the same track. The run itself (its directory, logs, checkpoints, resume, evaluation, the CLI) is runlib.py's.
+reference policy; a resumed run replays the uninterrupted one) with pixels.py's frames and ppo_cnn_carracing.py's CNN and
+Beta policy, imported from it. CarRacing generates its track from the reset seed, so the members of a group, reset with
+one seed, drive the same track. The run itself (its directory, logs, checkpoints, resume, evaluation, the CLI) is
+runlib.py's.
 """
 
 import copy
@@ -21,11 +22,10 @@ import torch
 import torch.nn as nn
 from torch.distributions import Beta
 
+from pixels import Frames, FramesEnvPool
 from ppo_cnn_carracing import (
     BETA_EPS,
     CNNFeatureExtractor,
-    Frames,
-    FramesEnvPool,
     beta_dist,
     check_spaces,
     env_action,
