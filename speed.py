@@ -150,8 +150,7 @@ def env_rate(script: str, argv: list[str], num_steps: int, seed: int = 1) -> flo
     module = importlib.import_module(script)
     args = tyro.cli(module.Args, args=argv)
     module.check_args(args)
-    make = getattr(module, "make_vector_env", None) or (lambda args: module.make_carracing_envs(args, args.num_envs))
-    space, envs = module.check_env(args)[1], make(args)
+    space, envs = module.check_env(args)[1], module.make_vector_env(args)
     n = envs.num_envs
     try:
         envs.reset(seed=seed)
