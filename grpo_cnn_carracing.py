@@ -379,8 +379,13 @@ def make_group_batch(
         for obs_chunk, actions_chunk in zip(obs.split(chunk), actions.split(chunk)):
             logprobs.append(agent.dist(obs_chunk).log_prob(actions_chunk).sum(-1))
             ref_logprobs.append(ref_agent.dist(obs_chunk).log_prob(actions_chunk).sum(-1))
-    advantages = advantages.view(-1)[valid].to(device)
-    return Batch(obs, actions, torch.cat(logprobs), torch.cat(ref_logprobs), advantages)
+    return Batch(
+        obs=obs,
+        actions=actions,
+        logprobs=torch.cat(logprobs),
+        ref_logprobs=torch.cat(ref_logprobs),
+        advantages=advantages.view(-1)[valid].to(device),
+    )
 
 
 def main(args: Args) -> None:

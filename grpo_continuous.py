@@ -9,8 +9,7 @@ member reset with the same seed), and:
   t of trajectory i gets its discounted reward-to-go normalized by the mean and std of the group's reward-to-go at the same
   t; a member that has already ended counts with zero future reward, so outliving the group is credited where it happens.
 The loss is PPO's clipped surrogate on these advantages plus `--kl-coef` times the k3 estimate of KL(pi_theta || pi_ref) to
-a reference policy (Schulman, http://joschu.net/blog/kl-approx.html), as in DeepSeekMath. The policy and observation
-normalization are ppo_continuous.py's; the run (its directory, logs, checkpoints, resume, evaluation, CLI) is runlib.py's.
+a reference policy (joschu.net/blog/kl-approx.html), as in DeepSeekMath. The policy: ppo_continuous.py's; the run: runlib.py's.
 """
 
 import copy
@@ -386,7 +385,8 @@ def make_group_batch(agent: Agent, ref_agent: Agent, rollout: GroupRollout, args
     with torch.no_grad():
         logprobs = agent.dist(obs).log_prob(actions).sum(-1)
         ref_logprobs = ref_agent.dist(obs).log_prob(actions).sum(-1)
-    return Batch(obs, actions, logprobs, ref_logprobs, advantages=advantages.view(-1)[valid].to(device))
+    advantages = advantages.view(-1)[valid].to(device)
+    return Batch(obs=obs, actions=actions, logprobs=logprobs, ref_logprobs=ref_logprobs, advantages=advantages)
 
 
 def main(args: Args) -> None:
