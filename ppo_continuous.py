@@ -306,7 +306,8 @@ class Rollout:
     @staticmethod
     def empty(T: int, N: int, obs_dim: int, act_dim: int) -> "Rollout":
         zeros = partial(np.zeros, (T, N), np.float32)
-        obs, actions = np.zeros((T, N, obs_dim), np.float32), np.zeros((T, N, act_dim), np.float32)
+        obs = np.zeros((T, N, obs_dim), np.float32)
+        actions = np.zeros((T, N, act_dim), np.float32)
         return Rollout(obs, actions, rewards=zeros(), dones=zeros(), terminations=zeros(), final_obs={})
 
 

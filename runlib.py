@@ -227,10 +227,11 @@ class Episodes:
         """Adds a step's rewards; returns (env, return, length) of each episode that ended, and starts it anew."""
         self.returns += rewards
         self.lengths += 1
-        ended = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(dones)]
-        self.returns[dones] = 0.0
-        self.lengths[dones] = 0
-        return ended
+        ended = np.flatnonzero(dones)
+        episodes = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in ended]
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+        return episodes
 
 
 class EnvPoolVectorEnv:
@@ -554,7 +555,8 @@ class Run:
                 os.replace(best_next, best_next.with_name("best.pt"))
             else:
                 best_next.unlink()
-        kept, timings = [], self.dir / "timings.jsonl"
+        kept = []
+        timings = self.dir / "timings.jsonl"
         for line in timings.read_text().splitlines() if self.ckpt and timings.exists() else []:
             with contextlib.suppress(json.JSONDecodeError):  # a line cut by kill -9 is dropped
                 if json.loads(line)["iteration"] <= self.iteration:
@@ -655,18 +657,18 @@ class Run:
         if final:
             m["completed"], m["status"] = True, "completed"
         last_eval_step = (m["eval"]["global_step"] or [0])[-1]
-        eval_return, best = None, False
+        eval_return = None
         if self.args.eval_every and (global_step - last_eval_step >= self.args.eval_every or final):
-            best_before = m["best_eval_return"]
             eval_return = self.evaluate(make_eval_env, act)
-            best = best_before is None or eval_return > best_before
+        best = eval_return is not None and (m["best_eval_return"] is None or eval_return > m["best_eval_return"])
         t_io = time.perf_counter()
         m["wall_time_s"] = self.wall_time_before + t_io - self.t_start
         m["sps"] = sps = global_step / m["wall_time_s"]
         lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else math.nan
         for tag, value in {**stats, "charts/learning_rate": lr, "charts/SPS": sps}.items():
             self.writer.add_scalar(tag, value, global_step)
-        if best:  # the metrics it holds are this step's
+        if best:  # saved with this step's metrics
+            m["best_eval_return"] = eval_return
             self.save("best-next.pt")
         self.flush()
         timings.eval_s = t_io - t_eval
@@ -687,7 +689,8 @@ class Run:
 
     def log_progress(self, sps: float, eval_return: float | None) -> None:
         step, total = self.global_step, self.total_steps
-        rets, eta = self.metrics["train"]["episodic_return"][-10:], max(total - step, 0) / max(sps, 1e-9)
+        rets = self.metrics["train"]["episodic_return"][-10:]
+        eta = max(total - step, 0) / max(sps, 1e-9)
         line = f"step {step:,}/{total:,} ({100 * step / total:.0f}%) | SPS {sps:,.0f}"
         if rets:
             line += f" | return {np.mean(rets):,.1f} (last {len(rets)} episodes)"
@@ -697,7 +700,8 @@ class Run:
 
     def evaluate(self, make_eval_env: MakeEnv, act: Policy) -> float:
         """Deterministic episodes on fixed seeds, the best of them filmed; their mean return."""
-        args, seeds = self.args, [1_000_000 * (1 + self.args.seed) + k for k in range(self.args.eval_episodes)]
+        args = self.args
+        seeds = [1_000_000 * (1 + args.seed) + k for k in range(args.eval_episodes)]
         with make_eval_env(None) as env:
             returns = np.array([run_episode(env, act, seed) for seed in seeds])
         mean, std = float(returns.mean()), float(returns.std())
@@ -711,8 +715,6 @@ class Run:
             self.metrics["eval"]["std_return"].append(std)
             self.writer.add_scalar("eval/mean_return", mean, self.global_step)
             self.writer.add_scalar("eval/std_return", std, self.global_step)
-            best = self.metrics["best_eval_return"]
-            self.metrics["best_eval_return"] = mean if best is None else max(best, mean)
         if self.capture_video:
             try:
                 record_video(make_eval_env, act, seeds[int(returns.argmax())], video)
