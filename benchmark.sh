@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# The benchmark: every training script x its envs x seeds (x GRPO group sizes), locally with
-# xargs -P or on Slurm as one array job, then plot.py. `bash benchmark.sh --help` for the options.
+# The benchmark: every training script x its envs x seeds (x GRPO group sizes) (x a grid of any arguments),
+# locally with xargs -P or on Slurm as one array job, then plot.py. `bash benchmark.sh --help` for the options.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ALL_SCRIPTS="ppo_continuous ppo_beta_continuous grpo_continuous ppo_cnn_carracing grpo_cnn_carracing"
-SET_BY_BENCHMARK="--env-id --seed --total-timesteps --group-size --exp-name --runs-dir --resume --no-resume"
+SET_BY_BENCHMARK="--env-id --seed --total-timesteps --group-size --exp-name --runs-dir --resume --no-resume --config"
 
 usage() {
     cat <<'EOF'
 usage: bash benchmark.sh [OPTIONS] [-- EXTRA_ARGS...]
 
-Runs every selected training script x env x seed (x GRPO group size), each as
+Runs every selected training script x env x seed (x GRPO group size) (x grid point), each as
   OMP_NUM_THREADS=1 PYTHON SCRIPT.py --env-id ENV --seed S [--total-timesteps N] [--group-size G]
-      --runs-dir RUNS --resume EXTRA_ARGS >> RUNS/_benchmark/logs/RUN.log 2>&1
+      [GRID FLAGS --exp-name NAME] [--config FILE] --runs-dir RUNS --resume EXTRA_ARGS >> RUNS/_benchmark/logs/RUN.log 2>&1
 locally (xargs -P WORKERS) or as one Slurm array job, prints a summary, then runs plot.py RUNS.
 Re-running continues: incomplete runs resume from their checkpoint, completed ones are skipped.
 Lists take spaces or commas. Every option also reads the environment variable shown.
@@ -26,6 +26,12 @@ Lists take spaces or commas. Every option also reads the environment variable sh
   --seeds LIST          seeds  [BENCH_SEEDS; default: 1 2 3]
   --group-sizes LIST    GRPO group sizes, each >= 2  [BENCH_GROUP_SIZES; default: 4 8 16]
   --total-timesteps N   env steps per run  [BENCH_TOTAL_TIMESTEPS; default: each script's own]
+  --grid KEY=V1,V2,...  run every value of the scripts' argument KEY (an Args field, e.g. learning_rate); several
+                        --grid run their cross product. Each run's exp name gets _KEY=VALUE for each, so plot.py
+                        --sweep KEY draws it. A list value keeps its brackets: hidden_sizes=[64,64],[256,256]
+                        [BENCH_GRID, space-separated KEY=V1,V2 entries]
+  --config FILE         every run reads this YAML, TOML or JSON file first (--config of the scripts); the flags
+                        above and the extra args win over it  [BENCH_CONFIG]
   --workers N           runs at once (Slurm: array tasks at once)  [BENCH_WORKERS; default: nproc]
   --runs-dir DIR        where runs, logs and plots go  [BENCH_RUNS_DIR; default: runs]
   --extra-args STRING   more flags for every run, split on spaces; `-- ARGS...` appends more, quoted
@@ -81,6 +87,8 @@ CNN_ENVS=${BENCH_CNN_ENVS:-CarRacing-v3}
 SEEDS=${BENCH_SEEDS:-1 2 3}
 GROUP_SIZES=${BENCH_GROUP_SIZES:-4 8 16}
 TOTAL_TIMESTEPS=${BENCH_TOTAL_TIMESTEPS:-}
+read -r -a GRIDS <<< "${BENCH_GRID:-}"
+CONFIG=${BENCH_CONFIG:-}
 WORKERS=${BENCH_WORKERS:-$(nproc)}
 RUNS_DIR=${BENCH_RUNS_DIR:-runs}
 EXTRA_STRING=${BENCH_EXTRA_ARGS:-}
@@ -108,7 +116,8 @@ while (($#)); do
         --) shift; EXTRA_QUOTED=("$@"); break ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
         --scripts | --envs | --cnn-envs | --seeds | --group-sizes | --total-timesteps | --workers | --runs-dir | \
-        --extra-args | --exp-suffix | --python | --partition | --time | --cpus | --gpus | --sbatch-args | --poll)
+        --extra-args | --exp-suffix | --python | --partition | --time | --cpus | --gpus | --sbatch-args | --poll | \
+        --grid | --config)
             (($# >= 2)) || die "$1 needs a value (see bash benchmark.sh --help)"
             case $1 in
                 --scripts) SCRIPTS=$2 ;; --envs) ENVS=$2 ;; --cnn-envs) CNN_ENVS=$2 ;; --seeds) SEEDS=$2 ;;
@@ -117,6 +126,7 @@ while (($#)); do
                 --python) PYTHON=$2 ;;
                 --partition) PARTITION=$2 ;; --time) TIME_LIMIT=$2 ;; --cpus) CPUS=$2 ;; --gpus) GPUS=$2 ;;
                 --sbatch-args) SBATCH_STRING=$2 ;; --poll) POLL=$2 ;;
+                --grid) GRIDS+=("$2") ;; --config) CONFIG=$2 ;;
             esac
             shift ;;
         *) die "unknown argument '$1' (see bash benchmark.sh --help; flags for the scripts go after --)" ;;
@@ -164,6 +174,16 @@ for a in "${EXTRA[@]}"; do
     [[ " $SET_BY_BENCHMARK " == *" ${a%%=*} "* ]] && die "$a is set by benchmark.sh; use its own flags (see --help) instead of passing it through"
 done
 read -r -a SBATCH_EXTRA <<< "$SBATCH_STRING"
+for spec in "${GRIDS[@]}"; do
+    key=${spec%%=*}
+    for a in "${EXTRA[@]}"; do
+        [[ ${a%%=*} == "--${key//_/-}" ]] && die "--grid $key and the extra argument $a both set it: keep one"
+    done
+done
+if [[ -n $CONFIG ]]; then
+    [[ -f $CONFIG && -r $CONFIG ]] || die "--config $CONFIG is not a readable file"
+    CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")  # absolute: the runs start elsewhere
+fi
 
 if [[ -z $PYTHON ]]; then
     if [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then PYTHON=$VIRTUAL_ENV/bin/python
@@ -181,6 +201,13 @@ if ((SLURM && !DRY_RUN)); then
     command -v sbatch > /dev/null || die "sbatch not found: run on a Slurm login node, or drop --slurm to run here"
 fi
 
+# the grid's points, each "NAME_SUFFIX<TAB>FLAG<TAB>FLAG...", checked by config.py against every script's Args
+GRID_POINTS=("")
+if ((${#GRIDS[@]})); then
+    points=$("$PYTHON" "$ROOT/config.py" grid "${SCRIPT_LIST[@]/%/.py}" -- "${GRIDS[@]}") || exit 2
+    mapfile -t GRID_POINTS <<< "$points"
+fi
+
 RUNS=${RUNS_DIR%/}
 [[ $RUNS == /* ]] || RUNS=$PWD/${RUNS#./}  # absolute, so every line runs the same from anywhere
 LOGS=$RUNS/_benchmark/logs
@@ -194,22 +221,28 @@ for script in "${SCRIPT_LIST[@]}"; do
     [[ $script == grpo_* ]] && sizes=$(words "$GROUP_SIZES")
     for env in $(words "$envs"); do
         for g in $sizes; do
-            for seed in $(words "$SEEDS"); do
-                cmd=(OMP_NUM_THREADS=1 "$PYTHON" "$ROOT/$script.py" --env-id "$env" --seed "$seed")
-                [[ -n $TOTAL_TIMESTEPS ]] && cmd+=(--total-timesteps "$TOTAL_TIMESTEPS")
-                exp=$script
-                [[ $g != - ]] && cmd+=(--group-size "$g") && exp=${script}_g$g
-                [[ -n $EXP_SUFFIX ]] && exp+=$EXP_SUFFIX && cmd+=(--exp-name "$exp")
-                cmd+=(--runs-dir "$RUNS" --resume)
-                for a in "${EXTRA[@]}"; do  # the placeholders of --extra-args
-                    a=${a//\{env\}/$env} a=${a//\{seed\}/$seed}
-                    cmd+=("${a//\{runs\}/$RUNS}")
+            for point in "${GRID_POINTS[@]}"; do
+                IFS=$'\t' read -r -a grid <<< "$point"
+                for seed in $(words "$SEEDS"); do
+                    cmd=(OMP_NUM_THREADS=1 "$PYTHON" "$ROOT/$script.py" --env-id "$env" --seed "$seed")
+                    [[ -n $TOTAL_TIMESTEPS ]] && cmd+=(--total-timesteps "$TOTAL_TIMESTEPS")
+                    exp=$script
+                    [[ $g != - ]] && cmd+=(--group-size "$g") && exp=${script}_g$g
+                    exp+=${grid[0]:-}$EXP_SUFFIX
+                    cmd+=("${grid[@]:1}")
+                    [[ $exp != "$script" && $exp != "${script}_g$g" ]] && cmd+=(--exp-name "$exp")
+                    [[ -n $CONFIG ]] && cmd+=(--config "$CONFIG")
+                    cmd+=(--runs-dir "$RUNS" --resume)
+                    for a in "${EXTRA[@]}"; do  # the placeholders of --extra-args
+                        a=${a//\{env\}/$env} a=${a//\{seed\}/$seed}
+                        cmd+=("${a//\{runs\}/$RUNS}")
+                    done
+                    name=${env//\//-}__${exp}__seed$seed
+                    [[ -z ${SEEN[$name]:-} ]] || die "run $name is listed twice (a repeat in --scripts, --envs, --seeds, --group-sizes or a --grid)"
+                    SEEN[$name]=1
+                    NAMES+=("$name")
+                    COMMANDS+=("$(printf '%q ' "${cmd[@]}")>> $(printf %q "$LOGS/$name.log") 2>&1")
                 done
-                name=${env//\//-}__${exp}__seed$seed
-                [[ -z ${SEEN[$name]:-} ]] || die "run $name is listed twice (a repeat in --scripts, --envs, --seeds or --group-sizes)"
-                SEEN[$name]=1
-                NAMES+=("$name")
-                COMMANDS+=("$(printf '%q ' "${cmd[@]}")>> $(printf %q "$LOGS/$name.log") 2>&1")
             done
         done
     done

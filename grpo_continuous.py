@@ -1,15 +1,13 @@
 """GRPO for continuous control: a critic-free policy gradient with same-start group rollouts, in one file.
 
-Group Relative Policy Optimization (Shao et al., DeepSeekMath, arXiv 2402.03300) drops PPO's critic: it samples a *group* of
-G answers to one prompt and scores each against the others. Here a group is G trajectories from the same start state (every
-member reset with the same seed), and:
+Group Relative Policy Optimization (Shao et al., DeepSeekMath, arXiv 2402.03300) drops PPO's critic: it scores each of G
+answers to one prompt against the others. Here a group is G trajectories from one start state (the same reset seed), and:
 - `--adv-mode episode` (outcome supervision, as in DeepSeekMath): every step of trajectory i gets
   A_i = (R_i - mean_group R) / (std_group R + eps);
-- `--adv-mode step` (process supervision, the per-timestep group baseline of Group Policy Gradient, arXiv 2510.03679): step
-  t of trajectory i gets its discounted reward-to-go normalized by the mean and std of the group's reward-to-go at the same
-  t; a member that has already ended counts with zero future reward, so outliving the group is credited where it happens.
-The loss is PPO's clipped surrogate on these advantages plus `--kl-coef` times the k3 estimate of KL(pi_theta || pi_ref) to
-a reference policy (joschu.net/blog/kl-approx.html), as in DeepSeekMath. The policy: ppo_continuous.py's; the run: runlib.py's.
+- `--adv-mode step` (process supervision, Group Policy Gradient's per-timestep baseline, arXiv 2510.03679): step t of
+  trajectory i gets its discounted reward-to-go normalized across the group at t (an ended member counts zero).
+The loss is PPO's clipped surrogate plus `--kl-coef` times the k3 estimate of KL(pi_theta || pi_ref) to a reference policy
+(joschu.net/blog/kl-approx.html), as in DeepSeekMath. The policy: ppo_continuous.py's; the run: runlib.py's.
 """
 
 import copy
@@ -66,6 +64,8 @@ class Args:
     """continue the run in the run directory from checkpoints/latest.pt (starts fresh if there is none)"""
     init_from: Optional[str] = None
     """start from the networks and normalization statistics of this checkpoint (this script's or its PPO sibling's)"""
+    config: Optional[str] = None
+    """read arguments from a YAML, TOML or JSON file (keys: the flags' names; a run's metrics.json too); flags given win"""
 
     env_id: str = "Hopper-v4"
     """the gymnasium env (continuous actions, flat observations); MuJoCo v4 as in CleanRL's published figures, v5 runs too"""

@@ -66,6 +66,8 @@ class Args:
     """continue the run in the run directory from checkpoints/latest.pt (starts fresh if there is none)"""
     init_from: Optional[str] = None
     """start from the networks and normalization statistics of this checkpoint (this script's or its PPO sibling's)"""
+    config: Optional[str] = None
+    """read arguments from a YAML, TOML or JSON file (keys: the flags' names; a run's metrics.json too); flags given win"""
 
     env_id: str = "Hopper-v4"
     """the gymnasium env (continuous actions, flat observations); MuJoCo v4 as in CleanRL's published figures, v5 runs too"""

@@ -13,7 +13,6 @@ To change the algorithm, edit its script; to change what every run writes, edit 
 import contextlib
 import ctypes
 import io
-import itertools
 import json
 import logging
 import math
@@ -34,12 +33,14 @@ import torch
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
+from config import UsageError, config_flags, config_record, tyro_message
+
 # gymnasium warns at every gym.make of a v4 MuJoCo env, in colour codes; the run's log says it once (version_note)
 warnings.filterwarnings("ignore", message=r".*The environment .* is out of date", category=DeprecationWarning)
 
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
-# arguments that change how a run computes, not what: a resume may change them
-RESUME_MAY_DIFFER = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video", "track")
+RESUME_MAY_DIFFER: tuple[str, ...] = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video")
+RESUME_MAY_DIFFER += ("track", "config")  # how a run computes or was started, not what: a resume may change them
 EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes", "env_backend")  # an evaluation's own (on gymnasium's env)
 # what the policy sees and is: --init-from needs a checkpoint with the same values (of those a script has)
 INIT_SAME: tuple[str, ...] = ("env_id", "norm_obs", "clip_obs", "frame_skip", "grayscale", "resize", "frame_stack")
@@ -62,6 +63,7 @@ class RunArgs(Protocol):
     runs_dir: str
     resume: bool
     init_from: str | None
+    config: str | None
     env_id: str
     env_backend: Literal["gymnasium", "envpool"]
     total_timesteps: int
@@ -84,10 +86,6 @@ class Stateful(Protocol):
     def state_dict(self) -> StateDict: ...
 
     def load_state_dict(self, state: StateDict, /) -> object: ...
-
-
-class UsageError(Exception):
-    """A mistake the user can fix; reported as one line, exit status 2, nothing written."""
 
 
 # ---- argument and env checks: before anything is written ----
@@ -533,6 +531,7 @@ class Run:
             "group_size": group_size,
             "init_from": init_from,
             "args": asdict(args),
+            "config": config_record(args.config),  # the --config file's path and text, as the run read it
             "status": "running",
             "completed": False,
             "global_step": 0,
@@ -779,12 +778,14 @@ def cli(main: Callable[[A], object], args_type: type[A], algo: str, default: A |
     With --eval-checkpoint, the arguments are read again with the run's as defaults: the flags given win."""
     captured = io.StringIO()
     try:
+        argv = config_flags(args_type, sys.argv[1:]) + sys.argv[1:]  # a --config file's flags first: the flags given win
         with contextlib.redirect_stderr(captured):
-            args = tyro.cli(args_type) if default is None else tyro.cli(args_type, default=default)
+            args = tyro.cli(args_type, args=argv) if default is None else tyro.cli(args_type, args=argv, default=default)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except SystemExit as e:
-        box = [line.strip("│╭╮╰╯ ") for line in captured.getvalue().splitlines()[1:]]
-        body = " ".join(" ".join(itertools.takewhile(lambda line: not line.startswith("─"), box)).split())
-        print(f"error: {body or captured.getvalue().strip()} (see --help)" if e.code else captured.getvalue(), file=sys.stderr)
+        print(f"error: {tyro_message(captured.getvalue())} (see --help)" if e.code else captured.getvalue(), file=sys.stderr)
         raise
     sys.stderr.write(captured.getvalue())
     try:
