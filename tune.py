@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,7 +219,8 @@ def open_study(args: Args, study: Study, study_dir: Path) -> optuna.Study:
         storage: str | JournalStorage = args.storage
     else:
         storage = JournalStorage(JournalFileBackend(str(study_dir / "journal.log")))
-    sampler = optuna.samplers.TPESampler(seed=args.sampler_seed, n_startup_trials=args.startup_trials)
+    seed = args.sampler_seed + int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))  # workers with one seed draw alike
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=args.startup_trials)
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if args.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_steps)
@@ -392,15 +394,18 @@ def stop_runs(signum: int, _frame: object) -> None:
     os._exit(128 + signum)
 
 
+def check_no_job(study_dir: Path) -> None:
+    """A study whose Slurm workers are still at it is theirs: a second driver would fail their running trials."""
+    job_file = study_dir / "slurm_job"
+    if job_file.exists() and shutil.which("squeue"):
+        job = job_file.read_text().strip()
+        listed = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+        if listed.returncode == 0 and listed.stdout.strip():
+            raise UsageError(f"the study's Slurm job {job} is still running: wait for it, or scancel {job}")
+
+
 def submit(args: Args, study_dir: Path) -> None:
     """--slurm: --workers array tasks, each this command with --worker; they share the study's storage."""
-    job_file = study_dir / "slurm_job"
-    if job_file.exists():
-        listed = subprocess.run(["squeue", "-h", "-j", job_file.read_text().strip()], capture_output=True, text=True)
-        if listed.returncode == 0 and listed.stdout.strip():
-            raise UsageError(
-                f"the study's Slurm job {job_file.read_text().strip()} is still running: wait for it or scancel it"
-            )
     argv = [a for a in sys.argv[1:] if a != "--slurm"]
     cut = argv.index("--") if "--" in argv else len(argv)
     wrap = shlex.join([args.python, str(Path(__file__).resolve()), *argv[:cut], "--worker", *argv[cut:]])
@@ -409,13 +414,13 @@ def submit(args: Args, study_dir: Path) -> None:
     if out.returncode:
         raise UsageError(f"sbatch failed: {' '.join(out.stderr.split())}")
     job = out.stdout.strip().split(";")[0]
-    atomic_write(job_file, lambda tmp: Path(tmp).write_text(job))
+    atomic_write(study_dir / "slurm_job", lambda tmp: Path(tmp).write_text(job))
     print(f"submitted Slurm array job {job}: {args.workers} workers share {study_dir}; outputs are rewritten after each trial")
 
 
 def main(args: Args, flags: list[str]) -> None:
     study, base, args_type, study_dir = check(args, flags)
-    if args.slurm and not args.worker and subprocess.run(["which", "sbatch"], capture_output=True).returncode:
+    if args.slurm and not args.worker and not shutil.which("sbatch"):
         raise UsageError("sbatch not found: run on a Slurm login node, or drop --slurm to run the trials here")
     study_dir.mkdir(parents=True, exist_ok=True)
     with open(study_dir / "lock", "w") as lock:  # one driver at a time: the recovery must not fail live trials
@@ -426,6 +431,7 @@ def main(args: Args, flags: list[str]) -> None:
                 raise UsageError(f"another tune.py is running the study in {study_dir}") from None
         opened = open_study(args, study, study_dir)
         if not args.worker:
+            check_no_job(study_dir)
             recover(opened)
         if args.slurm and not args.worker:
             return submit(args, study_dir)
