@@ -27,10 +27,10 @@ from typing import Any, Literal, TypeVar, Union
 import tyro
 import yaml
 
+T = TypeVar("T")
 # how a run was invoked, not what it computes: not read from a run's metrics.json
 INVOCATION = ("config", "resume", "eval_checkpoint", "video_path")
 # set by benchmark.sh for each run: a grid over them is refused
-T = TypeVar("T")
 SET_BY_BENCHMARK = ("env_id", "seed", "total_timesteps", "group_size", "exp_name", "runs_dir", "resume", "config")
 
 
@@ -39,6 +39,7 @@ class UsageError(Exception):
 
 
 def flag(name: str) -> str:
+    """An Args field's flag: learning_rate -> --learning-rate."""
     return "--" + name.replace("_", "-")
 
 
@@ -117,10 +118,11 @@ def value_flags(args_type: type, key: str, value: object, where: str) -> list[st
         if not isinstance(value, bool):
             raise wrong("true or false")
         return [flag(name) if value else "--no-" + name.replace("_", "-")]
-    if origin is tuple:
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            raise wrong("a list of integers, e.g. [64, 64]")
+    if origin is tuple:  # tuple[int, ...] (hidden_sizes), tuple[float, ...], tuple[str, ...]
+        items, item = value if isinstance(value, list) else [value], typing.get_args(kind)[0]
+        accepted = (int, float) if item is float else (item,)
+        if not items or not all(isinstance(v, accepted) and not isinstance(v, bool) for v in items):
+            raise wrong(f"a list of {item.__name__}s, e.g. [64, 64]" if item is int else f"a list of {item.__name__}s")
         return [flag(name), *map(str, items)]
     if isinstance(value, (list, dict, bool)):
         raise wrong("one value" if kind is not float else "a number")

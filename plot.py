@@ -53,6 +53,7 @@ SETUP_ARGS = {
     *("env_id", "seed", "exp_name", "runs_dir", "resume", "cuda", "compile", "torch_threads", "torch_deterministic"),
     *("vector_mode", "capture_video", "checkpoint_every", "eval_every", "eval_episodes", "eval_checkpoint", "video_path"),
     *("track", "wandb_project_name", "wandb_entity", "total_timesteps", "batch_size", "num_iterations"),
+    "config",  # where the arguments were read from: the arguments themselves tell runs apart
 }
 UNIT = {"steps": "steps", "time": "seconds"}  # the table's budget column, in the x axis's unit
 TIMING_KEYS = ("time_s", "rollout_s", "env_step_s", "update_s", "eval_s", "io_s")  # in every row of timings.jsonl

@@ -467,7 +467,7 @@ if __name__ == "__main__":
         from contextlib import redirect_stderr
 
         with redirect_stderr(captured):
-            tune_args = tyro.cli(Args, args=argv[:cut])
+            tune_args = tyro.cli(Args, args=argv[:cut], description=__doc__)
     except SystemExit as e:
         print(f"error: {tyro_message(captured.getvalue())} (see --help)" if e.code else captured.getvalue(), file=sys.stderr)
         raise

@@ -92,7 +92,7 @@ BAD = [
     ("learning_rate: fast\n", "key 'learning_rate' takes a number, got 'fast'"),
     ("seed: 1.5\n", "key 'seed' takes an integer, got 1.5"),
     ("norm_reward: maybe\n", "key 'norm_reward' takes true or false"),
-    ("hidden_sizes: [a, b]\n", "key 'hidden_sizes' takes a list of integers"),
+    ("hidden_sizes: [a, b]\n", "key 'hidden_sizes' takes a list of ints"),
     ("num_steps: [1, 2]\n", "key 'num_steps' takes one value"),
     ("env_backend: docker\n", "key 'env_backend' takes one of 'gymnasium', 'envpool'"),
     ("seed: null\n", "key 'seed' takes a value (it has no None)"),

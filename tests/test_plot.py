@@ -212,14 +212,17 @@ def test_runs_that_differ_in_an_argument_stay_apart_and_a_sweep_shows_each_value
             args |= {"adv_norm": "group"} if seed < 3 else {}  # seed 3 as a run older than --adv-norm
             write_run(runs_dir / mode, "Toy-v0", f"grpo_g{g}", seed, eval_returns=[offset + g + seed], group_size=g, args=args)
     for lr, seed in itertools.product((1e-4, 3e-4, 1e-3), (1, 2)):
-        write_run(runs_dir / str(lr), "Toy-v0", "ppo", seed, eval_returns=[round(lr * 1e4) + seed], args={"learning_rate": lr})
+        args = {"learning_rate": lr, "config": None if seed == 1 else "c.yaml"}  # flags, or the same from a config file
+        write_run(runs_dir / str(lr), "Toy-v0", "ppo", seed, eval_returns=[round(lr * 1e4) + seed], args=args)
     result = run_plot(runs_dir, "--sweep", "learning-rate")
     assert result.returncode == 0, result.stderr
     rows = read_csv(runs_dir / "_plots" / "final_performance.csv")
     assert float(rows[("Toy-v0", "grpo_g8 (adv_mode=step)")]["final_mean"]) == pytest.approx(110.0)  # 100 + 8 + seed 2
     assert float(rows[("Toy-v0", "grpo_g8 (adv_mode=episode)")]["final_mean"]) == pytest.approx(10.0)
     assert float(rows[("Toy-v0", "ppo (learning_rate=0.001)")]["final_mean"]) == pytest.approx(11.5)
-    assert len(rows) == 7  # 2 x 2 GRPO configs, 3 learning rates; `cuda` (how a run ran), a missing argument: no split
+    assert (
+        len(rows) == 7
+    )  # 2 x 2 GRPO configs, 3 learning rates; `cuda`, `config` (how a run ran), a missing argument: no split
 
     runs = plot.load_runs(runs_dir)
     grpo = [r for r in runs if r.algo == "grpo"]
