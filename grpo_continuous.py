@@ -24,22 +24,9 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
-from runlib import (
-    Array,
-    EnvPoolVectorEnv,
-    LiveMembers,
-    ObsNormalizer,
-    Run,
-    Timings,
-    UsageError,
-    check_arg_ranges,
-    check_env,
-    cli,
-    fast_render,
-    lr_factor,
-    setup_torch,
-    vector_env,
-)
+from envlib import Array, EnvPoolVectorEnv, LiveMembers, ObsNormalizer, RewardDelay, vector_env
+from ppo_continuous import check_spaces, env_action, mlp  # GRPO's policy is PPO's actor
+from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, fast_render, lr_factor, setup_torch
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 
@@ -77,6 +64,8 @@ class Args:
     """total environment steps of the experiment (the last iteration is cut short to fit it)"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length) for training and evaluation"""
+    reward_delay: int | Literal["episode"] = 1
+    """train on delayed rewards: K steps' rewards paid at the last, `episode` all at the end (1: none; eval: the env's)"""
 
     # Algorithm
     group_size: int = 8
@@ -87,6 +76,10 @@ class Args:
     """group advantages: `episode` (the normalized episode return at every step) or `step` (normalized reward-to-go)"""
     adv_norm: Literal["group", "mean", "batch"] = "group"
     """advantage scale: the group's std (`group`, DeepSeekMath), none (`mean`, Dr. GRPO) or the batch's std (`batch`)"""
+    adv_baseline: Literal["mean", "loo"] = "mean"
+    """each member against its group's mean (`mean`, DeepSeekMath) or against the mean of the others (`loo`, RLOO)"""
+    drop_equal_groups: bool = False
+    """leave out the groups whose returns are all equal, which teach nothing (DAPO's dynamic sampling, not refilled)"""
     learning_rate: float = 3e-4
     """the learning rate of the optimizer"""
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
@@ -99,6 +92,8 @@ class Args:
     """the K epochs to update the policy"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
+    clip_coef_high: Optional[float] = None
+    """the ratio's upper clip is 1 + this (DAPO's clip-higher, e.g. 0.28; None: --clip-coef, symmetric)"""
     kl_coef: float = 0.01
     """coefficient of the k3 KL penalty to the reference policy (0 disables it)"""
     ref_update_every: int = 10
@@ -157,21 +152,6 @@ def make_members(args: Args) -> Members:
     return vector_env(env_fn, num_members, "async")
 
 
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-def mlp(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int, out_std: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    last = in_dim
-    for size in hidden_sizes:
-        layers += [layer_init(nn.Linear(last, size)), nn.Tanh()]
-        last = size
-    return nn.Sequential(*layers, layer_init(nn.Linear(last, out_dim), std=out_std))
-
-
 class Agent(nn.Module):
     """The policy alone: GRPO has no critic."""
 
@@ -190,11 +170,6 @@ class Agent(nn.Module):
         return mean + self.actor_logstd.exp() * torch.randn_like(mean)
 
 
-def env_action(action: Array, low: Array, high: Array) -> Array:
-    """The env's action: the sample clipped to the bounds (the log-prob stays that of the unclipped sample)."""
-    return np.minimum(np.maximum(action, low), high)
-
-
 def group_seeds(seed: int, iteration: int, num_groups: int) -> list[int]:
     """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a resumed run replays
     the start states of the uninterrupted one."""
@@ -202,11 +177,18 @@ def group_seeds(seed: int, iteration: int, num_groups: int) -> list[int]:
 
 
 def group_advantages(
-    rewards: torch.Tensor, mask: torch.Tensor, group_size: int, adv_mode: str, gamma: float, adv_norm: str = "group"
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    adv_mode: str,
+    gamma: float,
+    adv_norm: str = "group",
+    baseline: str = "mean",
 ) -> torch.Tensor:
     """Group-relative advantages of a (T, M) rollout, member m in group m // group_size; mask[t, m] = 1 while m's episode
     runs. The values: `episode`, R_m, m's undiscounted return, at every t; `step`, G_t^m, m's discounted reward-to-go from
-    t (0 once m has ended). A = value - its group's mean (at the same t), divided by the group's std (`group`,
+    t (0 once m has ended). A = value - its group's mean (at the same t; `loo`: the mean of the group's others, RLOO,
+    arXiv 2402.14740), divided by the group's std (`group`,
     DeepSeekMath), by nothing (`mean`, Dr. GRPO, arXiv 2503.20783) or by the std of all the groups' values (`batch`).
     Population stds plus 1e-8: equal values give 0, not NaN. Returns (T, M) float32, zero where mask is 0."""
     T, M = rewards.shape
@@ -219,7 +201,10 @@ def group_advantages(
         for t in reversed(range(T)):
             to_go = values[t] = rewards[t] + gamma * to_go  # 0 after the end: rewards are masked
     grouped = values.reshape(T, M // group_size, group_size)
-    centered = grouped - grouped.mean(-1, keepdim=True)
+    if baseline == "loo":
+        centered = grouped - (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
+    else:
+        centered = grouped - grouped.mean(-1, keepdim=True)
     if adv_norm == "group":
         centered = centered / (grouped.std(-1, correction=0, keepdim=True) + 1e-8)
     elif adv_norm == "batch":  # every (t, member) of a group that still runs at t, as the group statistics count them
@@ -259,12 +244,13 @@ def grpo_loss(agent: Agent, mb: Batch, args: Args) -> tuple[torch.Tensor, torch.
     logratio = newlogprob - mb.logprobs
     ratio = logratio.exp()
     advantages = mb.advantages
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    high = args.clip_coef if args.clip_coef_high is None else args.clip_coef_high
+    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - args.clip_coef, 1 + high)).mean()
     kl_ref = k3_kl(newlogprob, mb.ref_logprobs).mean()
     entropy = dist.entropy().sum(-1).mean()
     with torch.no_grad():  # http://joschu.net/blog/kl-approx.html
         approx_kl = ((ratio - 1) - logratio).mean()
-        clipfrac = ((ratio - 1).abs() > args.clip_coef).float().mean()
+        clipfrac = ((ratio < 1 - args.clip_coef) | (ratio > 1 + high)).float().mean()
         stats = torch.stack([approx_kl, (-logratio).mean(), clipfrac, pg_loss, kl_ref, entropy])
     return pg_loss + args.kl_coef * kl_ref - args.ent_coef * entropy, stats
 
@@ -301,6 +287,8 @@ def make_update_step(
 def grpo_update(update_step: UpdateStep, batch: Batch, args: Args) -> dict[str, float]:
     """`update_epochs` passes of minibatch SGD over the batch; the mean of each LOSS_STATS."""
     stats = []
+    if not len(batch.obs):  # every group left out (--drop-equal-groups): nothing to learn from this iteration
+        return {}
     for _ in range(args.update_epochs):
         shuffled = batch.subset(torch.randperm(len(batch.obs), device=batch.obs.device))  # then minibatches are views
         for start in range(0, len(batch.obs), args.minibatch_size):
@@ -375,11 +363,23 @@ def collect_group_rollouts(
     )
 
 
+def kept_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(M,): 1 for the members of a group whose returns differ, 0 for a group whose returns are all equal (every
+    advantage 0: --drop-equal-groups leaves it out, as DAPO's dynamic sampling does)."""
+    returns = rewards.double().sum(0).view(-1, group_size)
+    spread = returns.amax(1) - returns.amin(1)
+    return (spread > 1e-6 * returns.abs().amax(1).clamp(min=1.0)).repeat_interleave(group_size).float()
+
+
 def make_group_batch(agent: Agent, ref_agent: Agent, rollout: GroupRollout, args: Args, device: torch.device) -> Batch:
     """The flat batch of every valid step: the rollout policy's and the reference policy's log-probs (one batched call
     each), and the group-relative advantages."""
-    valid = rollout.mask.view(-1) > 0
-    advantages = group_advantages(rollout.rewards, rollout.mask, args.group_size, args.adv_mode, args.gamma, args.adv_norm)
+    kept = kept_groups(rollout.rewards, args.group_size) if args.drop_equal_groups else torch.ones(rollout.mask.shape[1])
+    valid = (rollout.mask * kept).view(-1) > 0
+    paid = RewardDelay.of_episodes(rollout.rewards.numpy(), rollout.mask.numpy(), args.reward_delay)  # as trained on
+    advantages = group_advantages(
+        torch.from_numpy(paid), rollout.mask, args.group_size, args.adv_mode, args.gamma, args.adv_norm, args.adv_baseline
+    )
     obs = rollout.obs.flatten(0, 1)[valid].to(device)
     actions = rollout.actions.flatten(0, 1)[valid].to(device)
     with torch.no_grad():
@@ -447,20 +447,16 @@ def main(args: Args) -> None:
         returns = rollout.rewards.sum(0).view(args.num_groups, args.group_size)
         stats["charts/group_return_mean"] = returns.mean().item()
         stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
-        stats["charts/batch_steps"] = num_steps
-        stats["losses/advantage_mean"] = batch.advantages.mean().item()
-        stats["losses/advantage_std"] = batch.advantages.std().item()
-        stats["losses/advantage_abs_max"] = batch.advantages.abs().max().item()
+        stats["charts/batch_steps"] = len(batch.advantages)  # trained on (--drop-equal-groups leaves some out)
+        stats["charts/equal_groups"] = 1 - kept_groups(rollout.rewards, args.group_size).mean().item()  # all returns equal
+        if len(batch.advantages):  # else every group was left out, and nothing was updated
+            stats["losses/advantage_mean"] = batch.advantages.mean().item()
+            stats["losses/advantage_std"] = batch.advantages.std().item()
+            stats["losses/advantage_abs_max"] = batch.advantages.abs().max().item()
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
         run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
     members.close()
     run.close()
-
-
-def check_spaces(args: Args, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> None:
-    """The network takes flat observations; any Box of actions is clipped to its bounds."""
-    if len(obs_space.shape) != 1:
-        raise UsageError(f"{args.env_id} has observations of shape {obs_space.shape}; this script needs flat vectors")
 
 
 def check_args(args: Args) -> None:
@@ -469,7 +465,7 @@ def check_args(args: Args) -> None:
         args.exp_name = f"{ALGO}_g{args.group_size}"
     positive = ("num_groups", "minibatch_size", "update_epochs", "learning_rate", "clip_coef", "max_grad_norm", "clip_obs")
     non_negative = ("ref_update_every", "kl_coef", "ent_coef")
-    check_arg_ranges(args, positive=positive, non_negative=non_negative, positive_or_none=("target_kl",))
+    check_arg_ranges(args, positive=positive, non_negative=non_negative, positive_or_none=("target_kl", "clip_coef_high"))
     if args.group_size < 2:
         raise UsageError(f"--group-size must be at least 2 (a group compares its trajectories), got {args.group_size}")
     if not 0 < args.gamma <= 1:

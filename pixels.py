@@ -9,7 +9,7 @@ from typing import Any, Optional, Protocol
 import gymnasium as gym
 import numpy as np
 
-from runlib import Array, EnvPoolVectorEnv
+from envlib import Array, EnvPoolVectorEnv
 
 
 class FrameArgs(Protocol):

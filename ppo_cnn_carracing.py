@@ -21,23 +21,9 @@ import torch
 import torch.nn as nn
 from torch.distributions import Beta
 
+from envlib import Array, Episodes, RewardDelay, RewardScaler, VectorEnv, reset_seed, vector_env
 from pixels import FrameArgs, Frames, FramesEnvPool
-from runlib import (
-    Array,
-    Episodes,
-    RewardScaler,
-    Run,
-    Timings,
-    UsageError,
-    VectorEnv,
-    check_arg_ranges,
-    check_env,
-    cli,
-    lr_factor,
-    reset_seed,
-    setup_torch,
-    vector_env,
-)
+from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, lr_factor, setup_torch
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 Layer = TypeVar("Layer", nn.Linear, nn.Conv2d)
@@ -63,6 +49,8 @@ class Args:
     """continue the run in the run directory from checkpoints/latest.pt (starts fresh if there is none)"""
     init_from: Optional[str] = None
     """start from the networks and normalization statistics of this checkpoint (this script's or its PPO sibling's)"""
+    init_critic: bool = True
+    """with --init-from: load its critic too (off: a fresh critic; the actor and the observation statistics only)"""
     config: Optional[str] = None
     """read arguments from a YAML, TOML or JSON file (keys: the flags' names; a run's metrics.json too); flags given win"""
 
@@ -78,6 +66,8 @@ class Args:
     """the number of parallel environments"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length, in env frames: CarRacing's is 1000) for training and evaluation"""
+    reward_delay: int | Literal["episode"] = 1
+    """train on delayed rewards: K steps' rewards paid at the last, `episode` all at the end (1: none; eval: the env's)"""
 
     # Observations (the same wrappers in training and evaluation; frames stay uint8)
     frame_skip: int = 4
@@ -375,6 +365,7 @@ def collect_rollout(
     next_obs: Array,
     policy: Callable[[torch.Tensor], torch.Tensor],
     reward_scaler: RewardScaler,
+    delay: RewardDelay,
     rollout: Rollout,
     low: Array,
     high: Array,
@@ -395,7 +386,7 @@ def collect_rollout(
         timings.policy_forward_s += t1 - t0
         timings.env_step_s += time.perf_counter() - t1
         done = terminated | truncated
-        rollout.rewards[t] = reward_scaler(reward, done)
+        rollout.rewards[t] = reward_scaler(delay(reward, done), done)  # the curves keep the env's own reward
         rollout.dones[t] = done
         rollout.terminations[t] = terminated
         for i, episodic_return, length in episodes.step(reward, done):
@@ -477,6 +468,7 @@ def main(args: Args) -> None:
     next_obs, _ = envs.reset(seed=reset_seed(args.seed, run.iteration))
     rollout = Rollout.empty(args.num_steps, args.num_envs, obs_shape, act_dim)
     episodes = Episodes(args.num_envs)
+    delay = RewardDelay(args.num_envs, args.reward_delay)  # a resume starts new episodes: nothing is held
 
     global_step = run.global_step
     for iteration in range(run.iteration + 1, num_iterations + 1):
@@ -486,7 +478,7 @@ def main(args: Args) -> None:
         timings = Timings()
         with torch.inference_mode():
             next_obs = collect_rollout(
-                envs, next_obs, policy, reward_scaler, rollout, low, high, episodes, on_episode, timings
+                envs, next_obs, policy, reward_scaler, delay, rollout, low, high, episodes, on_episode, timings
             )
         timings.rollout_s = time.perf_counter() - t_iter
         global_step += batch_size

@@ -23,25 +23,18 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
-from runlib import (
+from envlib import (
     Array,
     EnvPoolVectorEnv,
     Episodes,
     ObsNormalizer,
+    RewardDelay,
     RewardScaler,
-    Run,
-    Timings,
-    UsageError,
     VectorEnv,
-    check_arg_ranges,
-    check_env,
-    cli,
-    fast_render,
-    lr_factor,
     reset_seed,
-    setup_torch,
     vector_env,
 )
+from runlib import Run, RunArgs, Timings, UsageError, check_arg_ranges, check_env, cli, fast_render, lr_factor, setup_torch
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 
@@ -66,6 +59,8 @@ class Args:
     """continue the run in the run directory from checkpoints/latest.pt (starts fresh if there is none)"""
     init_from: Optional[str] = None
     """start from the networks and normalization statistics of this checkpoint (this script's or its PPO sibling's)"""
+    init_critic: bool = True
+    """with --init-from: load its critic too (off: a fresh critic; the actor and the observation statistics only)"""
     config: Optional[str] = None
     """read arguments from a YAML, TOML or JSON file (keys: the flags' names; a run's metrics.json too); flags given win"""
 
@@ -81,6 +76,8 @@ class Args:
     """the number of parallel environments"""
     max_episode_steps: Optional[int] = None
     """override the env's time limit (episode length) for training and evaluation"""
+    reward_delay: int | Literal["episode"] = 1
+    """train on delayed rewards: K steps' rewards paid at the last, `episode` all at the end (1: none; eval: the env's)"""
 
     # Algorithm
     num_steps: int = 2048
@@ -319,6 +316,7 @@ def collect_rollout(
     policy: Callable[[torch.Tensor], torch.Tensor],
     obs_norm: ObsNormalizer,
     reward_scaler: RewardScaler,
+    delay: RewardDelay,
     rollout: Rollout,
     low: Array,
     high: Array,
@@ -338,7 +336,7 @@ def collect_rollout(
         timings.policy_forward_s += t1 - t0
         timings.env_step_s += time.perf_counter() - t1
         done = terminated | truncated
-        rollout.rewards[t] = reward_scaler(reward, done)
+        rollout.rewards[t] = reward_scaler(delay(reward, done), done)  # the curves keep the env's own reward
         rollout.dones[t] = done
         rollout.terminations[t] = terminated
         for i, episodic_return, length in episodes.step(reward, done):
@@ -418,6 +416,7 @@ def main(args: Args) -> None:
     next_obs, _ = envs.reset(seed=reset_seed(args.seed, run.iteration))
     rollout = Rollout.empty(args.num_steps, args.num_envs, obs_dim, act_dim)
     episodes = Episodes(args.num_envs)
+    delay = RewardDelay(args.num_envs, args.reward_delay)  # a resume starts new episodes: nothing is held
 
     global_step = run.global_step
     for iteration in range(run.iteration + 1, num_iterations + 1):
@@ -428,7 +427,7 @@ def main(args: Args) -> None:
         timings = Timings()
         with torch.inference_mode():
             next_obs = collect_rollout(
-                envs, next_obs, policy, obs_norm, reward_scaler, rollout, low, high, episodes, on_episode, timings
+                envs, next_obs, policy, obs_norm, reward_scaler, delay, rollout, low, high, episodes, on_episode, timings
             )
         timings.rollout_s = time.perf_counter() - t_iter
         global_step += batch_size
@@ -441,8 +440,8 @@ def main(args: Args) -> None:
     run.close()
 
 
-def check_spaces(args: Args, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> None:
-    """The networks take flat observations; any Box of actions is clipped to its bounds."""
+def check_spaces(args: RunArgs, obs_space: gym.spaces.Box, act_space: gym.spaces.Box) -> None:
+    """The networks take flat observations; any Box of actions is clipped to its bounds (grpo_continuous.py's too)."""
     if len(obs_space.shape) != 1:
         raise UsageError(f"{args.env_id} has observations of shape {obs_space.shape}; this script needs flat vectors")
 

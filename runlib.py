@@ -1,13 +1,12 @@
 """The run: everything a training script needs that is not its algorithm, written once.
 
 A training script holds its algorithm (Args, make_env, the networks, the loss, the rollout, main's loop) and imports the
-rest from here, as PureJaxRL's scripts import `wrappers.py` and CleanRL's `cleanrl_utils`:
+rest from here, as CleanRL's scripts import `cleanrl_utils`:
 - the CLI and its one-line errors (`cli`), the argument and env checks that every script shares;
 - the run directory, metrics.json, timings.jsonl, logs/train.log, TensorBoard and W&B, checkpoints, `--resume`,
-  `--init-from`, evaluation and best-episode videos (`Run`);
-- the envs' plumbing: gymnasium vector envs with SAME_STEP autoreset, and the EnvPool adapters;
-- the running observation and reward statistics (numpy: a torch call would cost 10x on every env step).
-To change the algorithm, edit its script; to change what every run writes, edit this file.
+  `--init-from`, evaluation and best-episode videos (`Run`).
+The envs' plumbing (vector envs, EnvPool, the observation and reward transforms) is envlib.py's; `--config` files are
+config.py's. To change the algorithm, edit its script; to change what every run writes, edit this file.
 """
 
 import contextlib
@@ -34,6 +33,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 from config import UsageError, config_flags, config_record, tyro_message
+from envlib import Array, StateDict
 
 # gymnasium warns at every gym.make of a v4 MuJoCo env, in colour codes; the run's log says it once (version_note)
 warnings.filterwarnings("ignore", message=r".*The environment .* is out of date", category=DeprecationWarning)
@@ -43,13 +43,11 @@ RESUME_MAY_DIFFER: tuple[str, ...] = ("resume", "runs_dir", "cuda", "compile", "
 RESUME_MAY_DIFFER += ("track", "config")  # how a run computes or was started, not what: a resume may change them
 EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes", "env_backend")  # an evaluation's own (on gymnasium's env)
 # what the policy sees and is: --init-from needs a checkpoint with the same values (of those a script has)
-INIT_SAME: tuple[str, ...] = ("env_id", "norm_obs", "clip_obs", "frame_skip", "grayscale", "resize", "frame_stack")
+INIT_SAME: tuple[str, ...] = ("norm_obs", "clip_obs", "frame_skip", "grayscale", "resize", "frame_stack")
 INIT_SAME += ("hidden_sizes", "cnn_channels", "cnn_kernel_sizes", "cnn_strides", "cnn_feature_size", "shared_trunk")
 
-Array = np.ndarray[Any, Any]
 Policy = Callable[[Array], Array]  # a batch of raw observations -> the env's actions
 MakeEnv = Callable[[str | None], gym.Env[Any, Any]]  # render_mode -> an evaluation env
-StateDict = dict[str, Any]
 
 
 class RunArgs(Protocol):
@@ -64,6 +62,7 @@ class RunArgs(Protocol):
     resume: bool
     init_from: str | None
     config: str | None
+    reward_delay: int | Literal["episode"]
     env_id: str
     env_backend: Literal["gymnasium", "envpool"]
     total_timesteps: int
@@ -106,6 +105,8 @@ def check_arg_ranges(
     for name in (*positive_or_none, "max_episode_steps"):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (or None), got {getattr(args, name)}")
+    if args.reward_delay != "episode" and args.reward_delay < 1:
+        raise UsageError(f"--reward-delay must be a number of steps >= 1 (1: none) or `episode`, got {args.reward_delay}")
     for name in ("hidden_sizes", "cnn_channels", "cnn_kernel_sizes", "cnn_strides"):
         if hasattr(args, name) and (not getattr(args, name) or min(getattr(args, name)) <= 0):
             raise UsageError(f"every --{name.replace('_', '-')} entry must be positive, got {getattr(args, name)}")
@@ -144,14 +145,14 @@ def check_env(args: RunArgs, whole_episodes: bool = False) -> tuple[gym.spaces.B
         raise UsageError(f"{args.env_id} has {type(act_space).__name__} actions; this script needs continuous (Box) ones")
     if not isinstance(obs_space, gym.spaces.Box):
         raise UsageError(f"{args.env_id} has {type(obs_space).__name__} observations; this script needs a Box of them")
-    needs_limit = whole_episodes or args.eval_every > 0 or args.eval_checkpoint is not None
-    if needs_limit and args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):
-        why = (
-            "GRPO compares whole episodes"
-            if whole_episodes
-            else "evaluation runs episodes to their end (--eval-every 0: none)"
-        )
-        raise UsageError(f"{args.env_id} has no time limit and {why}: pass --max-episode-steps")
+    reasons = [  # why the episodes must end
+        ("GRPO compares whole episodes", whole_episodes),
+        ("--reward-delay episode pays at the end", args.reward_delay == "episode"),
+        ("evaluation runs episodes to their end (--eval-every 0: none)", args.eval_every or args.eval_checkpoint),
+    ]
+    why = [text for text, applies in reasons if applies]
+    if why and args.max_episode_steps is None and (spec is None or spec.max_episode_steps is None):
+        raise UsageError(f"{args.env_id} has no time limit and {why[0]}: pass --max-episode-steps")
     if args.env_backend == "envpool":
         check_envpool_env(args.env_id, obs_space, act_space)
     return obs_space, act_space
@@ -193,180 +194,6 @@ def fast_render(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
         vis.quality.shadowsize = 0
         vis.quality.offsamples = 0
     return env
-
-
-def vector_env(
-    env_fn: Callable[[], gym.Env[Any, Any]], num_envs: int, mode: str
-) -> gym.vector.SyncVectorEnv | gym.vector.AsyncVectorEnv:
-    """`num_envs` copies of env_fn() as gymnasium's sync or async vector env, with SAME_STEP autoreset: gymnasium's
-    default NEXT_STEP would add a reset step whose action is ignored."""
-    vector_cls = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
-    return vector_cls([env_fn] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, copy=False)
-
-
-class VectorEnv(Protocol):
-    """What the rollouts use of a vector env: gymnasium's, or an EnvPool adapter below."""
-
-    def reset(self, *, seed: int) -> tuple[Any, dict[str, Any]]: ...
-
-    def step(self, actions: Array) -> tuple[Any, Any, Any, Any, dict[str, Any]]: ...
-
-    def close(self) -> None: ...
-
-
-class Episodes:
-    """The return and length of each env's episode in flight."""
-
-    def __init__(self, num_envs: int) -> None:
-        self.returns = np.zeros(num_envs)
-        self.lengths = np.zeros(num_envs, np.int64)
-
-    def step(self, rewards: Array, dones: Array) -> list[tuple[int, float, int]]:
-        """Adds a step's rewards; returns (env, return, length) of each episode that ended, and starts it anew."""
-        self.returns += rewards
-        self.lengths += 1
-        ended = np.flatnonzero(dones)
-        episodes = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in ended]
-        self.returns[ended] = 0.0
-        self.lengths[ended] = 0
-        return episodes
-
-
-class EnvPoolVectorEnv:
-    """EnvPool's C++ envs as a SAME_STEP vector env: its own autoreset is NEXT_STEP-like, so an env that ends is reset at
-    once by id, and its final observation goes to info["final_obs"]."""
-
-    def __init__(self, env_id: str, num_envs: int, max_episode_steps: int | None = None) -> None:
-        self.env_id, self.num_envs = env_id, num_envs
-        self.pool: Any = None  # an envpool env, made at reset
-        self.kwargs: dict[str, Any] = {"num_envs": num_envs, "num_threads": min(num_envs, len(os.sched_getaffinity(0)))}
-        if max_episode_steps:
-            self.kwargs["max_episode_steps"] = max_episode_steps
-
-    def reset(self, *, seed: int | Sequence[int]) -> tuple[Array, dict[str, Any]]:
-        """Env i gets seed + i, as gymnasium's vector envs seed them, or seed[i]. EnvPool seeds its envs when it makes a
-        pool, and its reset takes no seed: a reset makes a new pool."""
-        import envpool
-
-        seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
-        self.close()
-        with warnings.catch_warnings(action="ignore"):
-            self.pool = envpool.make(self.env_id, "gymnasium", env_seed=[s & 0x7FFFFFFF for s in seeds], **self.kwargs)
-        return self.pool.reset()[0].copy(), {}  # EnvPool takes int32 seeds
-
-    def step(self, actions: Array) -> tuple[Array, Array, Array, Array, dict[str, Any]]:
-        obs, reward, terminated, truncated, _ = self.pool.step(actions)
-        obs = obs.copy()
-        done = np.flatnonzero(terminated | truncated)
-        info = {}
-        if len(done):
-            info["final_obs"] = obs.copy()
-            reset_obs, reset_info = self.pool.reset(done.astype(np.int32))
-            obs[reset_info["env_id"]] = reset_obs
-        return obs, reward, terminated, truncated, info
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-
-
-class LiveMembers:
-    """GRPO's members as plain gymnasium envs: reset with a seed each, stepping only those whose episode still runs. (On
-    EnvPool and AsyncVectorEnv, the envs of ended members step on and autoreset; the rollout masks them.)"""
-
-    def __init__(self, env_fn: Callable[[], gym.Env[Any, Any]], num_members: int) -> None:
-        self.envs = [env_fn() for _ in range(num_members)]
-        self.live = np.ones(num_members, bool)
-
-    def reset(self, *, seed: Sequence[int]) -> tuple[Array, dict[str, Any]]:
-        self.live = np.ones(len(self.envs), bool)
-        self.obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seed)])
-        return self.obs, {}
-
-    def step(self, actions: Array) -> tuple[Array, Array, Array, Array, dict[str, Any]]:
-        n = len(self.envs)
-        reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
-        for m in np.flatnonzero(self.live):
-            self.obs[m], reward[m], terminated[m], truncated[m], _ = self.envs[m].step(actions[m])
-        self.live &= ~(terminated | truncated)
-        return self.obs, reward, terminated, truncated, {}
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-
-
-def reset_seed(seed: int, iteration: int) -> int:
-    """The envs' reset seed when a run (re)starts at `iteration`: the seed itself for a fresh run, else one drawn from
-    (seed, iteration), so a resumed seed-1 run does not replay the episodes of a fresh seed-2 run."""
-    if iteration == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0] & 0x3FFFFFFF)  # room for + env index
-
-
-# ---- running statistics ----
-
-
-class RunningMeanStd:
-    """Running mean and variance of batches (Chan et al.), float64."""
-
-    def __init__(self, shape: tuple[int, ...] = ()) -> None:
-        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
-
-    def update(self, x: Array) -> None:
-        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
-        batch_mean = add(x, 0) / n
-        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
-        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
-        self.mean = self.mean + delta * (n / total)
-        self.var = m2 / total
-        self.count = total
-
-    def state_dict(self) -> StateDict:  # tensors, which a weights_only checkpoint can hold
-        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
-
-    def load_state_dict(self, state: StateDict) -> None:
-        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
-
-
-class ObsNormalizer(RunningMeanStd):
-    """Observations minus their running mean, over their running std, clipped; float32 for the policy."""
-
-    def __init__(self, shape: tuple[int, ...], clip: float, enabled: bool = True, frozen: bool = False) -> None:
-        super().__init__(shape)
-        self.clip, self.enabled, self.frozen = clip, enabled, frozen
-
-    def __call__(self, obs: Array, update: bool = False) -> Array:
-        if self.enabled and update and not self.frozen:
-            self.update(obs)
-        if self.enabled:
-            obs = np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip)
-        return obs.astype(np.float32)
-
-
-class RewardScaler:
-    """CleanRL's reward scaling: each reward over the running std of the discounted return, which takes it in first."""
-
-    def __init__(self, num_envs: int, gamma: float, clip: float, enabled: bool = True) -> None:
-        self.rms, self.returns = RunningMeanStd(), np.zeros(num_envs)
-        self.gamma, self.clip, self.enabled = gamma, clip, enabled
-
-    def __call__(self, rewards: Array, dones: Array) -> Array:
-        if not self.enabled:
-            return rewards.astype(np.float32)
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        self.returns[dones] = 0.0
-        return np.minimum(np.maximum(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip), self.clip).astype(np.float32)
-
-    def state_dict(self) -> StateDict:
-        return {"rms": self.rms.state_dict()}
-
-    def load_state_dict(self, state: StateDict) -> None:
-        """The statistics only: a resumed run's envs start new episodes, whose discounted returns start at 0."""
-        self.rms.load_state_dict(state["rms"])
-        self.returns = np.zeros_like(self.returns)
 
 
 # ---- torch ----
@@ -427,7 +254,8 @@ class Start(NamedTuple):
 
 
 def load_init(args: RunArgs, algos: Sequence[str]) -> StateDict:
-    """The --init-from checkpoint, if it fits: of one of `algos`, the same env and networks."""
+    """The --init-from checkpoint, if it fits: of one of `algos`, an env with the same spaces (another reward, -v4 to
+    -v5), the same networks and preprocessing."""
     assert args.init_from is not None
     init = load_checkpoint(args.init_from, algos)
     saved, now = init["args"], asdict(args)
@@ -435,7 +263,21 @@ def load_init(args: RunArgs, algos: Sequence[str]) -> StateDict:
     if differ:
         trained = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r}" for k in differ)
         raise UsageError(f"--init-from {args.init_from} was trained with {trained}: pass the same to start from it")
+    if saved["env_id"] != args.env_id and spaces(saved["env_id"]) != spaces(args.env_id):
+        raise UsageError(
+            f"--init-from {args.init_from} was trained on {saved['env_id']}, whose spaces differ from {args.env_id}'s"
+        )
     return init
+
+
+def spaces(env_id: str) -> tuple[gym.Space[Any], gym.Space[Any]]:
+    """An env's observation and action spaces (Box equality: shape, dtype and bounds)."""
+    try:
+        env = gym.make(env_id)
+    except Exception as e:  # the checkpoint's env is not installed here
+        raise UsageError(f"cannot make env {env_id!r} to compare its spaces ({str(e).splitlines()[0]})")
+    env.close()
+    return env.observation_space, env.action_space
 
 
 def open_run(args: RunArgs, algo: str, init_sources: Sequence[str] = ()) -> Start:
@@ -610,15 +452,21 @@ class Run:
         """--init-from: the loaded run's networks and observation statistics; the optimizer, step count, schedules, RNG
         and reward statistics start fresh, as with rl-zoo3's --trained-agent."""
         own = agent.state_dict().keys()  # a PPO checkpoint's critic stays behind in GRPO, which has none
+        fresh = () if getattr(self.args, "init_critic", True) else ("critic",)  # PPO's --no-init-critic: the actor only
         try:
-            agent.load_state_dict({k: v for k, v in init["agent"].items() if k in own})
+            loaded = agent.load_state_dict(
+                {k: v for k, v in init["agent"].items() if k in own and not k.startswith(fresh)}, strict=False
+            )
         except RuntimeError:  # checked arguments, so a checkpoint written by other code
+            raise UsageError(f"the networks in --init-from {self.args.init_from} do not fit this script's")
+        if any(not k.startswith(fresh) for k in loaded.missing_keys):
             raise UsageError(f"the networks in --init-from {self.args.init_from} do not fit this script's")
         if "obs_norm" in self.state:
             self.state["obs_norm"].load_state_dict(init["obs_norm"])
         if "ref_agent" in self.state:  # GRPO's reference policy starts as the loaded policy
             self.state["ref_agent"].load_state_dict(agent.state_dict())
-        self.log.info(f"starting from {self.args.init_from} ({init['algo']}.py, step {init['global_step']:,})")
+        source = f"{init['algo']}.py on {init['args']['env_id']}, step {init['global_step']:,}"
+        self.log.info(f"starting from {self.args.init_from} ({source}{', a fresh critic' if fresh else ''})")
 
     def save(self, name: str) -> None:
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

@@ -238,6 +238,7 @@ def poison_update(monkeypatch, module, at_call=3):
 def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", seed=0, bound=1.0):
     """T steps of module.collect_rollout (a PPO script's) with an untrained agent, statistics off. Returns the Rollout,
     the obs after the last step (float32) and the ended episodes as [(t, return, length)]."""
+    import envlib
     import runlib
 
     args = SimpleNamespace(
@@ -248,9 +249,9 @@ def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", s
     import gymnasium as gym
 
     obs_dim, act_dim = next_obs.shape[1], gym.make(env_id).action_space.shape[0]
-    agent, norm = module.Agent(obs_dim, act_dim, (8,)), runlib.ObsNormalizer((obs_dim,), 10.0, enabled=False)
+    agent, norm = module.Agent(obs_dim, act_dim, (8,)), envlib.ObsNormalizer((obs_dim,), 10.0, enabled=False)
     buf = module.Rollout.empty(T, N, obs_dim, act_dim)
-    scaler, ended, low, high = runlib.RewardScaler(N, 0.99, 10.0, enabled=False), [], np.float32(-bound), np.float32(bound)
+    scaler, ended, low, high = envlib.RewardScaler(N, 0.99, 10.0, enabled=False), [], np.float32(-bound), np.float32(bound)
     with torch.inference_mode():
         next_obs = module.collect_rollout(
             envs,
@@ -258,10 +259,11 @@ def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", s
             agent.sample,
             norm,
             scaler,
+            envlib.RewardDelay(N, 1),
             buf,
             low,
             high,
-            runlib.Episodes(N),
+            envlib.Episodes(N),
             lambda *e: ended.append(e),
             runlib.Timings(),
         )

@@ -8,7 +8,8 @@ import torch
 
 import grpo_cnn_carracing as grpo
 import ppo_cnn_carracing as ppo
-from runlib import Episodes, RewardScaler, Timings
+from envlib import Episodes, RewardDelay, RewardScaler
+from runlib import Timings
 
 BRAKE = np.array([0.0, 0.0, 1.0], np.float32)  # a car that never moves: every frame costs 0.1
 LOW, HIGH = np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
@@ -31,9 +32,13 @@ def rollout(envs, T, seed):
     (N, *obs_shape) = next_obs.shape
     agent = ppo.Agent(tuple(obs_shape), 3, ppo.Args())
     buf, ended, raw_rewards = ppo.Rollout.empty(T, N, tuple(obs_shape), 3), [], RewardScaler(N, 0.99, 10.0, enabled=False)
+
+    def on_end(*episode):
+        ended.append(episode)
+
     with torch.inference_mode():
         ppo.collect_rollout(
-            envs, next_obs, agent.sample, raw_rewards, buf, LOW, HIGH, Episodes(N), lambda *e: ended.append(e), Timings()
+            envs, next_obs, agent.sample, raw_rewards, RewardDelay(N, 1), buf, LOW, HIGH, Episodes(N), on_end, Timings()
         )
     envs.close()
     return buf, next_obs, ended

@@ -11,7 +11,8 @@ import torch
 
 import grpo_continuous as grpo
 import runlib
-from runlib import ObsNormalizer, Timings
+from envlib import ObsNormalizer
+from runlib import Timings
 
 
 def advantages_reference(rewards_per_member, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):

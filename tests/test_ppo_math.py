@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import envlib
 import ppo_beta_continuous as ppo_beta
 import ppo_continuous as ppo
-import runlib
 from conftest import rollout
 
 
@@ -76,7 +76,7 @@ def test_gae_bootstraps_a_truncation_with_the_final_observation_value_and_a_term
 def test_running_mean_std_matches_numpy_over_chunks():
     rng = np.random.default_rng(1)
     data = rng.normal(3.0, 2.0, size=(1000, 4))
-    rms = runlib.RunningMeanStd((4,))
+    rms = envlib.RunningMeanStd((4,))
     for chunk in np.array_split(data, 37):
         rms.update(chunk)
     np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-6)
@@ -84,7 +84,7 @@ def test_running_mean_std_matches_numpy_over_chunks():
 
 
 def test_obs_normalizer_is_frozen_unless_updating_and_survives_a_checkpoint(tmp_path):
-    norm = runlib.ObsNormalizer((4,), clip=10.0)
+    norm = envlib.ObsNormalizer((4,), clip=10.0)
     data = np.random.default_rng(2).normal(5.0, 3.0, size=(500, 4))
     norm(data, update=True)
     mean = norm.mean.copy()
@@ -93,17 +93,17 @@ def test_obs_normalizer_is_frozen_unless_updating_and_survives_a_checkpoint(tmp_
     assert normalized.dtype == np.float32 and abs(norm(data).mean()) < 0.05 and abs(norm(data).std() - 1) < 0.05
     assert np.abs(norm(data * 100)).max() == 10.0  # clipped
     torch.save(norm.state_dict(), tmp_path / "n.pt")
-    restored = runlib.ObsNormalizer((4,), clip=10.0)
+    restored = envlib.ObsNormalizer((4,), clip=10.0)
     restored.load_state_dict(torch.load(tmp_path / "n.pt", weights_only=True))
     np.testing.assert_array_equal(restored(data[:10]), normalized)
-    np.testing.assert_array_equal(runlib.ObsNormalizer((4,), 10.0, enabled=False)(data, update=True), data.astype(np.float32))
+    np.testing.assert_array_equal(envlib.ObsNormalizer((4,), 10.0, enabled=False)(data, update=True), data.astype(np.float32))
 
 
 def test_reward_scaler_is_cleanrls_step_by_step_scaling_and_resets_at_episode_end(tmp_path):
     rng = np.random.default_rng(0)
     T, N, gamma = 50, 3, 0.9
     rewards, dones = rng.normal(2.0, 1.0, (T, N)), rng.random((T, N)) < 0.1
-    scaler, ref_rms, returns = runlib.RewardScaler(N, gamma, clip=100.0), runlib.RunningMeanStd(), np.zeros(N)
+    scaler, ref_rms, returns = envlib.RewardScaler(N, gamma, clip=100.0), envlib.RunningMeanStd(), np.zeros(N)
     for t in range(T):  # CleanRL's order: update with this step's returns, scale, then reset ended episodes
         scaled = scaler(rewards[t], dones[t])
         returns = returns * gamma + rewards[t]
@@ -113,14 +113,14 @@ def test_reward_scaler_is_cleanrls_step_by_step_scaling_and_resets_at_episode_en
     np.testing.assert_allclose(scaler.returns, returns)
     np.testing.assert_allclose(np.var(returns) > 0, True)
     torch.save(scaler.state_dict(), tmp_path / "s.pt")
-    restored = runlib.RewardScaler(N, gamma, clip=100.0)
+    restored = envlib.RewardScaler(N, gamma, clip=100.0)
     restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     # a resume restores the statistics; its envs start new episodes, so the discounted returns in flight start at 0
     np.testing.assert_array_equal(restored.rms.var, scaler.rms.var)
     np.testing.assert_array_equal(restored.returns, np.zeros(N))
     scaler.returns[:] = 0.0
     np.testing.assert_array_equal(restored(rewards[0], dones[0]), scaler(rewards[0], dones[0]))
-    assert np.abs(runlib.RewardScaler(N, gamma, clip=0.5)(rewards[0] * 100, dones[0])).max() == np.float32(0.5)
+    assert np.abs(envlib.RewardScaler(N, gamma, clip=0.5)(rewards[0] * 100, dones[0])).max() == np.float32(0.5)
 
 
 def test_the_rollout_sample_is_a_draw_from_the_policy_distribution():
