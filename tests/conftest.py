@@ -235,7 +235,7 @@ def poison_update(monkeypatch, module, at_call=3):
     monkeypatch.setattr(module, name, update)
 
 
-def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", seed=0, bound=1.0):
+def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", seed=0, bound=1.0, delay=1):
     """T steps of module.collect_rollout (a PPO script's) with an untrained agent, statistics off. Returns the Rollout,
     the obs after the last step (float32) and the ended episodes as [(t, return, length)]."""
     import envlib
@@ -259,7 +259,7 @@ def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", s
             agent.sample,
             norm,
             scaler,
-            envlib.RewardDelay(N, 1),
+            envlib.RewardDelay(N, delay),
             buf,
             low,
             high,

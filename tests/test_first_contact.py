@@ -41,6 +41,8 @@ def test_an_env_without_a_time_limit_is_refused_where_an_episode_must_end(monkey
         result = run_cli(monkeypatch, capsys, script, *flags, "--total-timesteps", 128, "--eval-every", 0, *runs)
         assert result.returncode == 0, result.stderr
         assert read_run(tmp_path / "runs" / f"EndlessTest-v0__{script}__seed1")[0]["completed"]
+        result = run_cli(monkeypatch, capsys, script, *flags, "--eval-every", 0, "--reward-delay", "episode", *runs)
+        assert_clean_error(result, "EndlessTest-v0 has no time limit and --reward-delay episode pays at the end")
 
 
 def run_without_egl(tmp_path, *flags):

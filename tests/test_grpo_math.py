@@ -15,7 +15,7 @@ from envlib import ObsNormalizer
 from runlib import Timings
 
 
-def advantages_reference(rewards_per_member, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8):
+def advantages_reference(rewards_per_member, group_size, adv_mode, gamma, adv_norm="group", eps=1e-8, baseline="mean"):
     """Member by member, step by step: rewards_per_member is a list of 1-d arrays of any lengths."""
     T, M = max(len(r) for r in rewards_per_member), len(rewards_per_member)
     centered, scale, pooled = np.zeros((T, M)), np.ones((T, M)), []
@@ -29,7 +29,9 @@ def advantages_reference(rewards_per_member, group_size, adv_mode, gamma, adv_no
                 values = [sum(gamma ** (k - t) * r[k] for k in range(t, len(r))) for r in group]
             pooled += values
             for m, value in zip(members, values):
-                centered[t, m], scale[t, m] = value - np.mean(values), np.std(values) + eps
+                others = [v for k, v in zip(members, values) if k != m]  # RLOO: the mean of the others
+                centered[t, m] = value - (np.mean(others) if baseline == "loo" else np.mean(values))
+                scale[t, m] = np.std(values) + eps
     if adv_norm != "group":
         scale[:] = 1.0 if adv_norm == "mean" else np.std(pooled) + eps
     advantages = centered / scale
@@ -47,16 +49,17 @@ def padded(rewards_per_member):
     return rewards, mask
 
 
+@pytest.mark.parametrize("baseline", ["mean", "loo"])
 @pytest.mark.parametrize("adv_norm", ["group", "mean", "batch"])
 @pytest.mark.parametrize("adv_mode", ["episode", "step"])
-def test_group_advantages_match_a_plain_loop_with_members_of_different_lengths(adv_mode, adv_norm):
+def test_group_advantages_match_a_plain_loop_with_members_of_different_lengths(adv_mode, adv_norm, baseline):
     rng = np.random.default_rng(0)
     lengths = [7, 3, 12, 12, 1, 9, 5, 5, 5]  # three groups of three
     rewards_per_member = [rng.normal(1.0, 1.0, size=n).astype(np.float32) for n in lengths]
     rewards, mask = padded(rewards_per_member)
-    got = grpo.group_advantages(rewards, mask, 3, adv_mode, 0.9, adv_norm)
+    got = grpo.group_advantages(rewards, mask, 3, adv_mode, 0.9, adv_norm, baseline)
     assert got.dtype == torch.float32 and got.shape == rewards.shape
-    expected = advantages_reference(rewards_per_member, 3, adv_mode, 0.9, adv_norm)
+    expected = advantages_reference(rewards_per_member, 3, adv_mode, 0.9, adv_norm, baseline=baseline)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
     assert torch.all(got[mask == 0] == 0)
 
@@ -109,7 +112,7 @@ def grpo_batch(agent, B=256, obs_dim=5, act_dim=2):
 
 
 UPDATE_ARGS = dict(update_epochs=3, minibatch_size=48, clip_coef=0.2, kl_coef=0.05, ent_coef=0.01, max_grad_norm=0.5)
-UPDATE_ARGS |= dict(target_kl=None, compile=False)
+UPDATE_ARGS |= dict(target_kl=None, compile=False, clip_coef_high=None)
 
 
 def run_update(agent, batch, **overrides):
@@ -133,7 +136,8 @@ def reference_update(agent, batch, args):
             z = (actions - agent.actor_mean(batch.obs[idx])) / logstd.exp()
             newlogprob = (-0.5 * z**2 - logstd - 0.5 * math.log(2 * math.pi)).sum(-1)
             ratio = (newlogprob - batch.logprobs[idx]).exp()
-            clipped = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+            high = args.clip_coef if args.clip_coef_high is None else args.clip_coef_high  # DAPO's clip-higher
+            clipped = ratio.clamp(1 - args.clip_coef, 1 + high)
             pg_loss = torch.max(-advantages * ratio, -advantages * clipped).mean()
             log_r = (batch.ref_logprobs[idx] - newlogprob).clamp(-20, 20)
             kl = (log_r.exp() - log_r - 1).mean()
@@ -144,12 +148,13 @@ def reference_update(agent, batch, args):
             optimizer.step()
 
 
-def test_grpo_update_equals_a_plain_update_on_a_batch_that_does_not_split_evenly():
+@pytest.mark.parametrize("clip_coef_high", [None, 0.28])
+def test_grpo_update_equals_a_plain_update_on_a_batch_that_does_not_split_evenly(clip_coef_high):
     torch.manual_seed(0)
     agent = grpo.Agent(5, 2, (32, 32))
     batch, reference = grpo_batch(agent), copy.deepcopy(agent)
-    stats, _ = run_update(agent, batch)
-    reference_update(reference, batch, SimpleNamespace(**UPDATE_ARGS))
+    stats, _ = run_update(agent, batch, clip_coef_high=clip_coef_high)
+    reference_update(reference, batch, SimpleNamespace(**{**UPDATE_ARGS, "clip_coef_high": clip_coef_high}))
     for p, q in zip(agent.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert list(stats) == grpo.LOSS_STATS and grpo.LOSS_STATS[0] == "losses/approx_kl"  # update's --target-kl reads it first

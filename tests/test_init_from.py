@@ -99,10 +99,42 @@ def checkpoint_of(tmp_path, algo, **changes):
     return path
 
 
+def test_another_env_id_with_the_same_spaces_is_allowed_and_recorded(runs_dir, ppo_run):
+    """Hopper-v4 -> Hopper-v5 (the same spaces): allowed, recorded in init_from, said in the log's first lines."""
+    args = [*TINY["ppo_continuous"], "--env-id", "Hopper-v5", "--total-timesteps", 128, "--eval-every", 0]
+    result = run_script("ppo_continuous", *args, "--init-from", ppo_run / "checkpoints" / "latest.pt", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    metrics, _ = read_run(runs_dir / "Hopper-v5__ppo_continuous__seed1")
+    assert metrics["env_id"] == "Hopper-v5" and metrics["init_from"]["env_id"] == "Hopper-v4"
+    first_lines = (runs_dir / "Hopper-v5__ppo_continuous__seed1" / "logs" / "train.log").read_text().splitlines()[:3]
+    assert any("starting from" in line and "on Hopper-v4" in line for line in first_lines), first_lines
+
+
+def test_no_init_critic_loads_the_actor_and_a_fresh_critic(runs_dir, ppo_run):
+    source = torch.load(ppo_run / "checkpoints" / "latest.pt", weights_only=True)["agent"]
+    args = [*TINY["ppo_continuous"], "--total-timesteps", 128, "--eval-every", 0, "--learning-rate", TINY_LR]
+    init = ["--init-from", ppo_run / "checkpoints" / "latest.pt", "--seed", 7]
+    for flag, name in (("--no-init-critic", "fresh"), ("--init-critic", "loaded")):
+        result = run_script("ppo_continuous", *args, *init, flag, "--exp-name", name, "--runs-dir", runs_dir)
+        assert result.returncode == 0, result.stderr
+    fresh, loaded = (
+        torch.load(runs_dir / f"Hopper-v4__{n}__seed7" / "checkpoints" / "latest.pt", weights_only=True)["agent"]
+        for n in ("fresh", "loaded")
+    )
+
+    def same(a, b):  # a learning rate of 1e-12 moves a weight by ~1e-12 at most
+        return torch.allclose(a, b, rtol=0, atol=1e-9)
+
+    for key, value in source.items():
+        assert same(loaded[key], value), key  # everything loaded
+        assert same(fresh[key], value) != key.startswith("critic"), key  # the actor only
+    assert "a fresh critic" in (runs_dir / "Hopper-v4__fresh__seed7" / "logs" / "train.log").read_text()
+
+
 @pytest.mark.parametrize(
     "script, flags, expected",
     [
-        ("grpo_continuous", ["--env-id", "Walker2d-v4"], "was trained with --env-id 'Hopper-v4'"),
+        ("grpo_continuous", ["--env-id", "Walker2d-v4"], "was trained on Hopper-v4, whose spaces differ from Walker2d-v4's"),
         ("grpo_continuous", ["--hidden-sizes", 32, 32], "was trained with --hidden-sizes (64, 64)"),
         ("ppo_continuous", ["--no-norm-obs"], "was trained with --norm-obs True"),
         ("ppo_beta_continuous", [], "(ppo_continuous.py's, format 2) is not a checkpoint of this version of ppo_beta"),
