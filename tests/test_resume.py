@@ -8,6 +8,7 @@ import pytest
 import torch
 import tyro
 
+import envlib
 import ppo_continuous as ppo
 import runlib
 from conftest import TINY, kill_at
@@ -77,7 +78,7 @@ def test_the_reward_scalers_returns_in_flight_restart_with_the_episodes(tmp_path
     kill_at("ppo_continuous", "after_checkpoint", 512, *ARGS, "--runs-dir", tmp_path)
     (run_dir,) = tmp_path.iterdir()
     ckpt = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
-    scaler = runlib.RewardScaler(2, 0.99, 10.0)
+    scaler = envlib.RewardScaler(2, 0.99, 10.0)
     scaler.returns[:] = 5.0  # as the killed run's episodes left them
     scaler.load_state_dict(ckpt["reward_scaler"])
     assert scaler.returns.tolist() == [0.0, 0.0] and scaler.rms.count > 500
@@ -123,9 +124,9 @@ def test_best_pt_never_comes_from_a_timeline_the_resume_threw_away(tmp_path, mon
 def test_a_resumed_run_does_not_replay_the_episodes_of_another_seed():
     """seed + num_envs * iteration would make seed 1 resumed at iteration k start the envs of a fresh seed 1 + k * N."""
     num_envs, seeds = 8, range(1, 11)
-    fresh = {runlib.reset_seed(s, 0) + i for s in seeds for i in range(num_envs)}
+    fresh = {envlib.reset_seed(s, 0) + i for s in seeds for i in range(num_envs)}
     assert fresh == {s + i for s in seeds for i in range(num_envs)}  # a fresh run is seeded as before
-    resumed = [runlib.reset_seed(s, k) for s in seeds for k in range(1, 500)]
+    resumed = [envlib.reset_seed(s, k) for s in seeds for k in range(1, 500)]
     assert len(set(resumed)) == len(resumed)
     assert not fresh & {r + i for r in resumed for i in range(num_envs)}
 
@@ -142,4 +143,4 @@ def test_ppo_resets_its_envs_with_the_resume_seed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ppo, "make_vector_env", make_vector_env)
     ppo.main(tyro.cli(ppo.Args, args=[*map(str, ARGS), "--runs-dir", str(tmp_path), "--resume"]))
-    assert seeds == [runlib.reset_seed(1, 3)] and seeds[0] != 1 + 2 * 3
+    assert seeds == [envlib.reset_seed(1, 3)] and seeds[0] != 1 + 2 * 3
