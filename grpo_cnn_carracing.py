@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.distributions import Beta
 
 from envlib import Array, LiveMembers, RewardDelay, vector_env
+from grpo_continuous import group_advantages, group_seeds, group_stats, k3_kl, kept_groups  # GRPO's math, as on vectors
 from pixels import Frames, FramesEnvPool
 from ppo_cnn_carracing import (
     BETA_EPS,
@@ -188,56 +189,6 @@ class Agent(nn.Module):
         return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
 
 
-def group_seeds(seed: int, iteration: int, num_groups: int) -> list[int]:
-    """The reset seed of each group of an iteration: a function of (seed, iteration, group) only, so a resumed run replays
-    the start states of the uninterrupted one."""
-    return [int(np.random.SeedSequence([seed, iteration, g]).generate_state(1)[0]) for g in range(num_groups)]
-
-
-def group_advantages(
-    rewards: torch.Tensor,
-    mask: torch.Tensor,
-    group_size: int,
-    adv_mode: str,
-    gamma: float,
-    adv_norm: str = "group",
-    baseline: str = "mean",
-) -> torch.Tensor:
-    """Group-relative advantages of a (T, M) rollout, member m in group m // group_size; mask[t, m] = 1 while m's episode
-    runs. The values: `episode`, R_m, m's undiscounted return, at every t; `step`, G_t^m, m's discounted reward-to-go from
-    t (0 once m has ended). A = value - its group's mean (at the same t; `loo`: the mean of the group's others, RLOO,
-    arXiv 2402.14740), divided by the group's std (`group`,
-    DeepSeekMath), by nothing (`mean`, Dr. GRPO, arXiv 2503.20783) or by the std of all the groups' values (`batch`).
-    Population stds plus 1e-8: equal values give 0, not NaN. Returns (T, M) float32, zero where mask is 0."""
-    T, M = rewards.shape
-    rewards = rewards.double() * mask
-    if adv_mode == "episode":
-        values = rewards.sum(0).expand(T, M)
-    else:
-        values = torch.zeros_like(rewards)
-        to_go = torch.zeros_like(rewards[0])
-        for t in reversed(range(T)):
-            to_go = values[t] = rewards[t] + gamma * to_go  # 0 after the end: rewards are masked
-    grouped = values.reshape(T, M // group_size, group_size)
-    if baseline == "loo":
-        centered = grouped - (grouped.sum(-1, keepdim=True) - grouped) / (group_size - 1)
-    else:
-        centered = grouped - grouped.mean(-1, keepdim=True)
-    if adv_norm == "group":
-        centered = centered / (grouped.std(-1, correction=0, keepdim=True) + 1e-8)
-    elif adv_norm == "batch":  # every (t, member) of a group that still runs at t, as the group statistics count them
-        running = mask.reshape(grouped.shape).amax(-1, keepdim=True).expand_as(grouped) > 0
-        centered = centered / (grouped[running].std(correction=0) + 1e-8)
-    return (centered.reshape(T, M) * mask).float()
-
-
-def k3_kl(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
-    """Unbiased, always >= 0 estimate of KL(pi_theta || pi_ref) from actions sampled by pi_theta: r - log r - 1 with
-    r = pi_ref / pi_theta (DeepSeekMath eq. 4). log r is clamped to +-20 so one far-off sample cannot overflow exp."""
-    log_r = (ref_logprob - logprob).clamp(-20.0, 20.0)
-    return torch.exp(log_r) - log_r - 1.0
-
-
 class Batch(NamedTuple):
     """Every valid step of an iteration's groups as flat tensors, (B,) or (B, ...): what grpo_loss reads, by name."""
 
@@ -377,14 +328,6 @@ def collect_group_rollouts(
     )
 
 
-def kept_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(M,): 1 for the members of a group whose returns differ, 0 for a group whose returns are all equal (every
-    advantage 0: --drop-equal-groups leaves it out, as DAPO's dynamic sampling does)."""
-    returns = rewards.double().sum(0).view(-1, group_size)
-    spread = returns.amax(1) - returns.amin(1)
-    return (spread > 1e-6 * returns.abs().amax(1).clamp(min=1.0)).repeat_interleave(group_size).float()
-
-
 def make_group_batch(
     agent: Agent, ref_agent: Agent, rollout: GroupRollout, args: Args, device: torch.device, chunk: int = 1024
 ) -> Batch:
@@ -463,15 +406,7 @@ def main(args: Args) -> None:
         global_step += num_steps
         batch = make_group_batch(agent, ref_agent, rollout, args, device)
         stats = grpo_update(update_step, batch, args)
-        returns = rollout.rewards.sum(0).view(args.num_groups, args.group_size)
-        stats["charts/group_return_mean"] = returns.mean().item()
-        stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
-        stats["charts/batch_steps"] = len(batch.advantages)  # trained on (--drop-equal-groups leaves some out)
-        stats["charts/equal_groups"] = 1 - kept_groups(rollout.rewards, args.group_size).mean().item()  # all returns equal
-        if len(batch.advantages):  # else every group was left out, and nothing was updated
-            stats["losses/advantage_mean"] = batch.advantages.mean().item()
-            stats["losses/advantage_std"] = batch.advantages.std().item()
-            stats["losses/advantage_abs_max"] = batch.advantages.abs().max().item()
+        stats |= group_stats(rollout.rewards, batch.advantages, args.group_size)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
         run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
     members.close()

@@ -2,8 +2,7 @@
 
 Group Relative Policy Optimization (Shao et al., DeepSeekMath, arXiv 2402.03300) drops PPO's critic: it scores each of G
 answers to one prompt against the others. Here a group is G trajectories from one start state (the same reset seed), and:
-- `--adv-mode episode` (outcome supervision, as in DeepSeekMath): every step of trajectory i gets
-  A_i = (R_i - mean_group R) / (std_group R + eps);
+- `--adv-mode episode` (outcome supervision, DeepSeekMath): each step of trajectory i gets (R_i - mean R) / std R;
 - `--adv-mode step` (process supervision, Group Policy Gradient's per-timestep baseline, arXiv 2510.03679): step t of
   trajectory i gets its discounted reward-to-go normalized across the group at t (an ended member counts zero).
 The loss is PPO's clipped surrogate plus `--kl-coef` times the k3 estimate of KL(pi_theta || pi_ref) to a reference policy
@@ -364,11 +363,23 @@ def collect_group_rollouts(
 
 
 def kept_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(M,): 1 for the members of a group whose returns differ, 0 for a group whose returns are all equal (every
-    advantage 0: --drop-equal-groups leaves it out, as DAPO's dynamic sampling does)."""
+    """(M,): 1 for the members of a group whose returns differ, 0 for one whose returns are all equal (DAPO: drop it)."""
     returns = rewards.double().sum(0).view(-1, group_size)
     spread = returns.amax(1) - returns.amin(1)
     return (spread > 1e-6 * returns.abs().amax(1).clamp(min=1.0)).repeat_interleave(group_size).float()
+
+
+def group_stats(rewards: torch.Tensor, advantages: torch.Tensor, group_size: int) -> dict[str, float]:
+    """What an iteration logs of its groups: (T, M) rewards, the advantages of the steps trained on."""
+    returns = rewards.sum(0).view(-1, group_size)
+    stats = {"charts/group_return_mean": returns.mean().item(), "charts/batch_steps": len(advantages)}
+    stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
+    stats["charts/equal_groups"] = 1 - kept_groups(rewards, group_size).mean().item()  # groups of equal returns
+    if len(advantages):  # else every group was left out, and nothing was updated
+        stats["losses/advantage_mean"] = advantages.mean().item()
+        stats["losses/advantage_std"] = advantages.std().item()
+        stats["losses/advantage_abs_max"] = advantages.abs().max().item()
+    return stats
 
 
 def make_group_batch(agent: Agent, ref_agent: Agent, rollout: GroupRollout, args: Args, device: torch.device) -> Batch:
@@ -444,15 +455,7 @@ def main(args: Args) -> None:
         global_step += num_steps
         batch = make_group_batch(agent, ref_agent, rollout, args, device)
         stats = grpo_update(update_step, batch, args)
-        returns = rollout.rewards.sum(0).view(args.num_groups, args.group_size)
-        stats["charts/group_return_mean"] = returns.mean().item()
-        stats["charts/group_return_std"] = returns.std(1, correction=0).mean().item()  # within a group, over the groups
-        stats["charts/batch_steps"] = len(batch.advantages)  # trained on (--drop-equal-groups leaves some out)
-        stats["charts/equal_groups"] = 1 - kept_groups(rollout.rewards, args.group_size).mean().item()  # all returns equal
-        if len(batch.advantages):  # else every group was left out, and nothing was updated
-            stats["losses/advantage_mean"] = batch.advantages.mean().item()
-            stats["losses/advantage_std"] = batch.advantages.std().item()
-            stats["losses/advantage_abs_max"] = batch.advantages.abs().max().item()
+        stats |= group_stats(rollout.rewards, batch.advantages, args.group_size)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
         run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
     members.close()

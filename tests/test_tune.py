@@ -41,17 +41,8 @@ def load(study_dir):
 def test_a_study_of_three_trials_on_two_workers_finishes_with_its_outputs(tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
     study_dir = tmp_path / "study"
-    result = tune(
-        study_dir,
-        tmp_path / "space.yaml",
-        "--n-trials",
-        3,
-        "--workers",
-        2,
-        "--pruner",
-        "none",
-        flags=["--total-timesteps", 512],
-    )
+    three = ("--n-trials", 3, "--workers", 2, "--pruner", "none")
+    result = tune(study_dir, tmp_path / "space.yaml", *three, flags=["--total-timesteps", 512])
     assert result.returncode == 0, result.stdout + result.stderr
     study = load(study_dir)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
@@ -73,17 +64,7 @@ def test_a_study_of_three_trials_on_two_workers_finishes_with_its_outputs(tmp_pa
     assert args.env_id == "Pendulum-v1" and args.total_timesteps == 512 and args.eval_every == 256
     assert json.loads((study_dir / "study.json").read_text())["best"]["trial"] == best.number
 
-    again = tune(
-        study_dir,
-        tmp_path / "space.yaml",
-        "--n-trials",
-        3,
-        "--workers",
-        2,
-        "--pruner",
-        "none",
-        flags=["--total-timesteps", 512],
-    )
+    again = tune(study_dir, tmp_path / "space.yaml", *three, flags=["--total-timesteps", 512])
     assert again.returncode == 0 and len(load(study_dir).trials) == 3  # done: nothing runs again
 
 
