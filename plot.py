@@ -767,6 +767,21 @@ def figure_env_grid(
     return fig
 
 
+def crossings(xs: Sequence[float], a: Sequence[float], b: Sequence[float], log: bool = False) -> list[float]:
+    """Where line a crosses line b (both at xs, in order): linearly interpolated between neighbours, on a log2 x axis in
+    log2(x). A tie at a point is a crossing there only if the sign differs on both sides."""
+    to_x = (lambda u: 2.0**u) if log else (lambda u: u)
+    us = [math.log2(x) for x in xs] if log else list(xs)
+    d = [p - q for p, q in zip(a, b)]
+    found = []
+    for i in range(len(d) - 1):
+        if d[i] * d[i + 1] < 0:
+            found.append(to_x(us[i] + (us[i + 1] - us[i]) * d[i] / (d[i] - d[i + 1])))
+        elif d[i + 1] == 0 and i + 2 < len(d) and d[i] * d[i + 2] < 0:
+            found.append(to_x(us[i + 1]))
+    return found
+
+
 def sweep_panel(
     ax: Axes, runs: Sequence[Run], arg: str, metric: str, budget: float, baselines: Sequence[tuple[str, float]] = ()
 ) -> bool:
@@ -788,6 +803,13 @@ def sweep_panel(
         for x, (_, finals) in zip(xs, pts):
             offsets = np.linspace(-0.06, 0.06, len(finals)) if len(finals) > 1 else np.zeros(1)
             ax.scatter(x * 2**offsets if log else x + offsets * spread, finals, color=color, alpha=0.4, s=15)
+    if len(points) == 2:  # two algorithms: where one overtakes the other (e.g. PPO and GRPO against --reward-delay)
+        a, b = points.values()
+        shared = [v for v, _ in a if v in {w for w, _ in b}]
+        at = {v: float(iqm(finals)) for v, finals in a}, {v: float(iqm(finals)) for v, finals in b}
+        found = crossings([x_of[v] for v in shared], [at[0][v] for v in shared], [at[1][v] for v in shared], log)
+        for k, x in enumerate(found):
+            ax.axvline(x, color="black", linestyle=":", linewidth=1.5, label="crossing" if k == 0 else None)
     for k, (name, value) in enumerate(baselines):
         ax.axhline(value, color=plt.get_cmap("Dark2")(k % 8), linestyle="--", linewidth=1.5, label=f"{name} (IQM)")
     if log:

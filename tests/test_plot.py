@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -570,3 +571,33 @@ def test_bad_paths_are_one_line(runs_dir, tmp_path):
     (tmp_path / "ref.csv").write_text("env,metric,name,mean\nToy-v0,best,x,1\n")
     assert_one_line_error(run_plot(runs_dir, "--reference", tmp_path / "ref.csv"), "metric must be eval or train")
     assert not (runs_dir / "_plots").exists()
+
+
+def test_crossings_are_found_between_points_and_at_ties():
+    assert plot.crossings([0, 1, 2, 3], [1, 2, 3, 4], [4, 3, 2, 1]) == [1.5]
+    assert plot.crossings([1, 2, 4, 8], [0, 0, 2, 2], [1, 1, 1, 1], log=True) == [pytest.approx(2**1.5)]
+    assert plot.crossings([0, 1, 2], [0, 1, 2], [1, 1, 1]) == [1]  # a tie between a lower and a higher point
+    assert plot.crossings([0, 1, 2], [0, 1, 0], [1, 1, 1]) == []  # a touch is not a crossing
+    assert plot.crossings([0, 1], [5, 6], [1, 2]) == []
+
+
+def test_the_delay_sweep_marks_where_grpo_overtakes_ppo(runs_dir):
+    """PPO falls with the delay, GRPO does not: one figure, both lines, the crossing between 10 and 100."""
+    finals = {"ppo": {1: 3000, 10: 2500, 100: 500, "episode": 150}, "grpo": {1: 1100, 10: 1100, 100: 1050, "episode": 1000}}
+    for algo, by_delay in finals.items():
+        for delay, value in by_delay.items():
+            for seed in (1, 2):
+                write_run(
+                    runs_dir / f"{algo}{delay}",
+                    "Toy-v0",
+                    algo,
+                    seed,
+                    eval_returns=[value + seed],
+                    args={"reward_delay": delay},
+                )
+    fig, ax = plt.subplots()
+    assert plot.sweep_panel(ax, plot.load_runs(runs_dir), "reward_delay", "eval", 1000)
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "crossing"]
+    x = line.get_xdata()[0]  # the delays are categories: 1, 10, 100, episode at 0, 1, 2, 3
+    assert 1 < x < 2 and [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "100", "episode"]
+    plt.close(fig)
