@@ -444,7 +444,8 @@ def main(args: Args, flags: list[str]) -> None:
         remaining = max(args.n_trials - finished(opened), 0)
         if remaining:
             print(f"{remaining} of {args.n_trials} trials to run, {args.workers} at a time; study in {study_dir}", flush=True)
-            stop_at = optuna.study.MaxTrialsCallback(args.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # the ones in flight too: no extra trials
+            stop_at = optuna.study.MaxTrialsCallback(args.n_trials, states=done)
 
             def objective(trial: optuna.Trial) -> float:
                 return run_trial(trial, study, args, base, args_type, study_dir)
