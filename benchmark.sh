@@ -54,6 +54,9 @@ Lists take spaces or commas. Every option also reads the environment variable sh
   --gpus N              sbatch --gres=gpu:N per run (0: none)  [BENCH_SLURM_GPUS; default: 0]
   --sbatch-args STRING  more sbatch options, split on spaces  [BENCH_SBATCH_ARGS]
   --poll SECONDS        with --wait: seconds between squeue polls  [BENCH_SLURM_POLL; default: 10]
+  --signal SECONDS      Slurm sends SIGUSR1 this long before a task's time limit (sbatch
+                        --signal=B:USR1@SECONDS; 0: none): the run saves its last whole iteration and
+                        the task requeues itself to resume  [BENCH_SLURM_SIGNAL; default: 300]
   -h, --help            this text
 
 Writes RUNS/<env>__<exp_name>__seed<S>/ (by the scripts), RUNS/_benchmark/logs/<run>.log (each run's
@@ -68,12 +71,20 @@ die() { echo "error: $*" >&2; exit 2; }
 # Runs line $2 of $1/commands.txt and records its exit status: what each local worker and each
 # Slurm array task does, so both run the very same lines.
 run_line() {
-    local state=$1 i=$2 line rc
+    local state=$1 i=$2 line rc pid signalled
     line=$(sed -n "${i}p" "$state/commands.txt")
     [[ -n $line ]] || { echo "error: no line $i in $state/commands.txt" >&2; exit 2; }
-    bash -c "$line"
-    rc=$?
+    # The run in the background, this shell waiting: Slurm's --signal=B:USR1 comes to this shell alone and is passed
+    # on to the run; a preemption's or time limit's SIGTERM comes to every process, which the shells outlive.
+    bash -c "trap : TERM USR1; $line" &
+    pid=$!
+    trap 'signalled=1; pkill -USR1 -P "$pid"' USR1
+    trap 'signalled=1' TERM
+    while signalled=; wait "$pid"; rc=$?; [[ -n $signalled ]] && ((rc > 128)); do :; done  # a trap cuts `wait` short
     echo "$rc" > "$state/rc/$i.tmp" && mv "$state/rc/$i.tmp" "$state/rc/$i"
+    if ((rc == 75)) && [[ -n ${SLURM_JOB_ID:-} ]]; then  # stopped by a signal, resumable: back in the queue
+        scontrol requeue "$SLURM_JOB_ID" && echo "requeued Slurm job $SLURM_JOB_ID: the run resumes when it starts again"
+    fi
     exit $((rc == 255 ? 1 : rc))  # 255 would stop xargs
 }
 if [[ ${1:-} == --run-line ]]; then
@@ -104,6 +115,7 @@ CPUS=${BENCH_SLURM_CPUS:-1}
 GPUS=${BENCH_SLURM_GPUS:-0}
 SBATCH_STRING=${BENCH_SBATCH_ARGS:-}
 POLL=${BENCH_SLURM_POLL:-10}
+SIGNAL=${BENCH_SLURM_SIGNAL:-300}
 EXTRA_QUOTED=()
 
 while (($#)); do
@@ -116,7 +128,7 @@ while (($#)); do
         --) shift; EXTRA_QUOTED=("$@"); break ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
         --scripts | --envs | --cnn-envs | --seeds | --group-sizes | --total-timesteps | --workers | --runs-dir | \
-        --extra-args | --exp-suffix | --python | --partition | --time | --cpus | --gpus | --sbatch-args | --poll | \
+        --extra-args | --exp-suffix | --python | --partition | --time | --cpus | --gpus | --sbatch-args | --poll | --signal | \
         --grid | --config)
             (($# >= 2)) || die "$1 needs a value (see bash benchmark.sh --help)"
             case $1 in
@@ -125,7 +137,7 @@ while (($#)); do
                 --runs-dir) RUNS_DIR=$2 ;; --extra-args) EXTRA_STRING=$2 ;; --exp-suffix) EXP_SUFFIX=$2 ;;
                 --python) PYTHON=$2 ;;
                 --partition) PARTITION=$2 ;; --time) TIME_LIMIT=$2 ;; --cpus) CPUS=$2 ;; --gpus) GPUS=$2 ;;
-                --sbatch-args) SBATCH_STRING=$2 ;; --poll) POLL=$2 ;;
+                --sbatch-args) SBATCH_STRING=$2 ;; --poll) POLL=$2 ;; --signal) SIGNAL=$2 ;;
                 --grid) GRIDS+=("$2") ;; --config) CONFIG=$2 ;;
             esac
             shift ;;
@@ -164,6 +176,7 @@ check_int --workers "$WORKERS" 1
 check_int --cpus "$CPUS" 1
 check_int --gpus "$GPUS" 0
 check_int --poll "$POLL" 1
+check_int --signal "$SIGNAL" 0
 ((SLURM || !SLURM_WAIT)) || die "--wait goes with --slurm (local runs always wait)"
 [[ -n $RUNS_DIR ]] || die "--runs-dir is empty"
 [[ $EXP_SUFFIX =~ ^[A-Za-z0-9_.-]*$ ]] || die "--exp-suffix may hold letters, digits, _ . and - only, got '$EXP_SUFFIX'"
@@ -251,12 +264,14 @@ done
 N=${#COMMANDS[@]}
 q() { printf %q "$1"; }
 sbatch_command() {  # the sbatch call for the array job, in $SBATCH
+    # --requeue: a preempted task, or one stopped by --signal, runs again and resumes; --open-mode: its output appends
     SBATCH=(sbatch --parsable --job-name=benchmark "--array=1-$N%$WORKERS" "--output=$STATE/slurm-%A_%a.out"
-        "--cpus-per-task=$CPUS")
+        "--cpus-per-task=$CPUS" --requeue --open-mode=append)
+    ((SIGNAL > 0)) && SBATCH+=("--signal=B:USR1@$SIGNAL")
     [[ -n $PARTITION ]] && SBATCH+=("--partition=$PARTITION")
     [[ -n $TIME_LIMIT ]] && SBATCH+=("--time=$TIME_LIMIT")
     ((GPUS > 0)) && SBATCH+=("--gres=gpu:$GPUS")
-    SBATCH+=("${SBATCH_EXTRA[@]}" --wrap "bash $(q "$ROOT/benchmark.sh") --run-line $(q "$STATE") \"\$SLURM_ARRAY_TASK_ID\"")
+    SBATCH+=("${SBATCH_EXTRA[@]}" --wrap "exec bash $(q "$ROOT/benchmark.sh") --run-line $(q "$STATE") \"\$SLURM_ARRAY_TASK_ID\"")
 }
 
 if ((DRY_RUN)); then
@@ -287,6 +302,7 @@ summary() {
         rc=$(cat "$STATE/rc/$i" 2>/dev/null)
         if [[ $rc == 0 ]] && tail -n 1 "$log" 2>/dev/null | grep -q "already complete"; then status=skipped; ((skipped++))
         elif [[ $rc == 0 ]]; then status=done; ((done++))
+        elif [[ $rc == 75 ]]; then status="interrupted (exit 75: a signal stopped it; re-run to resume)"; ((failed++))
         elif [[ -n $rc ]]; then status="failed (exit $rc)"; ((failed++))
         else status="failed (no exit status: killed or never started)"; ((failed++))
         fi

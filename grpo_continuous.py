@@ -25,7 +25,20 @@ from torch.distributions import Normal
 
 from envlib import Array, EnvPoolVectorEnv, LiveMembers, ObsNormalizer, RewardDelay, vector_env
 from ppo_continuous import check_spaces, env_action, mlp  # GRPO's policy is PPO's actor
-from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, fast_render, lr_factor, setup_torch
+from runlib import (
+    Run,
+    Timings,
+    UsageError,
+    check_arg_ranges,
+    check_env,
+    cli,
+    fast_render,
+    lr_factor,
+    make_update_step,
+    policy_call,
+    safe_point,
+    setup_torch,
+)
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 
@@ -257,32 +270,6 @@ def grpo_loss(agent: Agent, mb: Batch, args: Args) -> tuple[torch.Tensor, torch.
 UpdateStep = Callable[[Batch], torch.Tensor]
 
 
-def make_update_step(
-    agent: Agent,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[Agent, Batch, Args], tuple[torch.Tensor, torch.Tensor]],
-    args: Args,
-) -> UpdateStep:
-    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles the loss (AOTAutograd
-    compiles its backward too) and the clipped Adam step, as two graphs: backward() and zero_grad() break a graph."""
-
-    def optimizer_step() -> None:
-        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-        optimizer.step()
-
-    if args.compile:
-        loss_fn, optimizer_step = torch.compile(loss_fn), torch.compile(optimizer_step)
-
-    def update_step(mb: Batch) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss, stats = loss_fn(agent, mb, args)
-        loss.backward()
-        optimizer_step()
-        return stats
-
-    return update_step
-
-
 def grpo_update(update_step: UpdateStep, batch: Batch, args: Args) -> dict[str, float]:
     """`update_epochs` passes of minibatch SGD over the batch; the mean of each LOSS_STATS."""
     stats = []
@@ -346,6 +333,7 @@ def collect_group_rollouts(
         mask_rows.append(alive.astype(np.float32))
         t0 = time.perf_counter()
         obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
+        safe_point()  # a signal stops the run here, losing only this iteration (runlib)
         timings.env_step_s += time.perf_counter() - t0
         reward = np.where(alive, reward, 0.0)
         episode_return += reward
@@ -424,13 +412,10 @@ def main(args: Args) -> None:
         run.evaluate(make_eval_env, act_deterministic)
         return
 
-    def sample(obs: torch.Tensor) -> torch.Tensor:  # the rollout's policy call
-        return agent.sample(obs.to(device)).cpu()
-
     def on_episode(steps: int, episodic_return: float, length: int) -> None:  # it ended `steps` env steps into the rollout
         run.episode(global_step + steps, episodic_return, length)
 
-    policy = torch.compile(sample) if args.compile and device.type == "cuda" else sample  # on a CPU it does not pay
+    policy = policy_call(agent.sample, args, device)  # on CUDA with --compile: a CUDA graph
     update_step = make_update_step(agent, optimizer, grpo_loss, args)
     members = make_members(args)
 

@@ -23,7 +23,19 @@ from torch.distributions import Beta
 
 from envlib import Array, Episodes, RewardDelay, RewardScaler, VectorEnv, reset_seed, vector_env
 from pixels import FrameArgs, Frames, FramesEnvPool
-from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, lr_factor, setup_torch
+from runlib import (
+    Run,
+    Timings,
+    UsageError,
+    check_arg_ranges,
+    check_env,
+    cli,
+    lr_factor,
+    make_update_step,
+    policy_call,
+    safe_point,
+    setup_torch,
+)
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 Layer = TypeVar("Layer", nn.Linear, nn.Conv2d)
@@ -303,32 +315,6 @@ def ppo_loss(agent: Agent, mb: Batch, args: Args) -> tuple[torch.Tensor, torch.T
 UpdateStep = Callable[[Batch], torch.Tensor]
 
 
-def make_update_step(
-    agent: Agent,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[Agent, Batch, Args], tuple[torch.Tensor, torch.Tensor]],
-    args: Args,
-) -> UpdateStep:
-    """One minibatch step: the loss, backward, global gradient clipping, Adam. --compile compiles the loss (AOTAutograd
-    compiles its backward too) and the clipped Adam step, as two graphs: backward() and zero_grad() break a graph."""
-
-    def optimizer_step() -> None:
-        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
-        optimizer.step()
-
-    if args.compile:
-        loss_fn, optimizer_step = torch.compile(loss_fn), torch.compile(optimizer_step)
-
-    def update_step(mb: Batch) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss, stats = loss_fn(agent, mb, args)
-        loss.backward()
-        optimizer_step()
-        return stats
-
-    return update_step
-
-
 def ppo_update(update_step: UpdateStep, batch: Batch, minibatch_size: int, args: Args) -> dict[str, float]:
     """`update_epochs` passes of minibatch SGD over the batch; the mean of each LOSS_STATS."""
     stats = []
@@ -383,6 +369,7 @@ def collect_rollout(
         rollout.actions[t] = action = policy(torch.from_numpy(rollout.obs[t])).numpy()
         t1 = time.perf_counter()
         next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
+        safe_point()  # a signal stops the run here, losing only this iteration (runlib)
         timings.policy_forward_s += t1 - t0
         timings.env_step_s += time.perf_counter() - t1
         done = terminated | truncated
@@ -455,13 +442,10 @@ def main(args: Args) -> None:
         run.evaluate(make_eval_env, act_deterministic)
         return
 
-    def sample(obs: torch.Tensor) -> torch.Tensor:  # the rollout's policy call
-        return agent.sample(obs.to(device)).cpu()
-
     def on_episode(t: int, episodic_return: float, length: int) -> None:  # an episode ended at step t of the rollout
         run.episode(global_step + (t + 1) * args.num_envs, episodic_return, length)
 
-    policy = torch.compile(sample) if args.compile and device.type == "cuda" else sample  # on a CPU it does not pay
+    policy = policy_call(agent.sample, args, device)  # on CUDA with --compile: a CUDA graph
     update_step = make_update_step(agent, optimizer, ppo_loss, args)
     envs = make_vector_env(args)
     # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.

@@ -10,6 +10,7 @@ config.py's. To change the algorithm, edit its script; to change what every run 
 """
 
 import contextlib
+import copy
 import ctypes
 import io
 import json
@@ -17,13 +18,15 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import Field, asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, NoReturn, Protocol, TypeVar
 
 import gymnasium as gym
 import imageio
@@ -46,6 +49,11 @@ EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes", "env_backend")  # 
 INIT_SAME: tuple[str, ...] = ("norm_obs", "clip_obs", "frame_skip", "grayscale", "resize", "frame_stack")
 INIT_SAME += ("hidden_sizes", "cnn_channels", "cnn_kernel_sizes", "cnn_strides", "cnn_feature_size", "shared_trunk")
 
+# a run stopped by a signal exits with 75, sysexits.h's "temporary failure": its last whole iteration is saved and
+# `--resume` continues it (benchmark.sh --slurm requeues such a task)
+EXIT_INTERRUPTED = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # preemption or a time limit, Ctrl-C, Slurm's --signal
+
 Policy = Callable[[Array], Array]  # a batch of raw observations -> the env's actions
 MakeEnv = Callable[[str | None], gym.Env[Any, Any]]  # render_mode -> an evaluation env
 
@@ -57,6 +65,7 @@ class RunArgs(Protocol):
     seed: int
     torch_deterministic: bool
     cuda: bool
+    compile: bool
     torch_threads: int
     runs_dir: str
     resume: bool
@@ -64,6 +73,7 @@ class RunArgs(Protocol):
     config: str | None
     reward_delay: int | Literal["episode"]
     env_id: str
+    max_grad_norm: float
     env_backend: Literal["gymnasium", "envpool"]
     total_timesteps: int
     max_episode_steps: int | None
@@ -215,6 +225,73 @@ def lr_factor(schedule: str, progress: float) -> float:
     return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 + 0.5 * math.cos(math.pi * progress)}[schedule]
 
 
+M = TypeVar("M", bound=torch.nn.Module)
+B = TypeVar("B")
+R = TypeVar("R", bound=RunArgs)
+
+
+def make_update_step(
+    agent: M, optimizer: torch.optim.Optimizer, loss_fn: Callable[[M, B, R], tuple[torch.Tensor, torch.Tensor]], args: R
+) -> Callable[[B], torch.Tensor]:
+    """One minibatch step: the loss, backward, global gradient clipping, Adam; then a signal may stop the run. --compile
+    compiles the loss (AOTAutograd compiles its backward too) and the clipped Adam step, as two graphs: backward() and
+    zero_grad() break a graph. On CUDA each graph is replayed as a CUDA graph ("reduce-overhead"): one launch, not one
+    per kernel from Python, which is what small networks wait on."""
+    cuda_graphs = args.compile and next(agent.parameters()).device.type == "cuda"
+
+    def optimizer_step() -> None:
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
+        optimizer.step()
+
+    if args.compile:
+        mode = "reduce-overhead" if cuda_graphs else None
+        loss_fn, optimizer_step = torch.compile(loss_fn, mode=mode), torch.compile(optimizer_step, mode=mode)
+
+    def update_step(mb: B) -> torch.Tensor:
+        if cuda_graphs:  # a new step: the graphs may now overwrite their last outputs
+            torch.compiler.cudagraph_mark_step_begin()
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = loss_fn(agent, mb, args)
+        loss.backward()
+        optimizer_step()
+        safe_point()
+        return stats.clone() if cuda_graphs else stats  # kept past the next replay, which reuses the graph's memory
+
+    return update_step
+
+
+def policy_call(
+    fn: Callable[[torch.Tensor], torch.Tensor], args: RunArgs, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The rollout's policy call, CPU tensors in and out. On CUDA with --compile it is one CUDA graph replay (the copies
+    to and from the GPU stay outside the graph); on a CPU compiling it does not pay."""
+    call = torch.compile(fn, mode="reduce-overhead") if args.compile and device.type == "cuda" else fn
+    return lambda obs: call(obs.to(device)).cpu()
+
+
+# ---- stopping on a signal ----
+
+
+class Interrupted(Exception):
+    """A signal stopped the run at a safe point, its last whole iteration saved: cli exits with EXIT_INTERRUPTED."""
+
+
+@dataclass
+class StopRequest:
+    run: "Run | None" = None  # the training run that SIGTERM, SIGINT and SIGUSR1 stop
+    signum: int | None = None  # set by the signal's handler; acted on at the next safe point
+
+
+STOP = StopRequest()
+
+
+def safe_point() -> None:
+    """Called after every env step, minibatch step and evaluation step: if a signal came, the run writes its last whole
+    iteration and stops here, losing only the iteration in progress."""
+    if STOP.run is not None and STOP.signum is not None:
+        STOP.run.stop(STOP.signum)
+
+
 # ---- the run directory ----
 
 
@@ -341,6 +418,9 @@ class Run:
         self.optimizer: torch.optim.Optimizer | None = None
         self.wandb: Any = None
         self.ckpt_s = 0.0
+        self.metrics_text = ""  # metrics.json as last written
+        self.whole: tuple[StateDict, str] | None = None  # the last whole iteration: what a signal's stop writes
+        self.handlers: dict[int, Any] = {}
         self.log = logging.getLogger(f"{algo}.{self.dir}")
         if args.eval_checkpoint:  # an evaluation writes nothing in the run directory
             return
@@ -356,7 +436,11 @@ class Run:
             self.start_wandb()
         self.writer = SummaryWriter(str(self.dir), purge_step=self.global_step + 1 if self.ckpt else None)
         self.t_start, self.wall_time_before = time.perf_counter(), self.metrics["wall_time_s"]
+        self.metrics["status"] = "running"  # also after an interruption
         self.flush()
+        if threading.current_thread() is threading.main_thread():  # where Python runs signal handlers
+            self.handlers = {s: signal.signal(s, self.on_signal) for s in STOP_SIGNALS}
+            STOP.run, STOP.signum = self, None
 
     def new_metrics(self, group_size: int | None) -> dict[str, Any]:
         args = self.args
@@ -437,6 +521,7 @@ class Run:
             self.start_from(self.init, agent)
         if not self.ckpt:
             self.log.info(f"run directory {self.dir}; {self.total_steps:,} steps {on}")
+            self.snapshot()
             return
         try:
             for k, v in state.items():
@@ -447,6 +532,7 @@ class Run:
         if self.ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.ckpt["rng"]["cuda"])
         self.log.info(f"resuming {self.dir} from step {self.global_step:,} (iteration {self.iteration}) {on}")
+        self.snapshot()
 
     def start_from(self, init: StateDict, agent: torch.nn.Module) -> None:
         """--init-from: the loaded run's networks and observation statistics; the optimizer, step count, schedules, RNG
@@ -468,12 +554,47 @@ class Run:
         source = f"{init['algo']}.py on {init['args']['env_id']}, step {init['global_step']:,}"
         self.log.info(f"starting from {self.args.init_from} ({source}{', a fresh critic' if fresh else ''})")
 
-    def save(self, name: str) -> None:
+    def checkpoint(self) -> StateDict:
+        """What latest.pt holds but the metrics: the state's tensors, the RNG, the step."""
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        ckpt = {"algo": self.algo, "format": CHECKPOINT_FORMAT, "args": asdict(self.args), "metrics": self.metrics, "rng": rng}
+        ckpt = {"algo": self.algo, "format": CHECKPOINT_FORMAT, "args": asdict(self.args), "rng": rng}
         ckpt |= {"iteration": self.iteration, "global_step": self.global_step}
-        ckpt |= {k: v.state_dict() for k, v in self.state.items()}
+        return ckpt | {k: v.state_dict() for k, v in self.state.items()}
+
+    def save(self, name: str, ckpt: StateDict | None = None) -> None:
+        ckpt = ckpt or self.checkpoint() | {"metrics": self.metrics}
         atomic_write(self.dir / "checkpoints" / name, lambda tmp: torch.save(ckpt, tmp))
+
+    def promote_best(self) -> None:
+        """best-next.pt becomes best.pt once latest.pt has caught up with it."""
+        best_next = self.dir / "checkpoints" / "best-next.pt"
+        if best_next.exists():
+            os.replace(best_next, best_next.with_name("best.pt"))
+
+    def snapshot(self) -> None:
+        """The last whole iteration, in memory: the loop changes the networks, statistics and curves in place before the
+        next one ends. A copy of the tensors (small next to an iteration) and the metrics.json just written."""
+        if not self.args.eval_checkpoint:
+            self.whole = copy.deepcopy(self.checkpoint()), self.metrics_text
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        """Only notes the signal (the loop acts on it at a safe point); a second one acts as it would without a run."""
+        STOP.signum = signum
+        for s, handler in self.handlers.items():
+            signal.signal(s, handler)
+
+    def stop(self, signum: int) -> NoReturn:
+        """A signal's stop: the last whole iteration becomes latest.pt and metrics.json (timings.jsonl has its rows and no
+        more), then Interrupted. A resume continues from it with no gap and no duplicate in any curve."""
+        assert self.whole is not None
+        ckpt, text = self.whole
+        self.metrics = json.loads(text) | {"status": "interrupted"}
+        self.save("latest.pt", ckpt | {"metrics": self.metrics})
+        self.promote_best()  # its step is at most the last whole iteration's
+        step, name = ckpt["global_step"], signal.Signals(signum).name
+        self.log.warning(f"{name}: stopped; latest.pt holds step {step:,}, `--resume` continues (exit {EXIT_INTERRUPTED})")
+        self.close()
+        raise Interrupted(f"{name} at step {self.global_step:,}")
 
     def episode(self, global_step: int, episodic_return: float, episodic_length: int) -> None:
         train = self.metrics["train"]
@@ -528,9 +649,8 @@ class Run:
         if final or (self.args.checkpoint_every and global_step - self.last_ckpt_step >= self.args.checkpoint_every):
             self.last_ckpt_step = global_step
             self.save("latest.pt")  # last: a checkpoint never runs ahead of the records a kill -9 could lose
-            best_next = self.dir / "checkpoints" / "best-next.pt"
-            if best_next.exists():
-                os.replace(best_next, best_next.with_name("best.pt"))
+            self.promote_best()
+        self.snapshot()
         self.ckpt_s = time.perf_counter() - t_ckpt  # the next row's io_s counts it
         self.log_progress(sps, eval_return)
 
@@ -573,10 +693,14 @@ class Run:
         return mean
 
     def flush(self) -> None:
-        atomic_write(self.dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(self.metrics, indent=1)))
+        self.metrics_text = json.dumps(self.metrics, indent=1)
+        atomic_write(self.dir / "metrics.json", lambda tmp: Path(tmp).write_text(self.metrics_text))
         self.writer.flush()
 
     def close(self) -> None:
+        for s, handler in self.handlers.items():  # the process's own again: a test, or tune.py, may start another run
+            signal.signal(s, handler)
+        STOP.run = STOP.signum = None
         self.flush()
         self.writer.close()
         if self.wandb:
@@ -596,6 +720,7 @@ def run_episode(
         if on_frame and length % frame_every == 0:
             on_frame(env.render())
         obs, reward, terminated, truncated, _ = env.step(act(np.asarray(obs)[None])[0])
+        safe_point()
         episodic_return += float(reward)
         length += 1
         done = terminated or truncated
@@ -646,3 +771,5 @@ def cli(main: Callable[[A], object], args_type: type[A], algo: str, default: A |
     except (UsageError, FloatingPointError, OSError) as e:  # training diverged; a --runs-dir that cannot be written
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, UsageError) else 1)
+    except Interrupted:  # the run's log said it
+        sys.exit(EXIT_INTERRUPTED)

@@ -185,7 +185,10 @@ def test_dry_run_defaults_environment_variables_and_slurm_options(fake_repo, tmp
     )
     assert len(commands(slurm)) == 36
     assert f"--array=1-36%{len(os.sched_getaffinity(0))} " in slurm.stderr  # default workers: nproc
-    assert "--cpus-per-task=4 --partition=gpu --time=2:00:00 --gres=gpu:1 --mem=8G --qos=low --wrap" in slurm.stderr
+    sbatch = "--cpus-per-task=4 --requeue --open-mode=append --signal=B:USR1@300 --partition=gpu --time=2:00:00"
+    assert f"{sbatch} --gres=gpu:1 --mem=8G --qos=low --wrap 'exec bash " in slurm.stderr
+    no_signal = bench("--dry-run", "--slurm", "--signal", 0, root=root).stderr
+    assert "--requeue --open-mode=append --wrap" in no_signal and "--signal=" not in no_signal
 
 
 @pytest.mark.parametrize(
@@ -198,6 +201,7 @@ def test_dry_run_defaults_environment_variables_and_slurm_options(fake_repo, tmp
         (["--group-sizes", "1"], {}, "--group-sizes entry must be an integer >= 2"),
         (["--seeds", "1,2,1"], {}, "run Hopper-v4__ppo_continuous__seed1 is listed twice"),
         (["--wait"], {}, "--wait goes with --slurm"),
+        (["--signal", "-5"], {}, "--signal must be an integer >= 0, got '-5'"),
         (["--scripts", "sac_continuous"], {}, "unknown script 'sac_continuous' (choose from: ppo_continuous"),
         (["--scripts", "grpo_continuous.py"], {}, "script grpo_continuous.py is not in"),
         (["--runs-dir", "{file}"], {}, "is not a directory"),
@@ -236,7 +240,7 @@ def test_help_documents_every_flag_and_variable():
 
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
-# stands in for python: seed 1 and 2 wait for each other, 3 fails, 4 is already complete
+# stands in for python: seed 1 and 2 wait for each other, 3 fails, 4 is already complete, 5 is stopped by a signal
 seed=$(sed -E 's/.*--seed ([0-9]+).*/\1/' <<< "$*")
 touch "$MARKERS/started.$seed"
 echo "OMP_NUM_THREADS=$OMP_NUM_THREADS"
@@ -247,6 +251,7 @@ case $seed in
          echo alone ;;
     3) echo "error: broken" >&2; exit 3 ;;
     4) echo "runs/x is already complete (2,048 steps); nothing to do" ;;
+    5) exit 75 ;;
 esac
 """
 
@@ -259,7 +264,7 @@ def test_local_jobs_run_in_parallel_each_with_one_thread_and_its_log(fake_repo, 
         "--envs",
         "Toy-v0",
         "--seeds",
-        "1,2,3,4",
+        "1,2,3,4,5",
         "--workers",
         2,
         "--runs-dir",
@@ -271,13 +276,14 @@ def test_local_jobs_run_in_parallel_each_with_one_thread_and_its_log(fake_repo, 
         OMP_NUM_THREADS="4",
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one run failed
-    names = [run_name("ppo_continuous", "Toy-v0", seed) for seed in (1, 2, 3, 4)]
+    names = [run_name("ppo_continuous", "Toy-v0", seed) for seed in (1, 2, 3, 4, 5)]
     logs = [(runs / "_benchmark" / "logs" / f"{name}.log").read_text() for name in names]
     assert logs[0] == logs[1] == "OMP_NUM_THREADS=1\ntogether\n"  # two workers at once, one thread each
     assert logs[2] == "OMP_NUM_THREADS=1\nerror: broken\n"
-    for status, name in zip(["done", "done", "failed (exit 3)", "skipped"], names):
+    interrupted = "interrupted (exit 75: a signal stopped it; re-run to resume)"
+    for status, name in zip(["done", "done", "failed (exit 3)", "skipped", interrupted], names):
         assert summary_line(status, name, runs) in result.stdout
-    assert result.stdout.rstrip().endswith("done 2, skipped 1 (already complete), failed 1")
+    assert result.stdout.rstrip().endswith("done 2, skipped 1 (already complete), failed 2")
 
 
 def real_scripts():
@@ -329,14 +335,34 @@ def wait_for_jobs(jobs, env, deadline_s=300):
     pytest.fail(f"Slurm jobs {jobs} still queued after {deadline_s} s")
 
 
-@pytest.mark.skipif(
-    any(shutil.which(t, path=SBIN_PATH) is None for t in SLURM_TOOLS),
-    reason="Slurm is not installed here (.ci/run installs Debian's slurm-wlm and munge)",
-)
-@pytest.mark.skipif(os.geteuid() != 0, reason="the localhost Slurm of tests/slurm_local.sh runs its daemons as root")
-def test_slurm_array_job_runs_the_same_command_list(tmp_path):
+@pytest.fixture(scope="module")
+def slurm():
+    """A localhost Slurm (tests/slurm_local.sh) for this module's tests: the environment that reaches it."""
+    if any(shutil.which(t, path=SBIN_PATH) is None for t in SLURM_TOOLS):
+        pytest.skip("Slurm is not installed here (.ci/run installs Debian's slurm-wlm and munge)")
+    if os.geteuid() != 0:
+        pytest.skip("the localhost Slurm of tests/slurm_local.sh runs its daemons as root")
     slurm_dir = tempfile.mkdtemp(prefix="slurm", dir="/tmp")  # short: munge's socket path must fit in 108 bytes
     env = {"SLURM_CONF": f"{slurm_dir}/slurm.conf", "PATH": SBIN_PATH, "BENCH_PYTHON": ""}
+    try:
+        start = subprocess.run(
+            ["bash", str(ROOT / "tests" / "slurm_local.sh"), "start", slurm_dir],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=120,
+        )
+        assert start.returncode == 0, start.stdout + start.stderr
+        yield env
+    finally:
+        subprocess.run(
+            ["bash", str(ROOT / "tests" / "slurm_local.sh"), "stop", slurm_dir], env={**os.environ, **env}, timeout=60
+        )
+        shutil.rmtree(slurm_dir, ignore_errors=True)
+
+
+def test_slurm_array_job_runs_the_same_command_list(tmp_path, slurm):
+    env = slurm
     runs, scripts = tmp_path / "runs", real_scripts()[:1]
     args = [
         "--scripts",
@@ -352,45 +378,66 @@ def test_slurm_array_job_runs_the_same_command_list(tmp_path):
         "--runs-dir",
         runs,
     ]
-    try:
-        start = subprocess.run(
-            ["bash", str(ROOT / "tests" / "slurm_local.sh"), "start", slurm_dir],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **env},
-            timeout=120,
-        )
-        assert start.returncode == 0, start.stdout + start.stderr
-        print(start.stdout)
-        first = bench("--slurm", *args, "--", *TINY, **env)  # submits and returns; a dependent job plots
-        print(first.stdout, first.stderr)
-        assert first.returncode == 0, first.stdout + first.stderr
-        jobs = re.findall(r"(?:array job|plot.py runs as job) (\d+)", first.stdout)
-        assert len(jobs) == 2
-        wait_for_jobs(jobs, {**os.environ, **env})
-        for seed in (1, 2):
-            assert json.loads((runs / run_name(scripts[0], "InvertedPendulum-v4", seed) / "metrics.json").read_text())[
-                "completed"
-            ]
-        (state,) = [p for p in (runs / "_benchmark").iterdir() if p.name != "logs"]
-        dry = bench("--dry-run", *args, "--", *TINY, **env)
-        assert (state / "commands.txt").read_text() == dry.stdout  # the same lines as locally
-        venv_python = (
-            Path(os.environ["VIRTUAL_ENV"]) / "bin" / "python"
-            if os.environ.get("VIRTUAL_ENV")
-            else ROOT / ".venv" / "bin" / "python"
-        )
-        assert all(words[1] == str(venv_python) for words in commands(dry))
-        assert sorted(p.name for p in state.glob("slurm-*.out")) == [f"slurm-{jobs[0]}_{i}.out" for i in (1, 2)]
-        assert (runs / "_plots" / "curves_InvertedPendulum-v4.png").exists()  # by the dependent job
+    first = bench("--slurm", *args, "--", *TINY, **env)  # submits and returns; a dependent job plots
+    print(first.stdout, first.stderr)
+    assert first.returncode == 0, first.stdout + first.stderr
+    jobs = re.findall(r"(?:array job|plot.py runs as job) (\d+)", first.stdout)
+    assert len(jobs) == 2
+    wait_for_jobs(jobs, {**os.environ, **env})
+    for seed in (1, 2):
+        assert json.loads((runs / run_name(scripts[0], "InvertedPendulum-v4", seed) / "metrics.json").read_text())["completed"]
+    (state,) = [p for p in (runs / "_benchmark").iterdir() if p.name != "logs"]
+    dry = bench("--dry-run", *args, "--", *TINY, **env)
+    assert (state / "commands.txt").read_text() == dry.stdout  # the same lines as locally
+    venv_python = (
+        Path(os.environ["VIRTUAL_ENV"]) / "bin" / "python"
+        if os.environ.get("VIRTUAL_ENV")
+        else ROOT / ".venv" / "bin" / "python"
+    )
+    assert all(words[1] == str(venv_python) for words in commands(dry))
+    assert sorted(p.name for p in state.glob("slurm-*.out")) == [f"slurm-{jobs[0]}_{i}.out" for i in (1, 2)]
+    assert (runs / "_plots" / "curves_InvertedPendulum-v4.png").exists()  # by the dependent job
 
-        again = bench("--slurm", "--wait", "--poll", 1, "--skip-plots", *args, "--", *TINY, **env)
-        print(again.stdout, again.stderr)
-        assert again.returncode == 0 and "done 0, skipped 2 (already complete), failed 0" in again.stdout, (
-            again.stdout + again.stderr
-        )
-    finally:
-        subprocess.run(
-            ["bash", str(ROOT / "tests" / "slurm_local.sh"), "stop", slurm_dir], env={**os.environ, **env}, timeout=60
-        )
-        shutil.rmtree(slurm_dir, ignore_errors=True)
+    again = bench("--slurm", "--wait", "--poll", 1, "--skip-plots", *args, "--", *TINY, **env)
+    print(again.stdout, again.stderr)
+    assert again.returncode == 0 and "done 0, skipped 2 (already complete), failed 0" in again.stdout, (
+        again.stdout + again.stderr
+    )
+
+
+def test_a_slurm_task_signalled_before_its_time_limit_requeues_itself_and_its_run_completes(tmp_path, slurm):
+    """What `--signal=B:USR1@SECONDS` does before a task's time limit, sent at once: the batch shell passes the signal to
+    the run, which saves its last whole iteration and exits 75; the task requeues itself, and the run resumes to the end
+    with the same steps and iterations as an uninterrupted run."""
+    runs = tmp_path / "runs"
+    args = ["--scripts", "ppo_continuous", "--envs", "Hopper-v4", "--seeds", 1, "--total-timesteps", 20480]
+    args += ["--workers", 1, "--runs-dir", runs, "--skip-plots", "--"]
+    args += ["--max-episode-steps", 50, "--eval-every", 0, "--checkpoint-every", 10**6, "--no-capture-video"]
+    first = bench("--slurm", *args, **slurm)
+    assert first.returncode == 0, first.stdout + first.stderr
+    job = re.search(r"array job (\d+)", first.stdout)[1]
+    run_dir = runs / run_name("ppo_continuous", "Hopper-v4", 1)
+    env = {**os.environ, **slurm}
+    deadline = time.time() + 300
+    while time.time() < deadline:  # a few iterations in, checkpoint-free: only the signal's stop saves them
+        timings = run_dir / "timings.jsonl"
+        if timings.exists() and len(timings.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job}_1"], env=env, check=True)
+    (state,) = [p for p in (runs / "_benchmark").iterdir() if p.name != "logs"]
+    while time.time() < deadline and "requeued" not in "".join(p.read_text() for p in state.glob("slurm-*.out")):
+        time.sleep(0.2)
+    # Slurm holds a requeued job ~2 min before it may start again; the test does not wait for that
+    subprocess.run(["scontrol", "update", f"JobId={job}_1", "StartTime=now"], env=env, check=True)
+    log_file = runs / "_benchmark" / "logs" / f"{run_dir.name}.log"
+    while time.time() < deadline + 150 and "resuming" not in log_file.read_text():  # squeue may miss a task in requeue
+        time.sleep(0.2)
+    wait_for_jobs([job], env)
+    log = log_file.read_text()
+    assert "SIGUSR1: stopped; latest.pt holds step" in log and "resuming" in log, log
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["completed"] and metrics["global_step"] == 20480
+    rows = [json.loads(line) for line in (run_dir / "timings.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == list(range(1, 11))  # 10 iterations of 2,048 steps, each once
+    assert (state / "rc" / "1").read_text().strip() == "0"
