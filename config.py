@@ -29,7 +29,7 @@ import yaml
 
 T = TypeVar("T")
 # how a run was invoked, not what it computes: not read from a run's metrics.json
-INVOCATION = ("config", "resume", "eval_checkpoint", "video_path")
+INVOCATION = ("config", "resume", "eval_checkpoint", "video_path", "export")
 # set by benchmark.sh for each run: a grid over them is refused
 SET_BY_BENCHMARK = ("env_id", "seed", "total_timesteps", "group_size", "exp_name", "runs_dir", "resume", "config")
 

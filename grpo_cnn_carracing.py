@@ -33,7 +33,7 @@ from ppo_cnn_carracing import (
     env_action,
     mlp,
 )
-from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, lr_factor, setup_torch
+from runlib import MeanPolicy, Run, Timings, UsageError, check_arg_ranges, check_env, cli, lr_factor, setup_torch
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 
@@ -145,6 +145,8 @@ class Args:
     """evaluate this checkpoint (latest.pt, best.pt) for --eval-episodes episodes, then exit; the run's arguments apply"""
     video_path: Optional[str] = None
     """with --eval-checkpoint: where the best episode's video goes (default: next to the checkpoint, as .mp4)"""
+    export: Optional[str] = None
+    """with --eval-checkpoint: write its deterministic policy (observations -> actions) as a .pt2 or .onnx file, and exit"""
     track: bool = False
     """if toggled, send the TensorBoard scalars, the arguments and the eval videos to Weights & Biases"""
     wandb_project_name: str = "cleanrl"
@@ -281,8 +283,8 @@ def collect_group_rollouts(
     policy: Callable[[torch.Tensor], torch.Tensor],
     seeds: list[int],
     group_size: int,
-    low: Array,
-    high: Array,
+    low: torch.Tensor,
+    high: torch.Tensor,
     on_episode: Callable[[int, float, int], None],
     max_steps: int,
     timings: Timings,
@@ -311,7 +313,7 @@ def collect_group_rollouts(
         action_rows.append(action)
         mask_rows.append(alive.astype(np.float32))
         t0 = time.perf_counter()
-        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
+        obs, reward, terminated, truncated, _ = members.step(env_action(torch.from_numpy(action), low, high).numpy())
         timings.env_step_s += time.perf_counter() - t0
         reward = np.where(alive, reward, 0.0)
         episode_return += reward
@@ -361,20 +363,17 @@ def main(args: Args) -> None:
     obs_shape = check_spaces(args, obs_space, act_space)
     run = Run(args, ALGO, total_steps=args.total_timesteps, init_sources=("ppo_cnn_carracing",), group_size=args.group_size)
     device = setup_torch(args)
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    low, high = torch.from_numpy(act_space.low.astype(np.float32)), torch.from_numpy(act_space.high.astype(np.float32))
     agent = Agent(obs_shape, act_space.shape[0], args).to(device)
     ref_agent = copy.deepcopy(agent).requires_grad_(False)
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
     run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent)
 
-    def act_deterministic(obs: Array) -> Array:  # the evaluation policy: the mean of the Beta
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
-
+    mean_policy = MeanPolicy(agent, None, low, high, env_action).to(device)  # the evaluation's policy, and --export's
     make_eval_env = partial(make_env, args)  # render_mode -> an env with the training wrappers
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        run.evaluate(make_eval_env, act_deterministic)
+    if args.eval_checkpoint:  # evaluate the saved policy (or --export it); no training
+        run.evaluate_checkpoint(make_eval_env, mean_policy)
         return
 
     def sample(obs: torch.Tensor) -> torch.Tensor:  # the rollout's policy call
@@ -408,7 +407,7 @@ def main(args: Args) -> None:
         stats = grpo_update(update_step, batch, args)
         stats |= group_stats(rollout.rewards, batch.advantages, args.group_size)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
-        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
+        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, mean_policy.act)
     members.close()
     run.close()
 

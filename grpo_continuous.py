@@ -25,7 +25,7 @@ from torch.distributions import Normal
 
 from envlib import Array, EnvPoolVectorEnv, LiveMembers, ObsNormalizer, RewardDelay, vector_env
 from ppo_continuous import check_spaces, env_action, mlp  # GRPO's policy is PPO's actor
-from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, fast_render, lr_factor, setup_torch
+from runlib import MeanPolicy, Run, Timings, UsageError, check_arg_ranges, check_env, cli, fast_render, lr_factor, setup_torch
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 
@@ -123,6 +123,8 @@ class Args:
     """evaluate this checkpoint (latest.pt, best.pt) for --eval-episodes episodes, then exit; the run's arguments apply"""
     video_path: Optional[str] = None
     """with --eval-checkpoint: where the best episode's video goes (default: next to the checkpoint, as .mp4)"""
+    export: Optional[str] = None
+    """with --eval-checkpoint: write its deterministic policy (observations -> actions) as a .pt2 or .onnx file, and exit"""
     track: bool = False
     """if toggled, send the TensorBoard scalars, the arguments and the eval videos to Weights & Biases"""
     wandb_project_name: str = "cleanrl"
@@ -312,8 +314,8 @@ def collect_group_rollouts(
     obs_norm: ObsNormalizer,
     seeds: list[int],
     group_size: int,
-    low: Array,
-    high: Array,
+    low: torch.Tensor,
+    high: torch.Tensor,
     on_episode: Callable[[int, float, int], None],
     max_steps: int,
     timings: Timings,
@@ -345,7 +347,7 @@ def collect_group_rollouts(
         action_rows.append(action)
         mask_rows.append(alive.astype(np.float32))
         t0 = time.perf_counter()
-        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
+        obs, reward, terminated, truncated, _ = members.step(env_action(torch.from_numpy(action), low, high).numpy())
         timings.env_step_s += time.perf_counter() - t0
         reward = np.where(alive, reward, 0.0)
         episode_return += reward
@@ -407,7 +409,7 @@ def main(args: Args) -> None:
     run = Run(args, ALGO, total_steps=args.total_timesteps, init_sources=("ppo_continuous",), group_size=args.group_size)
     device = setup_torch(args)
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    low, high = torch.from_numpy(act_space.low.astype(np.float32)), torch.from_numpy(act_space.high.astype(np.float32))
     agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
     ref_agent = copy.deepcopy(agent).requires_grad_(False)
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
@@ -415,13 +417,10 @@ def main(args: Args) -> None:
     obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs, frozen=bool(args.init_from) and args.freeze_init_norm)
     run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent, obs_norm=obs_norm)
 
-    def act_deterministic(obs: Array) -> Array:  # the evaluation policy: the mean action
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
-
+    mean_policy = MeanPolicy(agent, obs_norm, low, high, env_action).to(device)  # the evaluation's policy, and --export's
     make_eval_env = partial(make_env, args.env_id, args.max_episode_steps)  # render_mode -> an env
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        run.evaluate(make_eval_env, act_deterministic)
+    if args.eval_checkpoint:  # evaluate the saved policy (or --export it); no training
+        run.evaluate_checkpoint(make_eval_env, mean_policy)
         return
 
     def sample(obs: torch.Tensor) -> torch.Tensor:  # the rollout's policy call
@@ -457,7 +456,7 @@ def main(args: Args) -> None:
         stats = grpo_update(update_step, batch, args)
         stats |= group_stats(rollout.rewards, batch.advantages, args.group_size)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
-        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
+        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, mean_policy.act)
     members.close()
     run.close()
 

@@ -4,12 +4,14 @@ A training script holds its algorithm (Args, make_env, the networks, the loss, t
 rest from here, as CleanRL's scripts import `cleanrl_utils`:
 - the CLI and its one-line errors (`cli`), the argument and env checks that every script shares;
 - the run directory, metrics.json, timings.jsonl, logs/train.log, TensorBoard and W&B, checkpoints, `--resume`,
-  `--init-from`, evaluation and best-episode videos (`Run`).
+  `--init-from`, evaluation and best-episode videos (`Run`);
+- the deterministic policy as one module (`MeanPolicy`), which evaluation runs and `--export` writes.
 The envs' plumbing (vector envs, EnvPool, the observation and reward transforms) is envlib.py's; `--config` files are
 config.py's. To change the algorithm, edit its script; to change what every run writes, edit this file.
 """
 
 import contextlib
+import copy
 import ctypes
 import io
 import json
@@ -29,11 +31,13 @@ import gymnasium as gym
 import imageio
 import numpy as np
 import torch
+import torch.nn as nn
 import tyro
+from torch.distributions import Distribution
 from torch.utils.tensorboard import SummaryWriter
 
 from config import UsageError, config_flags, config_record, tyro_message
-from envlib import Array, StateDict
+from envlib import Array, ObsNormalizer, StateDict
 
 # gymnasium warns at every gym.make of a v4 MuJoCo env, in colour codes; the run's log says it once (version_note)
 warnings.filterwarnings("ignore", message=r".*The environment .* is out of date", category=DeprecationWarning)
@@ -41,12 +45,14 @@ warnings.filterwarnings("ignore", message=r".*The environment .* is out of date"
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
 RESUME_MAY_DIFFER: tuple[str, ...] = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video")
 RESUME_MAY_DIFFER += ("track", "config")  # how a run computes or was started, not what: a resume may change them
-EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes", "env_backend")  # an evaluation's own (on gymnasium's env)
+EVAL_OWN = ("eval_checkpoint", "video_path", "export", "eval_episodes", "env_backend")  # an evaluation's own (gymnasium's env)
+EXPORT_SUFFIXES = (".pt2", ".onnx")  # torch.export's program (torch.export.load), or ONNX (onnxruntime)
 # what the policy sees and is: --init-from needs a checkpoint with the same values (of those a script has)
 INIT_SAME: tuple[str, ...] = ("norm_obs", "clip_obs", "frame_skip", "grayscale", "resize", "frame_stack")
 INIT_SAME += ("hidden_sizes", "cnn_channels", "cnn_kernel_sizes", "cnn_strides", "cnn_feature_size", "shared_trunk")
 
 Policy = Callable[[Array], Array]  # a batch of raw observations -> the env's actions
+ToEnv = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (policy's action, low, high) -> the env's
 MakeEnv = Callable[[str | None], gym.Env[Any, Any]]  # render_mode -> an evaluation env
 
 
@@ -73,6 +79,7 @@ class RunArgs(Protocol):
     checkpoint_every: int
     eval_checkpoint: str | None
     video_path: str | None
+    export: str | None
     track: bool
     wandb_project_name: str
     wandb_entity: str | None
@@ -304,6 +311,89 @@ def open_run(args: RunArgs, algo: str, init_sources: Sequence[str] = ()) -> Star
         print(f"{run_dir} is already complete ({ckpt['metrics']['global_step']:,} steps); nothing to do")
         sys.exit(0)
     return Start(run_dir, ckpt, None)
+
+
+# ---- the deterministic policy: evaluation's, and --export's ----
+
+
+class Actor(Protocol):
+    def dist(self, obs: torch.Tensor) -> Distribution: ...
+
+
+class MeanPolicy(nn.Module):
+    """The deterministic policy as one module, the code that evaluation (and its videos) runs and --export writes: a
+    batch of the env's observations -> normalized (with a script's ObsNormalizer; frames are not) -> the mean of the
+    agent's distribution -> to_env, the script's map to the env's action (the clip to the bounds, or the Beta's map)."""
+
+    agent: Actor
+    norm: Callable[[torch.Tensor], torch.Tensor] | None
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def __init__(
+        self, agent: Actor, obs_norm: ObsNormalizer | None, low: torch.Tensor, high: torch.Tensor, to_env: ToEnv
+    ) -> None:
+        super().__init__()
+        self.agent, self.obs_norm, self.to_env = agent, obs_norm, to_env  # agent, an nn.Module, becomes a submodule
+        self.norm = obs_norm.normalize if obs_norm else None  # the running statistics of now: they change as the run trains
+        self.register_buffer("low", low)
+        self.register_buffer("high", high)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs if self.norm is None else self.norm(obs)  # on the CPU, where the statistics are
+        return self.to_env(self.agent.dist(x.to(self.low.device)).mean, self.low, self.high)
+
+    def act(self, obs: Array) -> Array:
+        """Evaluation's call: numpy observations in, numpy actions out."""
+        with torch.inference_mode():
+            return self(torch.from_numpy(obs)).cpu().numpy()
+
+    def frozen(self) -> "MeanPolicy":
+        """This policy on the CPU, its observation statistics copied into buffers (FrozenObsNorm): what --export writes."""
+        frozen = MeanPolicy(copy.deepcopy(self.agent), None, self.low.cpu(), self.high.cpu(), self.to_env).cpu()
+        if self.obs_norm:
+            frozen.norm = self.obs_norm.freeze()  # a module: registered, its buffers exported with the network
+        return frozen.eval().requires_grad_(False)  # a policy to run, not to train: its actions need no graph
+
+
+def check_export(args: RunArgs) -> None:
+    """--export's refusals, before the checkpoint is read: then nothing is written."""
+    if args.export is None:
+        return
+    if not args.eval_checkpoint:
+        raise UsageError("--export writes the policy of a checkpoint: pass --eval-checkpoint PATH with it")
+    path = Path(args.export)
+    if path.suffix not in EXPORT_SUFFIXES:
+        allowed = " or ".join(EXPORT_SUFFIXES)
+        raise UsageError(f"--export {args.export}: unknown suffix {path.suffix!r}; use {allowed} (torch.export or ONNX)")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--export {args.export}: the directory {path.parent} does not exist or cannot be written")
+
+
+def export_policy(policy: MeanPolicy, example_obs: Array, path: str) -> None:
+    """Write policy.frozen() to `path`: .pt2 is torch.export's program (torch.export.load(path).module()(obs)), .onnx its
+    ONNX translation (onnxruntime). The batch dimension is dynamic; `example_obs` (a batch of 2: torch.export specializes
+    a size of 1) sets the rest of the observations' shape, and their dtype."""
+    frozen, example = policy.frozen(), torch.from_numpy(example_obs)
+    dynamic = {"obs": {0: torch.export.Dim("batch")}}
+    logging.disable(logging.WARNING)  # the exporters' chatter (torch's loggers; a missing torchvision) is not the user's
+    try:
+        quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+        with quiet[0], quiet[1], warnings.catch_warnings(action="ignore"):
+            if path.endswith(".pt2"):
+                buffer = io.BytesIO()  # torch.export.save warns of a file name without .pt2, as atomic_write's temporary
+                torch.export.save(torch.export.export(frozen, (example,), dynamic_shapes=dynamic), buffer)
+                atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+            else:
+                onnx = torch.onnx.export(frozen, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=["obs"])
+                assert onnx is not None  # dynamo=True returns the program
+                atomic_write(path, lambda tmp: onnx.save(tmp, external_data=False))  # one file: the weights inside
+    finally:
+        logging.disable(logging.NOTSET)
+    with torch.inference_mode():
+        actions = frozen(example)
+    obs, act = (", ".join(map(str, x.shape[1:])) for x in (example, actions))
+    print(f"wrote {path}: the deterministic policy, observations (batch, {obs}) {example_obs.dtype} -> actions (batch, {act})")
 
 
 @dataclass
@@ -572,6 +662,16 @@ class Run:
                 self.capture_video = False
         return mean
 
+    def evaluate_checkpoint(self, make_eval_env: MakeEnv, policy: MeanPolicy) -> None:
+        """--eval-checkpoint: evaluate the saved policy; with --export, write it instead (the example observations are
+        the first evaluation episode's start), and nothing else."""
+        if not self.args.export:
+            self.evaluate(make_eval_env, policy.act)
+            return
+        with make_eval_env(None) as env:
+            obs = np.asarray(env.reset(seed=1_000_000 * (1 + self.args.seed))[0])
+        export_policy(policy, np.stack([obs, obs]), self.args.export)
+
     def flush(self) -> None:
         atomic_write(self.dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(self.metrics, indent=1)))
         self.writer.flush()
@@ -637,6 +737,7 @@ def cli(main: Callable[[A], object], args_type: type[A], algo: str, default: A |
         raise
     sys.stderr.write(captured.getvalue())
     try:
+        check_export(args)
         if args.eval_checkpoint and default is None:
             names, own = {f.name for f in fields(args)}, RESUME_MAY_DIFFER + EVAL_OWN
             saved = load_checkpoint(args.eval_checkpoint, (algo,))["args"]
