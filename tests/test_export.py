@@ -112,11 +112,12 @@ def test_the_torch_normalization_gives_the_bits_of_numpys_formula_live_and_froze
     """envlib.normalize_obs (float64 torch) is what the rollout's numpy formula was: training runs keep their bits."""
     from envlib import ObsNormalizer
 
-    rng, norm = np.random.default_rng(0), ObsNormalizer((11,), 3.0)
+    rng, norm, clipped = np.random.default_rng(0), ObsNormalizer((11,), 1.5), False
     for _ in range(20):
         obs = (rng.normal(size=(7, 11)) * rng.uniform(0.01, 100, size=11) + 5).astype(dtype)
         live = norm(obs, update=True)
-        numpy = np.minimum(np.maximum((obs - norm.mean) / np.sqrt(norm.var + 1e-8), -3.0), 3.0).astype(np.float32)
+        numpy = np.minimum(np.maximum((obs - norm.mean) / np.sqrt(norm.var + 1e-8), -1.5), 1.5).astype(np.float32)
         frozen = norm.freeze()(torch.from_numpy(obs)).numpy()
-        assert live.dtype == frozen.dtype == np.float32 and (np.abs(numpy) == 3.0).any()  # some are clipped
-        assert live.tobytes() == numpy.tobytes() == frozen.tobytes()
+        assert live.dtype == frozen.dtype == np.float32 and live.tobytes() == numpy.tobytes() == frozen.tobytes()
+        clipped |= bool((np.abs(numpy) == 1.5).any())
+    assert clipped
