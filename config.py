@@ -15,11 +15,13 @@ import importlib
 import io
 import itertools
 import json
+import os
 import re
 import sys
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
@@ -29,13 +31,20 @@ import yaml
 
 T = TypeVar("T")
 # how a run was invoked, not what it computes: not read from a run's metrics.json
-INVOCATION = ("config", "resume", "eval_checkpoint", "video_path")
+INVOCATION = ("config", "resume", "eval_checkpoint", "video_path", "export")
 # set by benchmark.sh for each run: a grid over them is refused
 SET_BY_BENCHMARK = ("env_id", "seed", "total_timesteps", "group_size", "exp_name", "runs_dir", "resume", "config")
 
 
 class UsageError(Exception):
     """A mistake the user can fix; reported as one line, exit status 2, nothing written."""
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
+    """write(temporary path), then rename: a reader, or a kill -9, never sees half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def flag(name: str) -> str:

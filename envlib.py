@@ -1,8 +1,9 @@
 """The envs' plumbing, written once for every training script (as PureJaxRL's wrappers.py): gymnasium vector envs with
 SAME_STEP autoreset, the EnvPool adapter, GRPO's group members, the episodes in flight, the reset seed of a resumed run,
 and the batch transforms of observations and rewards (running normalization, reward scaling, delayed rewards).
-They are numpy: a torch call would cost 10x on every env step. The run itself (directory, checkpoints, evaluation, the
-CLI) is runlib.py's.
+They are numpy (a torch call would cost 10x on every env step), but for the observation normalization: its formula is
+torch's once (normalize_obs), which the rollout, evaluation and --export share. The run itself (directory, checkpoints,
+evaluation, the CLI) is runlib.py's.
 """
 
 import math
@@ -14,6 +15,7 @@ from typing import Any, Literal, Protocol
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn as nn
 
 Array = np.ndarray[Any, Any]
 StateDict = dict[str, Any]
@@ -154,6 +156,14 @@ class RunningMeanStd:
         self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
 
 
+def normalize_obs(obs: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, clip: float, enabled: bool) -> torch.Tensor:
+    """The observation normalization, written once: minus the running mean, over the running std, clipped, in float64 as
+    the statistics (IEEE arithmetic: the bits numpy's would give), then float32 for the networks."""
+    if not enabled:
+        return obs.to(torch.float32, copy=True)  # a copy, as numpy's astype: the caller may keep the env's buffer
+    return ((obs.double() - mean) / torch.sqrt(var + 1e-8)).clamp(-clip, clip).float()
+
+
 class ObsNormalizer(RunningMeanStd):
     """Observations minus their running mean, over their running std, clipped; float32 for the policy."""
 
@@ -162,11 +172,34 @@ class ObsNormalizer(RunningMeanStd):
         self.clip, self.enabled, self.frozen = clip, enabled, frozen
 
     def __call__(self, obs: Array, update: bool = False) -> Array:
+        """The rollout's call, on numpy: the statistics take the batch in first (update), then normalize it."""
         if self.enabled and update and not self.frozen:
             self.update(obs)
-        if self.enabled:
-            obs = np.minimum(np.maximum((obs - self.mean) / np.sqrt(self.var + 1e-8), -self.clip), self.clip)
-        return obs.astype(np.float32)
+        return self.normalize(torch.from_numpy(obs)).numpy()
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        """With the statistics of now (they change as the run trains)."""
+        return normalize_obs(obs, torch.from_numpy(self.mean), torch.from_numpy(self.var), self.clip, self.enabled)
+
+    def freeze(self) -> "FrozenObsNorm":
+        """The normalization with a copy of the statistics of now, as a module's buffers: what --export writes."""
+        return FrozenObsNorm(torch.tensor(self.mean), torch.tensor(self.var), self.clip, self.enabled)
+
+
+class FrozenObsNorm(nn.Module):
+    """normalize_obs with fixed statistics (float64 buffers)."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor, clip: float, enabled: bool) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("var", var)
+        self.clip, self.enabled = clip, enabled
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return normalize_obs(obs, self.mean, self.var, self.clip, self.enabled)
 
 
 class RewardScaler:

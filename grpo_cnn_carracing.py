@@ -25,6 +25,7 @@ from torch.distributions import Beta
 from envlib import Array, LiveMembers, RewardDelay, vector_env
 from grpo_continuous import group_advantages, group_seeds, group_stats, k3_kl, kept_groups  # GRPO's math, as on vectors
 from pixels import Frames, FramesEnvPool
+from policylib import MeanPolicy
 from ppo_cnn_carracing import (
     BETA_EPS,
     CNNFeatureExtractor,
@@ -157,6 +158,8 @@ class Args:
     """evaluate this checkpoint (latest.pt, best.pt) for --eval-episodes episodes, then exit; the run's arguments apply"""
     video_path: Optional[str] = None
     """with --eval-checkpoint: where the best episode's video goes (default: next to the checkpoint, as .mp4)"""
+    export: Optional[str] = None
+    """with --eval-checkpoint: write its deterministic policy (observations -> actions) as a .pt2 or .onnx file, and exit"""
     track: bool = False
     """if toggled, send the TensorBoard scalars, the arguments and the eval videos to Weights & Biases"""
     wandb_project_name: str = "cleanrl"
@@ -267,8 +270,8 @@ def collect_group_rollouts(
     policy: Callable[[torch.Tensor], torch.Tensor],
     seeds: list[int],
     group_size: int,
-    low: Array,
-    high: Array,
+    low: torch.Tensor,
+    high: torch.Tensor,
     on_episode: Callable[[int, float, int], None],
     max_steps: int,
     timings: Timings,
@@ -291,13 +294,13 @@ def collect_group_rollouts(
         live = np.flatnonzero(alive)
         x[live] = obs[live]
         t0 = time.perf_counter()
-        action = policy(torch.from_numpy(x)).numpy()
+        action = policy(torch.from_numpy(x))  # a tensor: the clip below takes it
         timings.policy_forward_s += time.perf_counter() - t0
         obs_rows.append(x.copy())
-        action_rows.append(action)
+        action_rows.append(action.numpy())
         mask_rows.append(alive.astype(np.float32))
         t0 = time.perf_counter()
-        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
+        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high).numpy())
         safe_point()  # a signal stops the run here, losing only this iteration (runlib)
         timings.env_step_s += time.perf_counter() - t0
         reward = np.where(alive, reward, 0.0)
@@ -348,20 +351,17 @@ def main(args: Args) -> None:
     obs_shape = check_spaces(args, obs_space, act_space)
     run = Run(args, ALGO, total_steps=args.total_timesteps, init_sources=("ppo_cnn_carracing",), group_size=args.group_size)
     device = setup_torch(args)
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    low, high = torch.from_numpy(act_space.low.astype(np.float32)), torch.from_numpy(act_space.high.astype(np.float32))
     agent = Agent(obs_shape, act_space.shape[0], args).to(device)
     ref_agent = copy.deepcopy(agent).requires_grad_(False)
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
     run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent)
 
-    def act_deterministic(obs: Array) -> Array:  # the evaluation policy: the mean of the Beta
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
-
+    mean_policy = MeanPolicy(agent, None, low, high, env_action).to(device)  # the evaluation's policy, and --export's
     make_eval_env = partial(make_env, args)  # render_mode -> an env with the training wrappers
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        run.evaluate(make_eval_env, act_deterministic)
+    if args.eval_checkpoint:  # evaluate the saved policy (or --export it); no training
+        run.evaluate_checkpoint(make_eval_env, mean_policy)
         return
 
     def on_episode(steps: int, episodic_return: float, length: int) -> None:  # it ended `steps` env steps into the rollout
@@ -392,7 +392,7 @@ def main(args: Args) -> None:
         stats = grpo_update(update_step, batch, args)
         stats |= group_stats(rollout.rewards, batch.advantages, args.group_size)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
-        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
+        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, mean_policy.act)
     members.close()
     run.close()
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch.distributions import Normal
 
 from envlib import Array, EnvPoolVectorEnv, LiveMembers, ObsNormalizer, RewardDelay, vector_env
+from policylib import MeanPolicy
 from ppo_continuous import check_spaces, env_action, mlp  # GRPO's policy is PPO's actor
 from runlib import (
     Run,
@@ -136,6 +137,8 @@ class Args:
     """evaluate this checkpoint (latest.pt, best.pt) for --eval-episodes episodes, then exit; the run's arguments apply"""
     video_path: Optional[str] = None
     """with --eval-checkpoint: where the best episode's video goes (default: next to the checkpoint, as .mp4)"""
+    export: Optional[str] = None
+    """with --eval-checkpoint: write its deterministic policy (observations -> actions) as a .pt2 or .onnx file, and exit"""
     track: bool = False
     """if toggled, send the TensorBoard scalars, the arguments and the eval videos to Weights & Biases"""
     wandb_project_name: str = "cleanrl"
@@ -299,8 +302,8 @@ def collect_group_rollouts(
     obs_norm: ObsNormalizer,
     seeds: list[int],
     group_size: int,
-    low: Array,
-    high: Array,
+    low: torch.Tensor,
+    high: torch.Tensor,
     on_episode: Callable[[int, float, int], None],
     max_steps: int,
     timings: Timings,
@@ -326,13 +329,13 @@ def collect_group_rollouts(
         live = np.flatnonzero(alive)
         x[live] = obs_norm(obs[live], update=True)  # an ended member keeps its last row: it is masked
         t0 = time.perf_counter()
-        action = policy(torch.from_numpy(x)).numpy()
+        action = policy(torch.from_numpy(x))  # a tensor: the clip below takes it
         timings.policy_forward_s += time.perf_counter() - t0
         obs_rows.append(x.copy())
-        action_rows.append(action)
+        action_rows.append(action.numpy())
         mask_rows.append(alive.astype(np.float32))
         t0 = time.perf_counter()
-        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high))
+        obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high).numpy())
         safe_point()  # a signal stops the run here, losing only this iteration (runlib)
         timings.env_step_s += time.perf_counter() - t0
         reward = np.where(alive, reward, 0.0)
@@ -395,7 +398,7 @@ def main(args: Args) -> None:
     run = Run(args, ALGO, total_steps=args.total_timesteps, init_sources=("ppo_continuous",), group_size=args.group_size)
     device = setup_torch(args)
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    low, high = torch.from_numpy(act_space.low.astype(np.float32)), torch.from_numpy(act_space.high.astype(np.float32))
     agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
     ref_agent = copy.deepcopy(agent).requires_grad_(False)
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
@@ -403,13 +406,10 @@ def main(args: Args) -> None:
     obs_norm = ObsNormalizer((obs_dim,), args.clip_obs, args.norm_obs, frozen=bool(args.init_from) and args.freeze_init_norm)
     run.restore(agent=agent, optimizer=optimizer, ref_agent=ref_agent, obs_norm=obs_norm)
 
-    def act_deterministic(obs: Array) -> Array:  # the evaluation policy: the mean action
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
-
+    mean_policy = MeanPolicy(agent, obs_norm, low, high, env_action).to(device)  # the evaluation's policy, and --export's
     make_eval_env = partial(make_env, args.env_id, args.max_episode_steps)  # render_mode -> an env
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        run.evaluate(make_eval_env, act_deterministic)
+    if args.eval_checkpoint:  # evaluate the saved policy (or --export it); no training
+        run.evaluate_checkpoint(make_eval_env, mean_policy)
         return
 
     def on_episode(steps: int, episodic_return: float, length: int) -> None:  # it ended `steps` env steps into the rollout
@@ -442,7 +442,7 @@ def main(args: Args) -> None:
         stats = grpo_update(update_step, batch, args)
         stats |= group_stats(rollout.rewards, batch.advantages, args.group_size)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
-        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
+        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, mean_policy.act)
     members.close()
     run.close()
 

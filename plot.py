@@ -54,6 +54,7 @@ SETUP_ARGS = {
     *("vector_mode", "capture_video", "checkpoint_every", "eval_every", "eval_episodes", "eval_checkpoint", "video_path"),
     *("track", "wandb_project_name", "wandb_entity", "total_timesteps", "batch_size", "num_iterations"),
     "config",  # where the arguments were read from: the arguments themselves tell runs apart
+    "export",  # --eval-checkpoint's file, as video_path
 }
 UNIT = {"steps": "steps", "time": "seconds"}  # the table's budget column, in the x axis's unit
 TIMING_KEYS = ("time_s", "rollout_s", "env_step_s", "update_s", "eval_s", "io_s")  # in every row of timings.jsonl

@@ -31,6 +31,7 @@ from envlib import (
     reset_seed,
     vector_env,
 )
+from policylib import MeanPolicy
 from runlib import (
     Run,
     Timings,
@@ -142,6 +143,8 @@ class Args:
     """evaluate this checkpoint (latest.pt, best.pt) for --eval-episodes episodes, then exit; the run's arguments apply"""
     video_path: Optional[str] = None
     """with --eval-checkpoint: where the best episode's video goes (default: next to the checkpoint, as .mp4)"""
+    export: Optional[str] = None
+    """with --eval-checkpoint: write its deterministic policy (observations -> actions) as a .pt2 or .onnx file, and exit"""
     track: bool = False
     """if toggled, send the TensorBoard scalars, the arguments and the eval videos to Weights & Biases"""
     wandb_project_name: str = "cleanrl"
@@ -201,7 +204,7 @@ class Agent(nn.Module):
         return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
 
 
-def env_action(x: Array, low: Array, high: Array) -> Array:
+def env_action(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
     constant, which cancels in the PPO ratio."""
     return low + (high - low) * x
@@ -308,8 +311,8 @@ def collect_rollout(
     reward_scaler: RewardScaler,
     delay: RewardDelay,
     rollout: Rollout,
-    low: Array,
-    high: Array,
+    low: torch.Tensor,
+    high: torch.Tensor,
     episodes: Episodes,
     on_episode: Callable[[int, float, int], None],
     timings: Timings,
@@ -320,9 +323,9 @@ def collect_rollout(
     for t in range(len(rollout.rewards)):
         rollout.obs[t] = obs = obs_norm(next_obs, update=True)
         t0 = time.perf_counter()
-        rollout.actions[t] = action = policy(torch.from_numpy(obs)).numpy()
+        rollout.actions[t] = action = policy(torch.from_numpy(obs))  # a tensor: the clip below takes it
         t1 = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
+        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high).numpy())
         safe_point()  # a signal stops the run here, losing only this iteration (runlib)
         timings.policy_forward_s += t1 - t0
         timings.env_step_s += time.perf_counter() - t1
@@ -377,7 +380,7 @@ def main(args: Args) -> None:
     run = Run(args, ALGO, total_steps=num_iterations * batch_size)
     device = setup_torch(args)
     obs_dim, act_dim = obs_space.shape[0], act_space.shape[0]
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    low, high = torch.from_numpy(act_space.low.astype(np.float32)), torch.from_numpy(act_space.high.astype(np.float32))
     agent = Agent(obs_dim, act_dim, args.hidden_sizes).to(device)
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
@@ -385,13 +388,10 @@ def main(args: Args) -> None:
     reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward, args.norm_reward)
     run.restore(agent=agent, optimizer=optimizer, obs_norm=obs_norm, reward_scaler=reward_scaler)
 
-    def act_deterministic(obs: Array) -> Array:  # the evaluation policy: the mean of the Beta
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs_norm(obs)).to(device)).mean.cpu().numpy(), low, high)
-
+    mean_policy = MeanPolicy(agent, obs_norm, low, high, env_action).to(device)  # the evaluation's policy, and --export's
     make_eval_env = partial(make_env, args.env_id, args.max_episode_steps)  # render_mode -> an env
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        run.evaluate(make_eval_env, act_deterministic)
+    if args.eval_checkpoint:  # evaluate the saved policy (or --export it); no training
+        run.evaluate_checkpoint(make_eval_env, mean_policy)
         return
 
     def on_episode(t: int, episodic_return: float, length: int) -> None:  # an episode ended at step t of the rollout
@@ -423,7 +423,7 @@ def main(args: Args) -> None:
         stats = ppo_update(update_step, batch, minibatch_size, args)
         stats["losses/explained_variance"] = explained_variance(batch.values, batch.returns)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
-        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
+        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, mean_policy.act)
     envs.close()
     run.close()
 

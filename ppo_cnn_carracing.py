@@ -23,6 +23,7 @@ from torch.distributions import Beta
 
 from envlib import Array, Episodes, RewardDelay, RewardScaler, VectorEnv, reset_seed, vector_env
 from pixels import FrameArgs, Frames, FramesEnvPool
+from policylib import MeanPolicy
 from runlib import (
     Run,
     Timings,
@@ -150,6 +151,8 @@ class Args:
     """evaluate this checkpoint (latest.pt, best.pt) for --eval-episodes episodes, then exit; the run's arguments apply"""
     video_path: Optional[str] = None
     """with --eval-checkpoint: where the best episode's video goes (default: next to the checkpoint, as .mp4)"""
+    export: Optional[str] = None
+    """with --eval-checkpoint: write its deterministic policy (observations -> actions) as a .pt2 or .onnx file, and exit"""
     track: bool = False
     """if toggled, send the TensorBoard scalars, the arguments and the eval videos to Weights & Biases"""
     wandb_project_name: str = "cleanrl"
@@ -247,7 +250,7 @@ class Agent(nn.Module):
         return self.dist(obs).sample().clamp(BETA_EPS, 1.0 - BETA_EPS)
 
 
-def env_action(x: Array, low: Array, high: Array) -> Array:
+def env_action(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """A sample x in (0, 1) -> the env's action in [low, high]. The log-prob is that of x: the map's Jacobian is a
     constant, which cancels in the PPO ratio."""
     return low + (high - low) * x
@@ -353,8 +356,8 @@ def collect_rollout(
     reward_scaler: RewardScaler,
     delay: RewardDelay,
     rollout: Rollout,
-    low: Array,
-    high: Array,
+    low: torch.Tensor,
+    high: torch.Tensor,
     episodes: Episodes,
     on_episode: Callable[[int, float, int], None],
     timings: Timings,
@@ -366,9 +369,9 @@ def collect_rollout(
     for t in range(len(rollout.rewards)):
         rollout.obs[t] = next_obs
         t0 = time.perf_counter()
-        rollout.actions[t] = action = policy(torch.from_numpy(rollout.obs[t])).numpy()
+        rollout.actions[t] = action = policy(torch.from_numpy(rollout.obs[t]))  # a tensor: the clip below takes it
         t1 = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high))
+        next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high).numpy())
         safe_point()  # a signal stops the run here, losing only this iteration (runlib)
         timings.policy_forward_s += t1 - t0
         timings.env_step_s += time.perf_counter() - t1
@@ -426,20 +429,17 @@ def main(args: Args) -> None:
     run = Run(args, ALGO, total_steps=num_iterations * batch_size)
     device = setup_torch(args)
     act_dim = act_space.shape[0]
-    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    low, high = torch.from_numpy(act_space.low.astype(np.float32)), torch.from_numpy(act_space.high.astype(np.float32))
     agent = Agent(obs_shape, act_dim, args).to(device)
     # fused Adam: one kernel for all parameters; a tensor learning rate: annealing it does not recompile --compile's step
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(args.learning_rate, device=device), eps=1e-5, fused=True)
     reward_scaler = RewardScaler(args.num_envs, args.gamma, args.clip_reward, args.norm_reward)
     run.restore(agent=agent, optimizer=optimizer, reward_scaler=reward_scaler)
 
-    def act_deterministic(obs: Array) -> Array:  # the evaluation policy: the mean of the Beta
-        with torch.inference_mode():
-            return env_action(agent.dist(torch.from_numpy(obs).to(device)).mean.cpu().numpy(), low, high)
-
+    mean_policy = MeanPolicy(agent, None, low, high, env_action).to(device)  # the evaluation's policy, and --export's
     make_eval_env = partial(make_env, args)  # render_mode -> an env with the training wrappers
-    if args.eval_checkpoint:  # evaluate the saved policy; no training
-        run.evaluate(make_eval_env, act_deterministic)
+    if args.eval_checkpoint:  # evaluate the saved policy (or --export it); no training
+        run.evaluate_checkpoint(make_eval_env, mean_policy)
         return
 
     def on_episode(t: int, episodic_return: float, length: int) -> None:  # an episode ended at step t of the rollout
@@ -470,7 +470,7 @@ def main(args: Args) -> None:
         stats = ppo_update(update_step, batch, minibatch_size, args)
         stats["losses/explained_variance"] = explained_variance(batch.values, batch.returns)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s
-        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, act_deterministic)
+        run.end_iteration(iteration, global_step, stats, timings, make_eval_env, mean_policy.act)
     envs.close()
     run.close()
 

@@ -4,9 +4,11 @@ A training script holds its algorithm (Args, make_env, the networks, the loss, t
 rest from here, as CleanRL's scripts import `cleanrl_utils`:
 - the CLI and its one-line errors (`cli`), the argument and env checks that every script shares;
 - the run directory, metrics.json, timings.jsonl, logs/train.log, TensorBoard and W&B, checkpoints, `--resume`,
-  `--init-from`, evaluation and best-episode videos (`Run`).
-The envs' plumbing (vector envs, EnvPool, the observation and reward transforms) is envlib.py's; `--config` files are
-config.py's. To change the algorithm, edit its script; to change what every run writes, edit this file.
+  `--init-from`, evaluation and best-episode videos (`Run`), stopping on a signal (`safe_point`).
+- the update's minibatch step and the rollout's policy call, compiled (and on CUDA, graphed) with --compile.
+The deterministic policy that evaluation runs and `--export` writes is policylib.py's; the envs' plumbing (vector envs,
+EnvPool, the observation and reward transforms) is envlib.py's; `--config` files are config.py's. To change the
+algorithm, edit its script; to change what every run writes, edit this file.
 """
 
 import contextlib
@@ -35,8 +37,9 @@ import torch
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-from config import UsageError, config_flags, config_record, tyro_message
+from config import UsageError, atomic_write, config_flags, config_record, tyro_message
 from envlib import Array, StateDict
+from policylib import MeanPolicy, check_export, export_policy
 
 # gymnasium warns at every gym.make of a v4 MuJoCo env, in colour codes; the run's log says it once (version_note)
 warnings.filterwarnings("ignore", message=r".*The environment .* is out of date", category=DeprecationWarning)
@@ -44,7 +47,7 @@ warnings.filterwarnings("ignore", message=r".*The environment .* is out of date"
 CHECKPOINT_FORMAT = 2  # raised when what a checkpoint holds changes: an older file is refused, never misread
 RESUME_MAY_DIFFER: tuple[str, ...] = ("resume", "runs_dir", "cuda", "compile", "torch_threads", "vector_mode", "capture_video")
 RESUME_MAY_DIFFER += ("track", "config")  # how a run computes or was started, not what: a resume may change them
-EVAL_OWN = ("eval_checkpoint", "video_path", "eval_episodes", "env_backend")  # an evaluation's own (on gymnasium's env)
+EVAL_OWN = ("eval_checkpoint", "video_path", "export", "eval_episodes", "env_backend")  # an evaluation's own (gymnasium's env)
 # what the policy sees and is: --init-from needs a checkpoint with the same values (of those a script has)
 INIT_SAME: tuple[str, ...] = ("norm_obs", "clip_obs", "frame_skip", "grayscale", "resize", "frame_stack")
 INIT_SAME += ("hidden_sizes", "cnn_channels", "cnn_kernel_sizes", "cnn_strides", "cnn_feature_size", "shared_trunk")
@@ -83,6 +86,7 @@ class RunArgs(Protocol):
     checkpoint_every: int
     eval_checkpoint: str | None
     video_path: str | None
+    export: str | None
     track: bool
     wandb_project_name: str
     wandb_entity: str | None
@@ -293,13 +297,6 @@ def safe_point() -> None:
 
 
 # ---- the run directory ----
-
-
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
-    """write(temporary path), then rename: a reader, or a kill -9, never sees half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(
@@ -692,6 +689,16 @@ class Run:
                 self.capture_video = False
         return mean
 
+    def evaluate_checkpoint(self, make_eval_env: MakeEnv, policy: MeanPolicy) -> None:
+        """--eval-checkpoint: evaluate the saved policy; with --export, write it instead (the example observations are
+        the first evaluation episode's start), and nothing else."""
+        if not self.args.export:
+            self.evaluate(make_eval_env, policy.act)
+            return
+        with make_eval_env(None) as env:
+            obs = np.asarray(env.reset(seed=1_000_000 * (1 + self.args.seed))[0])
+        export_policy(policy, np.stack([obs, obs]), self.args.export)
+
     def flush(self) -> None:
         self.metrics_text = json.dumps(self.metrics, indent=1)
         atomic_write(self.dir / "metrics.json", lambda tmp: Path(tmp).write_text(self.metrics_text))
@@ -762,6 +769,7 @@ def cli(main: Callable[[A], object], args_type: type[A], algo: str, default: A |
         raise
     sys.stderr.write(captured.getvalue())
     try:
+        check_export(args.export, args.eval_checkpoint)
         if args.eval_checkpoint and default is None:
             names, own = {f.name for f in fields(args)}, RESUME_MAY_DIFFER + EVAL_OWN
             saved = load_checkpoint(args.eval_checkpoint, (algo,))["args"]

@@ -251,7 +251,7 @@ def rollout(module, T, N, env_id, max_episode_steps=None, backend="gymnasium", s
     obs_dim, act_dim = next_obs.shape[1], gym.make(env_id).action_space.shape[0]
     agent, norm = module.Agent(obs_dim, act_dim, (8,)), envlib.ObsNormalizer((obs_dim,), 10.0, enabled=False)
     buf = module.Rollout.empty(T, N, obs_dim, act_dim)
-    scaler, ended, low, high = envlib.RewardScaler(N, 0.99, 10.0, enabled=False), [], np.float32(-bound), np.float32(bound)
+    scaler, ended, low, high = envlib.RewardScaler(N, 0.99, 10.0, enabled=False), [], torch.tensor(-bound), torch.tensor(bound)
     with torch.inference_mode():
         next_obs = module.collect_rollout(
             envs,

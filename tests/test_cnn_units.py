@@ -12,7 +12,7 @@ from envlib import Episodes, RewardDelay, RewardScaler
 from runlib import Timings
 
 BRAKE = np.array([0.0, 0.0, 1.0], np.float32)  # a car that never moves: every frame costs 0.1
-LOW, HIGH = np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
+LOW, HIGH = torch.tensor([-1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 1.0])  # CarRacing's bounds, float32
 
 
 def carracing(module=ppo, **kwargs):

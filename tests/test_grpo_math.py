@@ -187,7 +187,7 @@ def rollout(backend="gymnasium", vector_mode="sync", max_steps=10**9, G=4, num_g
     steps; returns the GroupRollout and the episodes reported as (steps into the rollout, return, length)."""
     args = SimpleNamespace(env_id="Hopper-v4", max_episode_steps=40, num_groups=num_groups, group_size=G)
     members, episodes = grpo.make_members(SimpleNamespace(**vars(args), env_backend=backend, vector_mode=vector_mode)), []
-    obs_norm, seeds, bound = ObsNormalizer((11,), 10.0), [11 * (g + 1) for g in range(num_groups)], np.ones(3, np.float32)
+    obs_norm, seeds, bound = ObsNormalizer((11,), 10.0), [11 * (g + 1) for g in range(num_groups)], torch.ones(3)
     with torch.inference_mode(), torch.random.fork_rng():
         torch.manual_seed(0)
         policy, on_episode = grpo.Agent(11, 3, (16,)).sample, lambda *e: episodes.append(e)
