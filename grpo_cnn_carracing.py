@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Beta
 
+import runlib  # the update step, the policy call, where a signal may stop the run
 from envlib import Array, LiveMembers, RewardDelay, vector_env
 from grpo_continuous import group_advantages, group_seeds, group_stats, k3_kl, kept_groups  # GRPO's math, as on vectors
 from pixels import Frames, FramesEnvPool
@@ -34,19 +35,7 @@ from ppo_cnn_carracing import (
     env_action,
     mlp,
 )
-from runlib import (
-    Run,
-    Timings,
-    UsageError,
-    check_arg_ranges,
-    check_env,
-    cli,
-    lr_factor,
-    make_update_step,
-    policy_call,
-    safe_point,
-    setup_torch,
-)
+from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, lr_factor, setup_torch
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 
@@ -301,7 +290,7 @@ def collect_group_rollouts(
         mask_rows.append(alive.astype(np.float32))
         t0 = time.perf_counter()
         obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high).numpy())
-        safe_point()  # a signal stops the run here, losing only this iteration (runlib)
+        runlib.safe_point()  # a signal stops the run here, losing only this iteration
         timings.env_step_s += time.perf_counter() - t0
         reward = np.where(alive, reward, 0.0)
         episode_return += reward
@@ -367,8 +356,8 @@ def main(args: Args) -> None:
     def on_episode(steps: int, episodic_return: float, length: int) -> None:  # it ended `steps` env steps into the rollout
         run.episode(global_step + steps, episodic_return, length)
 
-    policy = policy_call(agent.sample, args, device)  # on CUDA with --compile: a CUDA graph
-    update_step = make_update_step(agent, optimizer, grpo_loss, args)
+    policy = runlib.policy_call(agent.sample, args, device)  # on CUDA with --compile: a CUDA graph
+    update_step = runlib.make_update_step(agent, optimizer, grpo_loss, args)
     members = make_members(args)
 
     global_step = run.global_step

@@ -23,23 +23,11 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
+import runlib  # the update step, the policy call, where a signal may stop the run
 from envlib import Array, EnvPoolVectorEnv, LiveMembers, ObsNormalizer, RewardDelay, vector_env
 from policylib import MeanPolicy
 from ppo_continuous import check_spaces, env_action, mlp  # GRPO's policy is PPO's actor
-from runlib import (
-    Run,
-    Timings,
-    UsageError,
-    check_arg_ranges,
-    check_env,
-    cli,
-    fast_render,
-    lr_factor,
-    make_update_step,
-    policy_call,
-    safe_point,
-    setup_torch,
-)
+from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, fast_render, lr_factor, setup_torch
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 
@@ -336,7 +324,7 @@ def collect_group_rollouts(
         mask_rows.append(alive.astype(np.float32))
         t0 = time.perf_counter()
         obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high).numpy())
-        safe_point()  # a signal stops the run here, losing only this iteration (runlib)
+        runlib.safe_point()  # a signal stops the run here, losing only this iteration
         timings.env_step_s += time.perf_counter() - t0
         reward = np.where(alive, reward, 0.0)
         episode_return += reward
@@ -415,8 +403,8 @@ def main(args: Args) -> None:
     def on_episode(steps: int, episodic_return: float, length: int) -> None:  # it ended `steps` env steps into the rollout
         run.episode(global_step + steps, episodic_return, length)
 
-    policy = policy_call(agent.sample, args, device)  # on CUDA with --compile: a CUDA graph
-    update_step = make_update_step(agent, optimizer, grpo_loss, args)
+    policy = runlib.policy_call(agent.sample, args, device)  # on CUDA with --compile: a CUDA graph
+    update_step = runlib.make_update_step(agent, optimizer, grpo_loss, args)
     members = make_members(args)
 
     global_step = run.global_step

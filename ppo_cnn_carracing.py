@@ -21,22 +21,11 @@ import torch
 import torch.nn as nn
 from torch.distributions import Beta
 
+import runlib  # the update step, the policy call, where a signal may stop the run
 from envlib import Array, Episodes, RewardDelay, RewardScaler, VectorEnv, reset_seed, vector_env
 from pixels import FrameArgs, Frames, FramesEnvPool
 from policylib import MeanPolicy
-from runlib import (
-    Run,
-    Timings,
-    UsageError,
-    check_arg_ranges,
-    check_env,
-    cli,
-    lr_factor,
-    make_update_step,
-    policy_call,
-    safe_point,
-    setup_torch,
-)
+from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, lr_factor, setup_torch
 
 ALGO = Path(__file__).stem  # the script's name: a copy of it names its runs and checkpoints after itself
 Layer = TypeVar("Layer", nn.Linear, nn.Conv2d)
@@ -372,7 +361,7 @@ def collect_rollout(
         rollout.actions[t] = action = policy(torch.from_numpy(rollout.obs[t]))  # a tensor: the clip below takes it
         t1 = time.perf_counter()
         next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high).numpy())
-        safe_point()  # a signal stops the run here, losing only this iteration (runlib)
+        runlib.safe_point()  # a signal stops the run here, losing only this iteration
         timings.policy_forward_s += t1 - t0
         timings.env_step_s += time.perf_counter() - t1
         done = terminated | truncated
@@ -445,8 +434,8 @@ def main(args: Args) -> None:
     def on_episode(t: int, episodic_return: float, length: int) -> None:  # an episode ended at step t of the rollout
         run.episode(global_step + (t + 1) * args.num_envs, episodic_return, length)
 
-    policy = policy_call(agent.sample, args, device)  # on CUDA with --compile: a CUDA graph
-    update_step = make_update_step(agent, optimizer, ppo_loss, args)
+    policy = runlib.policy_call(agent.sample, args, device)  # on CUDA with --compile: a CUDA graph
+    update_step = runlib.make_update_step(agent, optimizer, ppo_loss, args)
     envs = make_vector_env(args)
     # A resumed run cannot restore the envs' internal state: it starts new episodes from new seeds.
     next_obs, _ = envs.reset(seed=reset_seed(args.seed, run.iteration))

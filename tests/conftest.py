@@ -217,7 +217,7 @@ def poison_update(monkeypatch, module, at_call=3):
     """Make the module's update (ppo_update or grpo_update) fill the agent's first parameter with NaN on its
     `at_call`-th call."""
     name = "grpo_update" if hasattr(module, "grpo_update") else "ppo_update"
-    real_make, real_update, agents, calls = module.make_update_step, getattr(module, name), [], []
+    real_make, real_update, agents, calls = module.runlib.make_update_step, getattr(module, name), [], []
 
     def make_update_step(agent, *args):
         agents.append(agent)
@@ -231,7 +231,7 @@ def poison_update(monkeypatch, module, at_call=3):
                 next(agents[-1].parameters()).fill_(float("nan"))
         return stats
 
-    monkeypatch.setattr(module, "make_update_step", make_update_step)
+    monkeypatch.setattr(module.runlib, "make_update_step", make_update_step)  # shared: runlib.py
     monkeypatch.setattr(module, name, update)
 
 

@@ -18,19 +18,15 @@ real_safe_point = runlib.safe_point
 sent = []
 
 
-def at(where: str):
-    def safe_point():
-        caller = sys._getframe(1).f_code.co_name  # runlib's update_step and run_episode share its safe_point
-        here = where if where == "rollout" else {"update_step": "update", "run_episode": "eval"}.get(caller)
-        if here == point and not sent and runlib.STOP.run is not None and runlib.STOP.run.global_step >= step:
-            sent.append(here)
-            os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
-        real_safe_point()
-
-    return safe_point
+def safe_point():
+    caller = sys._getframe(1).f_code.co_name  # runlib's update_step and run_episode, or a script's rollout
+    here = {"update_step": "update", "run_episode": "eval"}.get(caller, "rollout")
+    if here == point and not sent and runlib.STOP.run is not None and runlib.STOP.run.global_step >= step:
+        sent.append(here)
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
+    real_safe_point()
 
 
-module.safe_point = at("rollout")  # the script's rollout calls it by this name
-runlib.safe_point = at("runlib")
+runlib.safe_point = safe_point  # the scripts call runlib.safe_point(), and runlib's own functions safe_point()
 sys.argv = [f"{script}.py", *sys.argv[5:]]
 module.cli(module.main, module.Args, module.ALGO)

@@ -119,7 +119,7 @@ def run_update(agent, batch, **overrides):
     args = SimpleNamespace(**{**UPDATE_ARGS, **overrides})
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(3e-3), eps=1e-5, fused=True)
     torch.manual_seed(1)
-    return grpo.grpo_update(grpo.make_update_step(agent, optimizer, grpo.grpo_loss, args), batch, args), optimizer
+    return grpo.grpo_update(grpo.runlib.make_update_step(agent, optimizer, grpo.grpo_loss, args), batch, args), optimizer
 
 
 def reference_update(agent, batch, args):
@@ -174,7 +174,7 @@ def test_compiled_update_gives_the_same_parameters_as_eager():
     eager_stats, _ = run_update(agent, batch, update_epochs=1, minibatch_size=64)
     compiled_stats, _ = run_update(compiled, batch, update_epochs=1, minibatch_size=64, compile=True)
     args = SimpleNamespace(**{**UPDATE_ARGS, "compile": True})
-    step = grpo.make_update_step(agent, None, grpo.grpo_loss, args)
+    step = grpo.runlib.make_update_step(agent, None, grpo.grpo_loss, args)
     graphs = [c.cell_contents for c in step.__closure__ if hasattr(c.cell_contents, "_torchdynamo_orig_callable")]
     assert len(graphs) == 2  # the loss (with its backward) and the clipped Adam step
     for p, q in zip(agent.parameters(), compiled.parameters()):

@@ -188,7 +188,7 @@ def run_update(agent, batch, **overrides):
     args = SimpleNamespace(**{**UPDATE_ARGS, **overrides})
     optimizer = torch.optim.Adam(agent.parameters(), lr=torch.tensor(3e-3), eps=1e-5, fused=True)
     torch.manual_seed(1)
-    step = ppo.make_update_step(agent, optimizer, ppo.ppo_loss, args)
+    step = ppo.runlib.make_update_step(agent, optimizer, ppo.ppo_loss, args)
     return ppo.ppo_update(step, batch, args.minibatch_size, args), optimizer
 
 
@@ -220,7 +220,7 @@ def test_compiled_update_gives_the_same_parameters_as_eager():
     eager_stats, _ = run_update(agent, batch, update_epochs=1)
     compiled_stats, _ = run_update(compiled, batch, update_epochs=1, compile=True)
     args = SimpleNamespace(**{**UPDATE_ARGS, "compile": True})
-    step = ppo.make_update_step(agent, None, ppo.ppo_loss, args)
+    step = ppo.runlib.make_update_step(agent, None, ppo.ppo_loss, args)
     graphs = [c.cell_contents for c in step.__closure__ if hasattr(c.cell_contents, "_torchdynamo_orig_callable")]
     assert len(graphs) == 2  # the loss (with its backward) and the clipped Adam step
     for p, q in zip(agent.parameters(), compiled.parameters()):

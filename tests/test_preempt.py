@@ -113,4 +113,4 @@ def test_every_rollout_has_a_safe_point_after_its_env_step(script):
     """The update's and evaluation's safe points are runlib's, shared; each script's rollout calls its own."""
     lines = (ROOT / f"{script}.py").read_text().splitlines()
     (i,) = [i for i, line in enumerate(lines) if ".step(env_action(" in line]
-    assert lines[i + 1].strip().startswith("safe_point()")
+    assert lines[i + 1].strip().startswith("runlib.safe_point()")
