@@ -428,11 +428,12 @@ def test_a_slurm_task_signalled_before_its_time_limit_requeues_itself_and_its_ru
     (state,) = [p for p in (runs / "_benchmark").iterdir() if p.name != "logs"]
     while time.time() < deadline and "requeued" not in "".join(p.read_text() for p in state.glob("slurm-*.out")):
         time.sleep(0.2)
-    # Slurm holds a requeued job ~2 min before it may start again; the test does not wait for that
-    subprocess.run(["scontrol", "update", f"JobId={job}_1", "StartTime=now"], env=env, check=True)
+    # Slurm holds a requeued job ~2 min before it may start again; the test lifts the hold, again until the task is
+    # back in the queue (an update while the requeue is still under way does not hold)
     log_file = runs / "_benchmark" / "logs" / f"{run_dir.name}.log"
     while time.time() < deadline + 150 and "resuming" not in log_file.read_text():  # squeue may miss a task in requeue
-        time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"JobId={job}_1", "StartTime=now"], env=env, capture_output=True)
+        time.sleep(1)
     wait_for_jobs([job], env)
     log = log_file.read_text()
     assert "SIGUSR1: stopped; latest.pt holds step" in log and "resuming" in log, log
