@@ -71,18 +71,20 @@ die() { echo "error: $*" >&2; exit 2; }
 # Runs line $2 of $1/commands.txt and records its exit status: what each local worker and each
 # Slurm array task does, so both run the very same lines.
 run_line() {
-    local state=$1 i=$2 line rc pid signalled
+    local state=$1 i=$2 line rc pid signalled forwarded=
     line=$(sed -n "${i}p" "$state/commands.txt")
     [[ -n $line ]] || { echo "error: no line $i in $state/commands.txt" >&2; exit 2; }
     # The run in the background, this shell waiting: Slurm's --signal=B:USR1 comes to this shell alone and is passed
     # on to the run; a preemption's or time limit's SIGTERM comes to every process, which the shells outlive.
     bash -c "trap : TERM USR1; $line" &
     pid=$!
-    trap 'signalled=1; pkill -USR1 -P "$pid"' USR1
+    trap 'signalled=1; forwarded=1; pkill -USR1 -P "$pid"' USR1
     trap 'signalled=1' TERM
     while signalled=; wait "$pid"; rc=$?; [[ -n $signalled ]] && ((rc > 128)); do :; done  # a trap cuts `wait` short
     echo "$rc" > "$state/rc/$i.tmp" && mv "$state/rc/$i.tmp" "$state/rc/$i"
-    if ((rc == 75)) && [[ -n ${SLURM_JOB_ID:-} ]]; then  # stopped by a signal, resumable: back in the queue
+    # Stopped by a signal, resumable: back in the queue. So is a run that the USR1 passed on killed (exit 138) before
+    # it could catch it, while it was starting: it had nothing unsaved.
+    if { ((rc == 75)) || { [[ -n $forwarded ]] && ((rc == 138)); }; } && [[ -n ${SLURM_JOB_ID:-} ]]; then
         scontrol requeue "$SLURM_JOB_ID" && echo "requeued Slurm job $SLURM_JOB_ID: the run resumes when it starts again"
     fi
     exit $((rc == 255 ? 1 : rc))  # 255 would stop xargs

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -442,3 +443,32 @@ def test_a_slurm_task_signalled_before_its_time_limit_requeues_itself_and_its_ru
     rows = [json.loads(line) for line in (run_dir / "timings.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == list(range(1, 11))  # 10 iterations of 2,048 steps, each once
     assert (state / "rc" / "1").read_text().strip() == "0"
+
+
+@pytest.mark.parametrize(
+    "run, requeued",
+    [
+        ("trap 'exit 75' USR1; touch started; sleep 30 & wait", True),  # it caught the signal, saved and exited 75
+        ("touch started; exec sleep 30", True),  # the signal killed it before it could catch it (exit 138)
+        ("trap 'exit 3' USR1; touch started; sleep 30 & wait", False),  # a failure is not requeued
+    ],
+)
+def test_a_slurm_task_passes_usr1_to_its_run_and_requeues_what_the_signal_stopped(tmp_path, run, requeued):
+    """run_line under Slurm (a fake scontrol): the batch shell passes USR1 on to the run and requeues the task when the
+    signal stopped the run, and only then."""
+    state, bin_dir = tmp_path / "state", tmp_path / "bin"
+    (state / "rc").mkdir(parents=True)
+    bin_dir.mkdir()
+    (state / "commands.txt").write_text(f"cd {tmp_path} && bash -c {shlex.quote(run)}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/scontrol.args\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "41"}
+    task = subprocess.Popen(["bash", str(ROOT / "benchmark.sh"), "--run-line", str(state), "1"], env=env)
+    while not (tmp_path / "started").exists():
+        time.sleep(0.05)
+    time.sleep(0.2)  # the run is sleeping
+    task.send_signal(signal.SIGUSR1)
+    rc = task.wait(timeout=20)
+    assert (state / "rc" / "1").read_text().strip() == str(rc)
+    assert ((tmp_path / "scontrol.args").read_text().split() == ["requeue", "41"]) if requeued else rc == 3
+    assert (tmp_path / "scontrol.args").exists() == requeued
