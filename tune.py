@@ -41,7 +41,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from config import INVOCATION, UsageError, config_flags, field_kind, parse_flags, read_file, tyro_message, value_flags
-from runlib import RunArgs, atomic_write
+from runlib import EXIT_INTERRUPTED, RunArgs, atomic_write
 
 ROOT = Path(__file__).resolve().parent
 SET_BY_TUNE = ("seed", "exp_name", "runs_dir", "resume", "eval_checkpoint")  # each trial's own
@@ -194,6 +194,9 @@ def run_trial(trial: optuna.Trial, study: Study, args: Args, base: RunArgs, args
             report_evaluations(trial, run_dirs, base.eval_every, reported)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"trial {trial.number} pruned at step {max(reported)}")
+    except KeyboardInterrupt:  # Ctrl-C reached the runs too: each saves its last whole iteration and exits 75
+        trial.set_user_attr("interrupted", True)
+        raise
     finally:
         for p in procs:
             if p.poll() is None:
@@ -204,6 +207,9 @@ def run_trial(trial: optuna.Trial, study: Study, args: Args, base: RunArgs, args
     failed = [(seed, p.returncode) for seed, p in zip(study.seeds, procs) if p.returncode]
     if failed:
         seed, rc = failed[0]
+        if all(rc == EXIT_INTERRUPTED for _, rc in failed):  # stopped by a signal, saved: recover() runs it again
+            trial.set_user_attr("interrupted", True)
+            raise RuntimeError(f"trial {trial.number}: a signal stopped seed {seed}'s run; the next start resumes it")
         raise RuntimeError(f"trial {trial.number}: seed {seed} exited with {rc}: see {study_dir}/logs/{name}__seed{seed}.log")
     finals = [json.loads((d / "metrics.json").read_text())["eval"]["mean_return"][-1] for d in run_dirs]
     trial.set_user_attr("final_returns", finals)
@@ -242,11 +248,21 @@ def open_study(args: Args, study: Study, study_dir: Path) -> optuna.Study:
 
 
 def recover(opened: optuna.Study) -> None:
-    """Trials left running by a killed tune.py fail, and run again with their values: their runs resume."""
-    for trial in opened.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        opened.tell(trial.number, state=TrialState.FAIL)
-        opened.enqueue_trial(trial.params, user_attrs={"run": trial.user_attrs.get("run", f"trial{trial.number:04d}")})
-        print(f"trial {trial.number} was cut short: it runs again, its runs resume from their checkpoints", flush=True)
+    """Trials left running by a killed tune.py fail, and run again with their values: their runs resume. So do trials
+    whose runs a signal stopped (exit 75), once."""
+    trials = opened.get_trials(deepcopy=False)
+    for trial in trials:
+        run = trial.user_attrs.get("run", f"trial{trial.number:04d}")
+        if trial.state == TrialState.RUNNING:
+            opened.tell(trial.number, state=TrialState.FAIL)
+            print(f"trial {trial.number} was cut short: it runs again, its runs resume from their checkpoints", flush=True)
+        elif trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
+            if any(t.number > trial.number and t.user_attrs.get("run") == run for t in trials):
+                continue  # it ran again already
+            print(f"trial {trial.number} was stopped by a signal: it runs again, its runs resume", flush=True)
+        else:
+            continue
+        opened.enqueue_trial(trial.params, user_attrs={"run": run})
 
 
 def finished(opened: optuna.Study) -> int:

@@ -101,6 +101,35 @@ def test_a_killed_study_resumes_and_the_cut_trials_runs_resume_from_their_checkp
     assert resumed >= 1  # a cut run went on from its checkpoint instead of starting again
 
 
+def test_a_trial_whose_run_a_signal_stopped_runs_again_at_the_next_start_and_its_run_resumes(tmp_path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    study_dir = tmp_path / "study"
+    args = ("--n-trials", 1, "--workers", 1, "--pruner", "none")
+    flags = ["--total-timesteps", 3072, "--update-epochs", 4]
+    proc = tune(study_dir, tmp_path / "space.yaml", *args, flags=flags, wait=False)
+    deadline = time.time() + 300
+    while not list((study_dir / "runs").glob("*/checkpoints/latest.pt")):  # the run is under way
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode() if proc.stdout else ""
+        time.sleep(0.2)
+    subprocess.run(["pkill", "-TERM", "-f", "--", f"--exp-name trial0000 --runs-dir {study_dir}/runs"], check=True)
+    out = proc.communicate(timeout=300)[0].decode()
+    assert "a signal stopped seed 1's run; the next start resumes it" in out, out
+    (stopped,) = load(study_dir).trials
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["interrupted"]
+
+    again = tune(study_dir, tmp_path / "space.yaml", *args, flags=flags)
+    assert again.returncode == 0 and "trial 0 was stopped by a signal: it runs again" in again.stdout, again.stdout
+    rerun = load(study_dir).trials[1]
+    assert rerun.state == TrialState.COMPLETE and rerun.params == stopped.params and rerun.user_attrs["run"] == "trial0000"
+    run_dir = study_dir / "runs" / "Pendulum-v1__trial0000__seed1"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["completed"] and metrics["eval"]["global_step"] == [256 * i for i in range(1, 13)]
+    assert "SIGTERM: stopped" in (run_dir / "logs" / "train.log").read_text()
+    assert "resuming" in (run_dir / "logs" / "train.log").read_text()
+    third = tune(study_dir, tmp_path / "space.yaml", *args, flags=flags)  # it ran again once: nothing more
+    assert third.returncode == 0 and "stopped by a signal" not in third.stdout and len(load(study_dir).trials) == 2
+
+
 def test_a_trial_made_to_be_bad_is_pruned(tmp_path):
     """Pendulum pays at most 0 per step: 200-step episodes score far below 10-step ones at every evaluation."""
     (tmp_path / "space.yaml").write_text("max_episode_steps: [10, 200]\n")
