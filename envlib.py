@@ -1,9 +1,8 @@
 """The envs' plumbing, written once for every training script (as PureJaxRL's wrappers.py): gymnasium vector envs with
 SAME_STEP autoreset, the EnvPool adapter, GRPO's group members, the episodes in flight, the reset seed of a resumed run,
 and the batch transforms of observations and rewards (running normalization, reward scaling, delayed rewards).
-They are numpy (a torch call would cost 10x on every env step), but for the observation normalization: its formula is
-torch's once (normalize_obs), which the rollout, evaluation and --export share. The run itself (directory, checkpoints,
-evaluation, the CLI) is runlib.py's.
+Their math is in torch, written once: the observation normalization (normalize_obs) is the rollout's, the
+evaluation's and --export's. The run itself (directory, checkpoints, evaluation, the CLI) is runlib.py's.
 """
 
 import math
@@ -135,25 +134,29 @@ def reset_seed(seed: int, iteration: int) -> int:
 
 
 class RunningMeanStd:
-    """Running mean and variance of batches (Chan et al.), float64."""
+    """Running mean and variance of batches (Chan et al.), float64 tensors."""
 
     def __init__(self, shape: tuple[int, ...] = ()) -> None:
-        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), 1e-4
+        self.mean, self.var = torch.zeros(shape, dtype=torch.float64), torch.ones(shape, dtype=torch.float64)
+        self.count = 1e-4
 
-    def update(self, x: Array) -> None:
-        n, add = x.shape[0], np.add.reduce  # not x.mean()/x.var(): their wrappers cost more than the math on a few rows
-        batch_mean = add(x, 0) / n
-        delta, total, centered = batch_mean - self.mean, self.count + n, x - batch_mean
-        m2 = self.var * self.count + add(centered * centered, 0) + delta * delta * (self.count * n / total)
-        self.mean = self.mean + delta * (n / total)
-        self.var = m2 / total
+    def update(self, x: torch.Tensor) -> None:
+        """Takes in a batch of rows (the envs of one step)."""
+        n, total = x.shape[0], self.count + x.shape[0]
+        batch_var, batch_mean = torch.var_mean(x.double(), 0, correction=0)
+        delta = batch_mean - self.mean
+        self.mean = torch.add(self.mean, delta, alpha=n / total)
+        # (count * var + n * batch_var + delta^2 * count * n / total) / total, in three fused calls
+        self.var = (self.var * (self.count / total)).add_(batch_var, alpha=n / total)
+        self.var.addcmul_(delta, delta, value=self.count * n / total**2)
         self.count = total
 
-    def state_dict(self) -> StateDict:  # tensors, which a weights_only checkpoint can hold
-        return {"mean": torch.as_tensor(self.mean), "var": torch.as_tensor(self.var), "count": self.count}
+    def state_dict(self) -> StateDict:
+        return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count}
 
     def load_state_dict(self, state: StateDict) -> None:
-        self.mean, self.var, self.count = state["mean"].numpy(), state["var"].numpy(), float(state["count"])
+        self.mean, self.var = state["mean"].double().clone(), state["var"].double().clone()
+        self.count = float(state["count"])
 
 
 def normalize_obs(obs: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, clip: float, enabled: bool) -> torch.Tensor:
@@ -171,19 +174,19 @@ class ObsNormalizer(RunningMeanStd):
         super().__init__(shape)
         self.clip, self.enabled, self.frozen = clip, enabled, frozen
 
-    def __call__(self, obs: Array, update: bool = False) -> Array:
-        """The rollout's call, on numpy: the statistics take the batch in first (update), then normalize it."""
+    def __call__(self, obs: torch.Tensor, update: bool = False) -> torch.Tensor:
+        """The rollout's call: the statistics take the batch in first (update), then normalize it."""
         if self.enabled and update and not self.frozen:
             self.update(obs)
-        return self.normalize(torch.from_numpy(obs)).numpy()
+        return self.normalize(obs)
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         """With the statistics of now (they change as the run trains)."""
-        return normalize_obs(obs, torch.from_numpy(self.mean), torch.from_numpy(self.var), self.clip, self.enabled)
+        return normalize_obs(obs, self.mean, self.var, self.clip, self.enabled)
 
     def freeze(self) -> "FrozenObsNorm":
         """The normalization with a copy of the statistics of now, as a module's buffers: what --export writes."""
-        return FrozenObsNorm(torch.tensor(self.mean), torch.tensor(self.var), self.clip, self.enabled)
+        return FrozenObsNorm(self.mean.clone(), self.var.clone(), self.clip, self.enabled)
 
 
 class FrozenObsNorm(nn.Module):
@@ -206,16 +209,17 @@ class RewardScaler:
     """CleanRL's reward scaling: each reward over the running std of the discounted return, which takes it in first."""
 
     def __init__(self, num_envs: int, gamma: float, clip: float, enabled: bool = True) -> None:
-        self.rms, self.returns = RunningMeanStd(), np.zeros(num_envs)
+        self.rms, self.returns = RunningMeanStd(), torch.zeros(num_envs, dtype=torch.float64)
         self.gamma, self.clip, self.enabled = gamma, clip, enabled
 
-    def __call__(self, rewards: Array, dones: Array) -> Array:
+    def __call__(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+        """rewards (N,), dones (N,) bool -> the scaled rewards, float32."""
         if not self.enabled:
-            return rewards.astype(np.float32)
-        self.returns = self.returns * self.gamma + rewards
+            return rewards.float()
+        self.returns.mul_(self.gamma).add_(rewards)
         self.rms.update(self.returns)
-        self.returns[dones] = 0.0
-        return np.minimum(np.maximum(rewards / np.sqrt(self.rms.var + 1e-8), -self.clip), self.clip).astype(np.float32)
+        self.returns.masked_fill_(dones, 0.0)
+        return (rewards / torch.sqrt(self.rms.var + 1e-8)).clamp_(-self.clip, self.clip).float()
 
     def state_dict(self) -> StateDict:
         return {"rms": self.rms.state_dict()}
@@ -223,7 +227,7 @@ class RewardScaler:
     def load_state_dict(self, state: StateDict) -> None:
         """The statistics only: a resumed run's envs start new episodes, whose discounted returns start at 0."""
         self.rms.load_state_dict(state["rms"])
-        self.returns = np.zeros_like(self.returns)
+        self.returns = torch.zeros_like(self.returns)
 
 
 class RewardDelay:
@@ -233,20 +237,25 @@ class RewardDelay:
 
     def __init__(self, num_envs: int, delay: int | Literal["episode"]) -> None:
         self.every = math.inf if delay == "episode" else delay
-        self.held, self.steps = np.zeros(num_envs), np.zeros(num_envs, np.int64)
+        self.held = torch.zeros(num_envs, dtype=torch.float64)
+        self.steps = torch.zeros(num_envs, dtype=torch.int64)
 
-    def __call__(self, rewards: Array, dones: Array) -> Array:
+    def __call__(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
+        """rewards (N,), dones (N,) bool -> what is paid at this step, float64."""
+        if self.every == 1:  # no delay: each step pays its own reward
+            return rewards.double()
         self.held += rewards
         self.steps += 1
         pay = dones | (self.steps >= self.every)
-        paid = np.where(pay, self.held, 0.0)
-        self.held[pay], self.steps[pay] = 0.0, 0
+        paid = torch.where(pay, self.held, 0.0)
+        self.held.masked_fill_(pay, 0.0)
+        self.steps.masked_fill_(pay, 0)
         return paid
 
     @staticmethod
-    def of_episodes(rewards: Array, mask: Array, delay: int | Literal["episode"]) -> Array:
+    def of_episodes(rewards: torch.Tensor, mask: torch.Tensor, delay: int | Literal["episode"]) -> torch.Tensor:
         """The delayed rewards of a (T, M) rollout of M episodes that start at t = 0 (GRPO's members): mask[t, m] = 1
         while m's runs; its last step (an end, or the budget's cut) pays what is held."""
-        ends = mask * (1 - np.concatenate([mask[1:], np.zeros_like(mask[:1])])) > 0
+        ends = mask * (1 - torch.cat([mask[1:], torch.zeros_like(mask[:1])])) > 0
         paid = RewardDelay(mask.shape[1], delay)
-        return np.stack([paid(step_rewards, step_ends) for step_rewards, step_ends in zip(rewards * mask, ends)])
+        return torch.stack([paid(step_rewards, step_ends) for step_rewards, step_ends in zip(rewards * mask, ends)])

@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.distributions import Normal
 
 import runlib  # the update step, the policy call, where a signal may stop the run
-from envlib import Array, EnvPoolVectorEnv, LiveMembers, ObsNormalizer, RewardDelay, vector_env
+from envlib import EnvPoolVectorEnv, LiveMembers, ObsNormalizer, RewardDelay, vector_env
 from policylib import MeanPolicy
 from ppo_continuous import check_spaces, env_action, mlp  # GRPO's policy is PPO's actor
 from runlib import Run, Timings, UsageError, check_arg_ranges, check_env, cli, fast_render, lr_factor, setup_torch
@@ -305,39 +305,39 @@ def collect_group_rollouts(
     are trained on but not reported to on_episode(steps into the rollout, return, length)."""
     M = len(seeds) * group_size
     obs, _ = members.reset(seed=[seeds[m // group_size] for m in range(M)])
-    alive = np.ones(M, bool)
-    episode_return = np.zeros(M)
-    x = np.zeros((M, obs.shape[1]), np.float32)  # the policy's input: every member's normalized observation
-    obs_rows: list[Array] = []
-    action_rows: list[Array] = []
-    reward_rows: list[Array] = []
-    mask_rows: list[Array] = []
+    alive = torch.ones(M, dtype=torch.bool)
+    episode_return = torch.zeros(M, dtype=torch.float64)
+    x = torch.zeros(M, obs.shape[1])  # the policy's input: every member's normalized observation
+    obs_rows: list[torch.Tensor] = []
+    action_rows: list[torch.Tensor] = []
+    reward_rows: list[torch.Tensor] = []
+    mask_rows: list[torch.Tensor] = []
     steps = 0
     while alive.any() and steps < max_steps:
-        live = np.flatnonzero(alive)
-        x[live] = obs_norm(obs[live], update=True)  # an ended member keeps its last row: it is masked
+        live = alive.nonzero()[:, 0]
+        x[live] = obs_norm(torch.from_numpy(obs)[live], update=True)  # an ended member keeps its last row: it is masked
         t0 = time.perf_counter()
-        action = policy(torch.from_numpy(x))  # a tensor: the clip below takes it
+        action = policy(x)  # a tensor: the clip below takes it
         timings.policy_forward_s += time.perf_counter() - t0
-        obs_rows.append(x.copy())
-        action_rows.append(action.numpy())
-        mask_rows.append(alive.astype(np.float32))
+        obs_rows.append(x.clone())
+        action_rows.append(action)
+        mask_rows.append(alive.float())
         t0 = time.perf_counter()
         obs, reward, terminated, truncated, _ = members.step(env_action(action, low, high).numpy())
         runlib.safe_point()  # a signal stops the run here, losing only this iteration
         timings.env_step_s += time.perf_counter() - t0
-        reward = np.where(alive, reward, 0.0)
-        episode_return += reward
-        reward_rows.append(reward.astype(np.float32))
-        for k in np.flatnonzero((terminated | truncated)[live]).tolist():
+        paid = torch.where(alive, torch.from_numpy(reward), 0.0)
+        episode_return += paid
+        reward_rows.append(paid.float())
+        for k in torch.from_numpy(terminated | truncated)[live].nonzero()[:, 0].tolist():
             alive[live[k]] = False
-            on_episode(steps + k + 1, float(episode_return[live[k]]), len(mask_rows))
+            on_episode(steps + k + 1, episode_return[live[k]].item(), len(mask_rows))
         steps += len(live)
     return GroupRollout(
-        obs=torch.from_numpy(np.stack(obs_rows)),
-        actions=torch.from_numpy(np.stack(action_rows)),
-        rewards=torch.from_numpy(np.stack(reward_rows)),
-        mask=torch.from_numpy(np.stack(mask_rows)),
+        obs=torch.stack(obs_rows),
+        actions=torch.stack(action_rows),
+        rewards=torch.stack(reward_rows),
+        mask=torch.stack(mask_rows),
     )
 
 
@@ -366,9 +366,9 @@ def make_group_batch(agent: Agent, ref_agent: Agent, rollout: GroupRollout, args
     each), and the group-relative advantages."""
     kept = kept_groups(rollout.rewards, args.group_size) if args.drop_equal_groups else torch.ones(rollout.mask.shape[1])
     valid = (rollout.mask * kept).view(-1) > 0
-    paid = RewardDelay.of_episodes(rollout.rewards.numpy(), rollout.mask.numpy(), args.reward_delay)  # as trained on
+    paid = RewardDelay.of_episodes(rollout.rewards, rollout.mask, args.reward_delay)  # as trained on
     advantages = group_advantages(
-        torch.from_numpy(paid), rollout.mask, args.group_size, args.adv_mode, args.gamma, args.adv_norm, args.adv_baseline
+        paid, rollout.mask, args.group_size, args.adv_mode, args.gamma, args.adv_norm, args.adv_baseline
     )
     obs = rollout.obs.flatten(0, 1)[valid].to(device)
     actions = rollout.actions.flatten(0, 1)[valid].to(device)

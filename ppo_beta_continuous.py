@@ -276,18 +276,17 @@ def ppo_update(update_step: UpdateStep, batch: Batch, minibatch_size: int, args:
 class Rollout:
     """T steps of N envs, filled in place by collect_rollout."""
 
-    obs: Array  # (T, N, obs_dim) float32, normalized
-    actions: Array  # (T, N, act_dim) float32, the samples in (0, 1)
-    rewards: Array  # (T, N) float32, scaled
-    dones: Array  # (T, N): the episode ended at step t (its next observation is a reset's)
-    terminations: Array  # (T, N): it ended in a terminal state, worth 0 after it
-    final_obs: dict[tuple[int, int], Array]  # (t, env) -> the normalized final observation of an episode that ended at t
+    obs: torch.Tensor  # (T, N, obs_dim) float32, normalized
+    actions: torch.Tensor  # (T, N, act_dim) float32, the samples in (0, 1)
+    rewards: torch.Tensor  # (T, N) float32, scaled
+    dones: torch.Tensor  # (T, N): the episode ended at step t (its next observation is a reset's)
+    terminations: torch.Tensor  # (T, N): it ended in a terminal state, worth 0 after it
+    final_obs: dict[tuple[int, int], torch.Tensor]  # (t, env) -> the normalized final observation of an episode ended at t
 
     @staticmethod
     def empty(T: int, N: int, obs_dim: int, act_dim: int) -> "Rollout":
-        zeros = partial(np.zeros, (T, N), np.float32)
-        obs = np.zeros((T, N, obs_dim), np.float32)
-        actions = np.zeros((T, N, act_dim), np.float32)
+        zeros = partial(torch.zeros, (T, N))
+        obs, actions = torch.zeros(T, N, obs_dim), torch.zeros(T, N, act_dim)
         return Rollout(obs, actions, rewards=zeros(), dones=zeros(), terminations=zeros(), final_obs={})
 
 
@@ -309,42 +308,43 @@ def collect_rollout(
     on_episode(t, return, length) for each episode that ends. Returns the observations after the last step."""
     rollout.final_obs.clear()
     for t in range(len(rollout.rewards)):
-        rollout.obs[t] = obs = obs_norm(next_obs, update=True)
+        rollout.obs[t] = obs = obs_norm(torch.from_numpy(next_obs), update=True)
         t0 = time.perf_counter()
-        rollout.actions[t] = action = policy(torch.from_numpy(obs))  # a tensor: the clip below takes it
+        rollout.actions[t] = action = policy(obs)
         t1 = time.perf_counter()
         next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high).numpy())
         runlib.safe_point()  # a signal stops the run here, losing only this iteration
         timings.policy_forward_s += t1 - t0
         timings.env_step_s += time.perf_counter() - t1
-        done = terminated | truncated
-        rollout.rewards[t] = reward_scaler(delay(reward, done), done)  # the curves keep the env's own reward
+        ended = terminated | truncated
+        done = torch.from_numpy(ended)
+        # the curves keep the env's own reward
+        rollout.rewards[t] = reward_scaler(delay(torch.from_numpy(reward), done), done)
         rollout.dones[t] = done
-        rollout.terminations[t] = terminated
-        for i, episodic_return, length in episodes.step(reward, done):
-            rollout.final_obs[t, i] = obs_norm(info["final_obs"][i][None])[0]
+        rollout.terminations[t] = torch.from_numpy(terminated)
+        for i, episodic_return, length in episodes.step(reward, ended):
+            rollout.final_obs[t, i] = obs_norm(torch.from_numpy(info["final_obs"][i][None]))[0]
             on_episode(t, episodic_return, length)
     return next_obs
 
 
-def make_batch(agent: Agent, rollout: Rollout, next_obs: Array, args: Args, device: torch.device) -> Batch:
+def make_batch(agent: Agent, rollout: Rollout, next_obs: torch.Tensor, args: Args, device: torch.device) -> Batch:
     """Values and log-probs of the rollout in one batched call each (the policy did not change during it), then GAE."""
     T, N = rollout.rewards.shape
-    obs = torch.from_numpy(rollout.obs).view(T * N, -1).to(device)
-    actions = torch.from_numpy(rollout.actions).view(T * N, -1).to(device)
+    obs = rollout.obs.view(T * N, -1).to(device)
+    actions = rollout.actions.view(T * N, -1).to(device)
     with torch.no_grad():
         logprobs = agent.dist(obs).log_prob(actions).sum(-1)
         values = agent.critic(obs).view(T, N).cpu()
         # V of the state after each step: the next step's, after the last step next_obs's, and where an env reset after
         # step t the episode's final observation's; the last two in one call
-        bootstrap_obs = torch.from_numpy(np.concatenate([next_obs, *(o[None] for o in rollout.final_obs.values())]))
+        bootstrap_obs = torch.cat([next_obs, *(o[None] for o in rollout.final_obs.values())])
         bootstrap_values = agent.critic(bootstrap_obs.to(device)).view(-1).cpu()
         next_values = torch.cat([values[1:], bootstrap_values[None, :N]])
         for (t, i), value in zip(rollout.final_obs, bootstrap_values[N:]):
             next_values[t, i] = value
-    next_values *= 1.0 - torch.from_numpy(rollout.terminations)
-    rewards, dones = torch.from_numpy(rollout.rewards), torch.from_numpy(rollout.dones)
-    advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
+    next_values *= 1.0 - rollout.terminations
+    advantages, returns = compute_gae(rollout.rewards, values, next_values, rollout.dones, args.gamma, args.gae_lambda)
     return Batch(
         obs=obs,
         actions=actions,
@@ -407,7 +407,7 @@ def main(args: Args) -> None:
             )
         timings.rollout_s = time.perf_counter() - t_iter
         global_step += batch_size
-        batch = make_batch(agent, rollout, obs_norm(next_obs), args, device)
+        batch = make_batch(agent, rollout, obs_norm(torch.from_numpy(next_obs)), args, device)
         stats = ppo_update(update_step, batch, minibatch_size, args)
         stats["losses/explained_variance"] = explained_variance(batch.values, batch.returns)
         timings.update_s = time.perf_counter() - t_iter - timings.rollout_s

@@ -323,18 +323,18 @@ def ppo_update(update_step: UpdateStep, batch: Batch, minibatch_size: int, args:
 class Rollout:
     """T steps of N envs, filled in place by collect_rollout."""
 
-    obs: Array  # (T, N, stack, H, W, C) uint8: the frames as the envs give them (the network scales them)
-    actions: Array  # (T, N, act_dim) float32: the Beta samples x in (0, 1), not the env's actions
-    rewards: Array  # (T, N) float32, scaled
-    dones: Array  # (T, N): the episode ended at step t (its next observation is a reset's)
-    terminations: Array  # (T, N): it ended in a terminal state, worth 0 after it
-    final_obs: dict[tuple[int, int], Array]  # (t, env) -> the final observation of an episode that ended at t
+    obs: torch.Tensor  # (T, N, stack, H, W, C) uint8: the frames as the envs give them (the network scales them)
+    actions: torch.Tensor  # (T, N, act_dim) float32: the Beta samples x in (0, 1), not the env's actions
+    rewards: torch.Tensor  # (T, N) float32, scaled
+    dones: torch.Tensor  # (T, N): the episode ended at step t (its next observation is a reset's)
+    terminations: torch.Tensor  # (T, N): it ended in a terminal state, worth 0 after it
+    final_obs: dict[tuple[int, int], torch.Tensor]  # (t, env) -> the final observation of an episode that ended at t
 
     @staticmethod
     def empty(T: int, N: int, obs_shape: tuple[int, ...], act_dim: int) -> "Rollout":
-        zeros = partial(np.zeros, (T, N), np.float32)
-        obs = np.zeros((T, N, *obs_shape), np.uint8)
-        actions = np.zeros((T, N, act_dim), np.float32)
+        zeros = partial(torch.zeros, (T, N))
+        obs = torch.zeros((T, N, *obs_shape), dtype=torch.uint8)
+        actions = torch.zeros(T, N, act_dim)
         return Rollout(obs, actions, rewards=zeros(), dones=zeros(), terminations=zeros(), final_obs={})
 
 
@@ -356,20 +356,22 @@ def collect_rollout(
     episode that ends. Returns the observations after the last step."""
     rollout.final_obs.clear()
     for t in range(len(rollout.rewards)):
-        rollout.obs[t] = next_obs
+        rollout.obs[t] = torch.from_numpy(next_obs)
         t0 = time.perf_counter()
-        rollout.actions[t] = action = policy(torch.from_numpy(rollout.obs[t]))  # a tensor: the clip below takes it
+        rollout.actions[t] = action = policy(rollout.obs[t])  # a tensor: the clip below takes it
         t1 = time.perf_counter()
         next_obs, reward, terminated, truncated, info = envs.step(env_action(action, low, high).numpy())
         runlib.safe_point()  # a signal stops the run here, losing only this iteration
         timings.policy_forward_s += t1 - t0
         timings.env_step_s += time.perf_counter() - t1
-        done = terminated | truncated
-        rollout.rewards[t] = reward_scaler(delay(reward, done), done)  # the curves keep the env's own reward
+        ended = terminated | truncated
+        done = torch.from_numpy(ended)
+        # the curves keep the env's own reward
+        rollout.rewards[t] = reward_scaler(delay(torch.from_numpy(reward), done), done)
         rollout.dones[t] = done
-        rollout.terminations[t] = terminated
-        for i, episodic_return, length in episodes.step(reward, done):
-            rollout.final_obs[t, i] = np.array(info["final_obs"][i])
+        rollout.terminations[t] = torch.from_numpy(terminated)
+        for i, episodic_return, length in episodes.step(reward, ended):
+            rollout.final_obs[t, i] = torch.tensor(info["final_obs"][i])
             on_episode(t, episodic_return, length)
     return next_obs
 
@@ -377,11 +379,11 @@ def collect_rollout(
 def make_batch(agent: Agent, rollout: Rollout, next_obs: Array, args: Args, device: torch.device, chunk: int = 1024) -> Batch:
     """Values and log-probs `chunk` frames at a time (a rollout of frames at once would hold gigabytes), then GAE."""
     T, N = rollout.rewards.shape
-    obs = torch.from_numpy(rollout.obs).flatten(0, 1)
-    actions = torch.from_numpy(rollout.actions).flatten(0, 1)
+    obs = rollout.obs.flatten(0, 1)
+    actions = rollout.actions.flatten(0, 1)
     # V of the state after each step: the next step's; after the last step next_obs's, and where an env reset after step
     # t the episode's final observation's, these two in the same calls
-    bootstrap_obs = torch.from_numpy(np.stack([*next_obs, *rollout.final_obs.values()]))
+    bootstrap_obs = torch.cat([torch.from_numpy(next_obs), *(o[None] for o in rollout.final_obs.values())])
     with torch.no_grad():  # a dist holds only its parameters
         parts = [agent.dist_and_value(o.to(device)) for o in obs.split(chunk)]
         logprobs = torch.cat([dist.log_prob(a.to(device)).sum(-1) for (dist, _), a in zip(parts, actions.split(chunk))])
@@ -391,10 +393,8 @@ def make_batch(agent: Agent, rollout: Rollout, next_obs: Array, args: Args, devi
     next_values = torch.cat([values[1:], next_value.view(1, N)])
     for (t, i), value in zip(rollout.final_obs, final_values):
         next_values[t, i] = value
-    next_values *= 1.0 - torch.from_numpy(rollout.terminations)
-    rewards = torch.from_numpy(rollout.rewards)
-    dones = torch.from_numpy(rollout.dones)
-    advantages, returns = compute_gae(rewards, values, next_values, dones, args.gamma, args.gae_lambda)
+    next_values *= 1.0 - rollout.terminations
+    advantages, returns = compute_gae(rollout.rewards, values, next_values, rollout.dones, args.gamma, args.gae_lambda)
     return Batch(
         obs=obs.to(device),
         actions=actions.to(device),

@@ -145,8 +145,8 @@ def test_max_negative_steps_truncates_after_that_many_negative_steps():
 
 def test_rollout_buffer_holds_the_env_frames_as_uint8():
     buf, first, _ = rollout(ppo.make_vector_env(ppo.Args(max_episode_steps=50, num_envs=2)), 6, [1, 2])
-    assert buf.obs.dtype == np.uint8 and buf.obs.shape == (6, 2, 4, 64, 64, 1)
-    assert (buf.obs[0] == first).all() and not (buf.obs[-1] == first).all()
+    assert buf.obs.dtype == torch.uint8 and buf.obs.shape == (6, 2, 4, 64, 64, 1)
+    assert (buf.obs[0].numpy() == first).all() and not (buf.obs[-1].numpy() == first).all()
     assert ((buf.actions > 0) & (buf.actions < 1)).all()  # Beta samples x, not env actions
 
 
@@ -156,11 +156,11 @@ def test_make_batch_in_chunks_is_the_batch_at_once_and_bootstraps_only_truncatio
     agent, rng = ppo.Agent(obs_shape, 3, args), np.random.default_rng(0)
     frames = rng.integers(0, 256, (T + 3, N, *obs_shape), np.uint8)  # the rollout, next_obs, two final observations
     buf = ppo.Rollout.empty(T, N, obs_shape, 3)
-    buf.obs[:] = frames[:T]
-    buf.actions[:] = rng.uniform(0.1, 0.9, (T, N, 3))
+    buf.obs[:] = torch.from_numpy(frames[:T])
+    buf.actions[:] = torch.from_numpy(rng.uniform(0.1, 0.9, (T, N, 3)))
     buf.rewards[:] = 1.0
     buf.dones[2, 0] = buf.dones[4, 1] = buf.terminations[4, 1] = 1.0  # a truncation, a termination
-    buf.final_obs.update({(2, 0): frames[T + 1, 0], (4, 1): frames[T + 2, 1]})
+    buf.final_obs.update({(2, 0): torch.from_numpy(frames[T + 1, 0]), (4, 1): torch.from_numpy(frames[T + 2, 1])})
     whole, chunked = (ppo.make_batch(agent, buf, frames[T], args, torch.device("cpu"), chunk=c) for c in (10**6, 5))
     for key in whole._fields:
         torch.testing.assert_close(getattr(chunked, key), getattr(whole, key))
@@ -266,7 +266,7 @@ def test_envpool_autoresets_as_gymnasium_same_step():
     rewards = buf.rewards
     assert [(t, length) for t, _, length in ended] == [(2, 3), (2, 3), (5, 3), (5, 3)]
     assert [ret for _, ret, _ in ended] == pytest.approx(
-        [rewards[:3, 0].sum(), rewards[:3, 1].sum(), rewards[3:6, 0].sum(), rewards[3:6, 1].sum()], abs=1e-5
+        [rewards[:3, i].sum().item() for i in (0, 1)] + [rewards[3:6, i].sum().item() for i in (0, 1)], abs=1e-5
     )
     for t in (3, 6):  # a new episode starts from its first frame repeated, and its first step is real (the first tile)
         assert all((buf.obs[t, i] == buf.obs[t, i, :1]).all() for i in range(2)) and (rewards[t] > 1).all()

@@ -33,7 +33,7 @@ def test_delayed_rewards_of_each_episode_sum_to_its_return_and_are_paid_when_due
     T, N = 200, 4
     rewards, dones = rng.normal(size=(T, N)), rng.random((T, N)) < 0.04
     transform = RewardDelay(N, delay)
-    paid = np.stack([transform(r, d) for r, d in zip(rewards, dones)])
+    paid = np.stack([transform(torch.from_numpy(r), torch.from_numpy(d)).numpy() for r, d in zip(rewards, dones)])
     for (i, true), (_, got) in zip(episodes_of(rewards, dones), episodes_of(paid, dones)):
         assert got.sum() == pytest.approx(true.sum())  # nothing lost, nothing paid twice
         every = len(true) if delay == "episode" else delay
@@ -52,7 +52,7 @@ def test_a_ppo_rollout_pays_each_episode_its_return_across_autoresets(backend, d
     if backend == "envpool":
         pytest.importorskip("envpool")
     buf, _, ended = rollout(ppo_continuous, 100, 3, "Pendulum-v1", max_episode_steps=30, backend=backend, delay=delay)
-    delayed = episodes_of(buf.rewards.astype(np.float64), buf.dones > 0)
+    delayed = episodes_of(buf.rewards.double().numpy(), buf.dones.numpy() > 0)
     assert len(delayed) == len(ended) == 9
     assert all(length == 30 for _, _, length in ended) and all(len(got) == 30 for _, got in delayed)
     sums, returns = sorted(got.sum() for _, got in delayed), sorted(true_return for _, true_return, _ in ended)
@@ -69,10 +69,11 @@ def test_grpo_pays_each_member_its_return_also_when_the_budget_cuts_the_episode(
         rewards[:n, m], mask[:n, m] = rng.normal(size=n), 1.0
     rewards[mask == 0] = 123.0  # garbage after an end is not paid
     for delay in (1, 4, "episode"):
-        paid = RewardDelay.of_episodes(rewards, mask, delay)
+        paid = RewardDelay.of_episodes(torch.from_numpy(rewards), torch.from_numpy(mask), delay).numpy()
         np.testing.assert_allclose(paid.sum(0), (rewards * mask).sum(0), rtol=1e-6)
         assert np.all(paid[mask == 0] == 0)
-    assert np.flatnonzero(RewardDelay.of_episodes(rewards, mask, "episode")[:, 1]).tolist() == [8]
+    paid = RewardDelay.of_episodes(torch.from_numpy(rewards), torch.from_numpy(mask), "episode")
+    assert paid[:, 1].nonzero()[:, 0].tolist() == [8]
 
 
 def test_a_delayed_run_records_its_delay_reports_the_true_return_and_resume_checks_it(tmp_path):

@@ -24,8 +24,8 @@ def test_rollouts_end_episodes_the_same_way_on_both_backends(module, backend):
         pytest.importorskip("envpool")
     T, N, limit = 60, 3, 7
     buf, next_obs, episodes = rollout(module, T, N, "InvertedPendulum-v4", limit, backend, seed=10, bound=3.0)
-    assert np.all(buf.rewards == 1.0)
-    obs, final = np.concatenate([buf.obs, next_obs[None]]), buf.final_obs
+    assert bool((buf.rewards == 1.0).all())
+    obs, final = np.concatenate([buf.obs.numpy(), next_obs[None]]), {k: v.numpy() for k, v in buf.final_obs.items()}
     assert np.all(np.abs(obs[0]) <= 0.01)  # InvertedPendulum starts within 0.01 of upright and still
     lengths = []
     for i in range(N):

@@ -109,14 +109,15 @@ def test_bad_export_arguments_are_one_line_and_write_nothing(monkeypatch, capsys
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_the_torch_normalization_gives_the_bits_of_numpys_formula_live_and_frozen(dtype):
-    """envlib.normalize_obs (float64 torch) is what the rollout's numpy formula was: training runs keep their bits."""
+    """envlib.normalize_obs (float64 torch) gives the bits of the formula in numpy, live and frozen (--export)."""
     from envlib import ObsNormalizer
 
     rng, norm, clipped = np.random.default_rng(0), ObsNormalizer((11,), 1.5), False
     for _ in range(20):
         obs = (rng.normal(size=(7, 11)) * rng.uniform(0.01, 100, size=11) + 5).astype(dtype)
-        live = norm(obs, update=True)
-        numpy = np.minimum(np.maximum((obs - norm.mean) / np.sqrt(norm.var + 1e-8), -1.5), 1.5).astype(np.float32)
+        live = norm(torch.from_numpy(obs), update=True).numpy()
+        mean, var = norm.mean.numpy(), norm.var.numpy()
+        numpy = np.minimum(np.maximum((obs - mean) / np.sqrt(var + 1e-8), -1.5), 1.5).astype(np.float32)
         frozen = norm.freeze()(torch.from_numpy(obs)).numpy()
         assert live.dtype == frozen.dtype == np.float32 and live.tobytes() == numpy.tobytes() == frozen.tobytes()
         clipped |= bool((np.abs(numpy) == 1.5).any())

@@ -78,49 +78,51 @@ def test_running_mean_std_matches_numpy_over_chunks():
     data = rng.normal(3.0, 2.0, size=(1000, 4))
     rms = envlib.RunningMeanStd((4,))
     for chunk in np.array_split(data, 37):
-        rms.update(chunk)
-    np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-4)
+        rms.update(torch.from_numpy(chunk))
+    np.testing.assert_allclose(rms.mean.numpy(), data.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(rms.var.numpy(), data.var(0), rtol=1e-4)
 
 
 def test_obs_normalizer_is_frozen_unless_updating_and_survives_a_checkpoint(tmp_path):
     norm = envlib.ObsNormalizer((4,), clip=10.0)
-    data = np.random.default_rng(2).normal(5.0, 3.0, size=(500, 4))
+    data = torch.from_numpy(np.random.default_rng(2).normal(5.0, 3.0, size=(500, 4)))
     norm(data, update=True)
-    mean = norm.mean.copy()
+    mean = norm.mean.clone()
     normalized = norm(data[:10])
-    np.testing.assert_array_equal(norm.mean, mean)  # evaluation does not move the statistics
-    assert normalized.dtype == np.float32 and abs(norm(data).mean()) < 0.05 and abs(norm(data).std() - 1) < 0.05
-    assert np.abs(norm(data * 100)).max() == 10.0  # clipped
+    torch.testing.assert_close(norm.mean, mean, rtol=0, atol=0)  # evaluation does not move the statistics
+    assert normalized.dtype == torch.float32 and abs(norm(data).mean()) < 0.05 and abs(norm(data).std() - 1) < 0.05
+    assert norm(data * 100).abs().max() == 10.0  # clipped
     torch.save(norm.state_dict(), tmp_path / "n.pt")
     restored = envlib.ObsNormalizer((4,), clip=10.0)
     restored.load_state_dict(torch.load(tmp_path / "n.pt", weights_only=True))
-    np.testing.assert_array_equal(restored(data[:10]), normalized)
-    np.testing.assert_array_equal(envlib.ObsNormalizer((4,), 10.0, enabled=False)(data, update=True), data.astype(np.float32))
+    torch.testing.assert_close(restored(data[:10]), normalized, rtol=0, atol=0)
+    unnormalized = envlib.ObsNormalizer((4,), 10.0, enabled=False)(data, update=True)
+    torch.testing.assert_close(unnormalized, data.float(), rtol=0, atol=0)
 
 
 def test_reward_scaler_is_cleanrls_step_by_step_scaling_and_resets_at_episode_end(tmp_path):
     rng = np.random.default_rng(0)
     T, N, gamma = 50, 3, 0.9
     rewards, dones = rng.normal(2.0, 1.0, (T, N)), rng.random((T, N)) < 0.1
-    scaler, ref_rms, returns = envlib.RewardScaler(N, gamma, clip=100.0), envlib.RunningMeanStd(), np.zeros(N)
+    scaler, returns = envlib.RewardScaler(N, gamma, clip=100.0), np.zeros(N)
+    seen = []
     for t in range(T):  # CleanRL's order: update with this step's returns, scale, then reset ended episodes
-        scaled = scaler(rewards[t], dones[t])
+        scaled = scaler(torch.from_numpy(rewards[t]), torch.from_numpy(dones[t]))
         returns = returns * gamma + rewards[t]
-        ref_rms.update(returns)
-        np.testing.assert_allclose(scaled, rewards[t] / np.sqrt(ref_rms.var + 1e-8), rtol=1e-5)
+        seen.append(returns.copy())  # the std of every discounted return so far, as numpy computes it
+        np.testing.assert_allclose(scaled.numpy(), rewards[t] / np.sqrt(np.var(seen) + 1e-8), rtol=1e-3)
         returns[dones[t]] = 0.0
-    np.testing.assert_allclose(scaler.returns, returns)
-    np.testing.assert_allclose(np.var(returns) > 0, True)
+    np.testing.assert_allclose(scaler.returns.numpy(), returns)
+    assert np.var(returns) > 0
     torch.save(scaler.state_dict(), tmp_path / "s.pt")
     restored = envlib.RewardScaler(N, gamma, clip=100.0)
     restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     # a resume restores the statistics; its envs start new episodes, so the discounted returns in flight start at 0
-    np.testing.assert_array_equal(restored.rms.var, scaler.rms.var)
-    np.testing.assert_array_equal(restored.returns, np.zeros(N))
+    assert torch.equal(restored.rms.var, scaler.rms.var) and torch.equal(restored.returns, torch.zeros(N, dtype=torch.float64))
     scaler.returns[:] = 0.0
-    np.testing.assert_array_equal(restored(rewards[0], dones[0]), scaler(rewards[0], dones[0]))
-    assert np.abs(envlib.RewardScaler(N, gamma, clip=0.5)(rewards[0] * 100, dones[0])).max() == np.float32(0.5)
+    r0, d0 = torch.from_numpy(rewards[0]), torch.from_numpy(dones[0])
+    assert torch.equal(restored(r0, d0), scaler(r0, d0))
+    assert envlib.RewardScaler(N, gamma, clip=0.5)(r0 * 100, d0).abs().max() == 0.5
 
 
 def test_the_rollout_sample_is_a_draw_from_the_policy_distribution():
@@ -253,7 +255,7 @@ def test_rollout_never_crosses_an_episode_boundary(module):
     if "CounterTest-v0" not in gym.registry:
         gym.register("CounterTest-v0", entry_point=CounterEnv, max_episode_steps=5)
     buf, next_obs, ended = rollout(module, T, N, "CounterTest-v0")
-    obs, final = np.concatenate([buf.obs, next_obs[None]]), buf.final_obs
+    obs, final = torch.cat([buf.obs, torch.from_numpy(next_obs)[None]]), buf.final_obs
     for i in range(N):
         for t in range(T):
             (steps, episode), terminated = obs[t, i], buf.terminations[t, i]
@@ -267,7 +269,7 @@ def test_rollout_never_crosses_an_episode_boundary(module):
     assert sorted(length for _, _, length in ended) == sorted(int(o[0]) for o in final.values())
     assert all(ret == length for _, ret, length in ended)  # reward 1 per step, nothing from the next episode
     assert [t for t, _, _ in ended] == sorted(t for t, _ in final)  # reported at the step it ended
-    assert np.all(buf.rewards == 1.0)
+    assert bool((buf.rewards == 1.0).all())
 
 
 def test_make_batch_bootstraps_each_env_from_its_own_next_state():
@@ -281,18 +283,18 @@ def test_make_batch_bootstraps_each_env_from_its_own_next_state():
         agent.critic.bias.zero_()
     T, N = 3, 3
     buf = ppo.Rollout.empty(T, N, obs_dim=2, act_dim=1)
-    buf.obs[:, :, 0] = [[1, 2, 3], [4, 5, 6], [0, 0, 0]]  # after step 1, env 0 and env 2 start new episodes
-    buf.obs[:, :, 1] = [0, 1, 2]
+    buf.obs[:, :, 0] = torch.tensor([[1.0, 2, 3], [4, 5, 6], [0, 0, 0]])  # after step 1, env 0 and 2 start new episodes
+    buf.obs[:, :, 1] = torch.tensor([0.0, 1, 2])
     buf.rewards[:] = 1.0
     buf.dones[1, 0] = buf.dones[1, 2] = buf.dones[0, 1] = 1.0
     buf.terminations[1, 2] = 1.0  # env 2 terminates after step 1; env 0 truncates after step 1, env 1 after step 0
-    buf.final_obs[0, 1] = np.array([20, 1], np.float32)
-    buf.final_obs[1, 0] = np.array([7, 0], np.float32)
-    buf.final_obs[1, 2] = np.array([9, 2], np.float32)
+    buf.final_obs[0, 1] = torch.tensor([20.0, 1.0])
+    buf.final_obs[1, 0] = torch.tensor([7.0, 0.0])
+    buf.final_obs[1, 2] = torch.tensor([9.0, 2.0])
     buf.obs[1, 1, 0] = 0.0  # env 1's new episode
-    last = np.array([[8, 0], [5, 1], [3, 2]], np.float32)
+    last = torch.tensor([[8.0, 0.0], [5.0, 1.0], [3.0, 2.0]])
     batch = ppo.make_batch(agent, buf, last, SimpleNamespace(gamma=0.5, gae_lambda=0.0), torch.device("cpu"))
-    V = buf.obs[..., 0] + 10 * buf.obs[..., 1]
+    V = (buf.obs[..., 0] + 10 * buf.obs[..., 1]).numpy()
     next_V = np.array(
         [
             [V[1, 0], 20 + 10, V[1, 2]],  # env 1 truncated: its final observation
@@ -304,5 +306,5 @@ def test_make_batch_bootstraps_each_env_from_its_own_next_state():
     np.testing.assert_allclose(batch.values.view(T, N).numpy(), V, rtol=1e-6)
     torch.testing.assert_close(batch.returns, batch.advantages + batch.values)
     with torch.no_grad():
-        expected = agent.dist(torch.from_numpy(buf.obs).view(T * N, 2)).log_prob(torch.zeros(T * N, 1))[:, 0]
+        expected = agent.dist(buf.obs.view(T * N, 2)).log_prob(torch.zeros(T * N, 1))[:, 0]
     torch.testing.assert_close(batch.logprobs, expected)
