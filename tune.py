@@ -16,6 +16,7 @@ Outputs, rewritten after every trial: best.yaml (the best trial's arguments, a -
 history.png and importance.png (Optuna's figures), study.json (the summary that README tables are made from).
 """
 
+import contextlib
 import csv
 import fcntl
 import io
@@ -196,6 +197,9 @@ def run_trial(trial: optuna.Trial, study: Study, args: Args, base: RunArgs, args
                 raise optuna.TrialPruned(f"trial {trial.number} pruned at step {max(reported)}")
     except KeyboardInterrupt:  # Ctrl-C reached the runs too: each saves its last whole iteration and exits 75
         trial.set_user_attr("interrupted", True)
+        for p in procs:  # let them finish saving: a SIGTERM below would cut the save short
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=60)
         raise
     finally:
         for p in procs:

@@ -38,6 +38,14 @@ def load(study_dir):
     return optuna.load_study(study_name="study", storage=storage)
 
 
+def wait_for_a_checkpoint(proc, study_dir):
+    """Until a run of the study (tune.py running as `proc`) is under way, with a checkpoint."""
+    deadline = time.time() + 300
+    while not list((study_dir / "runs").glob("*/checkpoints/latest.pt")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode() if proc.stdout else ""
+        time.sleep(0.2)
+
+
 def test_a_study_of_three_trials_on_two_workers_finishes_with_its_outputs(tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
     study_dir = tmp_path / "study"
@@ -74,10 +82,7 @@ def test_a_killed_study_resumes_and_the_cut_trials_runs_resume_from_their_checkp
     args = ("--n-trials", 3, "--workers", 2, "--pruner", "none")
     flags = ["--total-timesteps", 3072, "--update-epochs", 4]
     proc = tune(study_dir, tmp_path / "space.yaml", *args, flags=flags, wait=False)
-    deadline = time.time() + 300
-    while not list((study_dir / "runs").glob("*/checkpoints/latest.pt")):  # a run is under way, with a checkpoint
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode() if proc.stdout else ""
-        time.sleep(0.2)
+    wait_for_a_checkpoint(proc, study_dir)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     cut = [t for t in load(study_dir).trials if t.state == TrialState.RUNNING]
@@ -101,19 +106,21 @@ def test_a_killed_study_resumes_and_the_cut_trials_runs_resume_from_their_checkp
     assert resumed >= 1  # a cut run went on from its checkpoint instead of starting again
 
 
-def test_a_trial_whose_run_a_signal_stopped_runs_again_at_the_next_start_and_its_run_resumes(tmp_path):
+@pytest.mark.parametrize("ctrl_c", [False, True])
+def test_a_trial_whose_run_a_signal_stopped_runs_again_at_the_next_start_and_its_run_resumes(tmp_path, ctrl_c):
+    """SIGTERM to the trial's run alone (it saves and exits 75), or Ctrl-C to tune.py and its runs together."""
     (tmp_path / "space.yaml").write_text(SPACE)
     study_dir = tmp_path / "study"
     args = ("--n-trials", 1, "--workers", 1, "--pruner", "none")
     flags = ["--total-timesteps", 3072, "--update-epochs", 4]
     proc = tune(study_dir, tmp_path / "space.yaml", *args, flags=flags, wait=False)
-    deadline = time.time() + 300
-    while not list((study_dir / "runs").glob("*/checkpoints/latest.pt")):  # the run is under way
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode() if proc.stdout else ""
-        time.sleep(0.2)
-    subprocess.run(["pkill", "-TERM", "-f", "--", f"--exp-name trial0000 --runs-dir {study_dir}/runs"], check=True)
+    wait_for_a_checkpoint(proc, study_dir)
+    if ctrl_c:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        subprocess.run(["pkill", "-TERM", "-f", "--", f"--exp-name trial0000 --runs-dir {study_dir}/runs"], check=True)
     out = proc.communicate(timeout=300)[0].decode()
-    assert "a signal stopped seed 1's run; the next start resumes it" in out, out
+    assert ctrl_c or "a signal stopped seed 1's run; the next start resumes it" in out, out
     (stopped,) = load(study_dir).trials
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["interrupted"]
 
@@ -124,7 +131,7 @@ def test_a_trial_whose_run_a_signal_stopped_runs_again_at_the_next_start_and_its
     run_dir = study_dir / "runs" / "Pendulum-v1__trial0000__seed1"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["completed"] and metrics["eval"]["global_step"] == [256 * i for i in range(1, 13)]
-    assert "SIGTERM: stopped" in (run_dir / "logs" / "train.log").read_text()
+    assert f"{'SIGINT' if ctrl_c else 'SIGTERM'}: stopped" in (run_dir / "logs" / "train.log").read_text()
     assert "resuming" in (run_dir / "logs" / "train.log").read_text()
     third = tune(study_dir, tmp_path / "space.yaml", *args, flags=flags)  # it ran again once: nothing more
     assert third.returncode == 0 and "stopped by a signal" not in third.stdout and len(load(study_dir).trials) == 2
